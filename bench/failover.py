@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 
-from shepherd.workers.upstream import UpstreamPool  # noqa: E402
+from shepherd.transport.lean import LeanTransport  # noqa: E402
 from tests.support import Gateway, Sim  # noqa: E402
 
 BODY = orjson.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "status report"}],
@@ -31,7 +31,7 @@ BODY = orjson.dumps({"model": "mock-model", "messages": [{"role": "user", "conte
 
 
 async def drive(url: str, concurrency: int, seconds: float, records: list[tuple[float, float, int]]) -> None:
-    pool = UpstreamPool(connect_timeout=5, idle_timeout=30)
+    pool = LeanTransport(connect_timeout=5, idle_timeout=30)
     deadline = time.monotonic() + seconds
 
     async def client() -> None:

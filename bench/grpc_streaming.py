@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import orjson  # noqa: E402
 
-from shepherd.workers.upstream import UpstreamPool  # noqa: E402
+from shepherd.transport.lean import LeanTransport  # noqa: E402
 from tests.support import Gateway, GrpcSim, Sim  # noqa: E402
 
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
@@ -53,7 +53,7 @@ class Result:
 async def _measure(url: str, model: str, concurrency: int, seconds: float, tokens: int) -> Result:
     body = orjson.dumps({"model": model, "messages": MESSAGES, "stream": True, "max_tokens": tokens,
                          "ignore_eos": True, "temperature": 0, "stream_options": {"include_usage": True}})
-    pool = UpstreamPool(connect_timeout=5, idle_timeout=30)
+    pool = LeanTransport(connect_timeout=5, idle_timeout=30)
     headers = {"content-type": "application/json"}
     ttfts: list[float] = []
     events: list[int] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shepherd.workers.upstream import UpstreamPool  # noqa: E402
+from shepherd.transport.lean import LeanTransport  # noqa: E402
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _run_wrk(url: str, body: bytes, concurrency: int, seconds: float) -> LoadRes
 
 
 async def _run_python(url: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
-    pool = UpstreamPool(connect_timeout=5, idle_timeout=30)
+    pool = LeanTransport(connect_timeout=5, idle_timeout=30)
     base, _, path = url.partition("://")[2].partition("/")
     base_url = url[: url.index("://") + 3] + base
     latencies: list[float] = []

@@ -20,10 +20,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from shepherd.config import PolicyOptions  # noqa: E402
 from shepherd.policies.base import RoutingRequest  # noqa: E402
 from shepherd.policies.cache_aware import CacheAwarePolicy  # noqa: E402
 from shepherd.policies.factory import POLICY_NAMES, create_policy  # noqa: E402
-from shepherd.policies.options import PolicyOptions  # noqa: E402
 from shepherd.workers.worker import LoadSnapshot, Worker  # noqa: E402
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "

@@ -31,7 +31,7 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 
 from bench.smg import Smg, find_smg  # noqa: E402
-from shepherd.workers.upstream import UpstreamPool  # noqa: E402
+from shepherd.transport.lean import LeanTransport  # noqa: E402
 from tests.support import Gateway, Sim, free_ports  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while engines batch tokens and caches keep prefixes warm "
@@ -55,7 +55,7 @@ class Client:
     """Streams chat completions and records time to first token and the usage the engine reports."""
 
     def __init__(self, base_url: str, stats: Stats, max_tokens: int) -> None:
-        self._pool = UpstreamPool(connect_timeout=5, idle_timeout=30)
+        self._pool = LeanTransport(connect_timeout=5, idle_timeout=30)
         self._base = base_url
         self._stats = stats
         self._max_tokens = max_tokens

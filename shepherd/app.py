@@ -18,6 +18,7 @@ from shepherd.api.keys import CONTEXT
 from shepherd.api.parse import add_parse_routes
 from shepherd.api.tokenize import add_tokenizer_routes
 from shepherd.api.utility import add_utility_routes
+from shepherd.assembly import checked
 from shepherd.config import GatewayConfig
 from shepherd.context import AppContext
 from shepherd.middleware.cors import Cors
@@ -72,7 +73,7 @@ class Gateway:
     """A running gateway: start() binds the port and registers the startup workers."""
 
     def __init__(self, config: GatewayConfig) -> None:
-        self.config = config.validate()
+        self.config = checked(config)
         self.context: AppContext | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None

@@ -14,20 +14,24 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
     AdmissionConfig,
+    AuthConfig,
+    AuthConfigError,
     BreakerConfig,
     ConfigError,
+    ControlPlaneKey,
     GatewayConfig,
     HealthConfig,
+    PolicyOptions,
+    RetryConfig,
 )
-from shepherd.middleware.auth import AuthConfig, AuthConfigError, ControlPlaneKey
 from shepherd.observability.logging import setup_logging
 from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
 from shepherd.parsers.tool import TOOL_PARSER_NAMES
 from shepherd.policies.factory import POLICY_NAMES
-from shepherd.policies.options import PolicyOptions
 from shepherd.sim.engine import EngineParams
 from shepherd.sim.faults import Faults
 from shepherd.sim.provider import PROVIDER_APIS
@@ -61,6 +65,13 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                         help="headers a client request id is taken from, in order")
     server.add_argument("--tls-cert-path", default=None, help="serve HTTPS with this certificate (PEM)")
     server.add_argument("--tls-key-path", default=None, help="the certificate's private key (PEM)")
+
+    egress = parser.add_argument_group("egress to external providers (proxies: HTTPS_PROXY, HTTP_PROXY, NO_PROXY)")
+    egress.add_argument("--ca-cert-paths", nargs="+", default=[],
+                        help="CA bundles (PEM) trusted for providers besides the system's store")
+    egress.add_argument("--client-cert-path", default=None,
+                        help="client certificate (PEM) presented to providers that ask for one")
+    egress.add_argument("--client-key-path", default=None, help="the client certificate's private key (PEM)")
     server.add_argument("--cors-allowed-origins", nargs="*", default=[],
                         help="origins browsers may call from (* for any); none: no CORS")
 
@@ -163,12 +174,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          "auto (by the prefill worker's runtime)")
 
     retries = parser.add_argument_group("retries")
-    retries.add_argument("--retry-max-retries", type=int, default=defaults.retry_max_retries,
+    retries.add_argument("--retry-max-retries", type=int, default=defaults.retry.max_retries,
                          help="retries after the first attempt (default: %(default)s)")
-    retries.add_argument("--retry-initial-backoff-ms", type=float, default=defaults.retry_initial_backoff_ms)
-    retries.add_argument("--retry-max-backoff-ms", type=float, default=defaults.retry_max_backoff_ms)
-    retries.add_argument("--retry-backoff-multiplier", type=float, default=defaults.retry_backoff_multiplier)
-    retries.add_argument("--retry-jitter-factor", type=float, default=defaults.retry_jitter_factor)
+    retries.add_argument("--retry-initial-backoff-ms", type=float, default=defaults.retry.initial_backoff_ms)
+    retries.add_argument("--retry-max-backoff-ms", type=float, default=defaults.retry.max_backoff_ms)
+    retries.add_argument("--retry-backoff-multiplier", type=float, default=defaults.retry.backoff_multiplier)
+    retries.add_argument("--retry-jitter-factor", type=float, default=defaults.retry.jitter_factor)
     retries.add_argument("--disable-retries", action="store_true", help="never retry a failed request")
 
     health = parser.add_argument_group("health checks")
@@ -278,11 +289,11 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         worker_startup_check_interval_secs=args.worker_startup_check_interval,
         worker_drain_timeout_secs=args.worker_drain_timeout_secs,
         worker_api_key=args.worker_api_key,
-        retry_max_retries=0 if args.disable_retries else args.retry_max_retries,
-        retry_initial_backoff_ms=args.retry_initial_backoff_ms,
-        retry_max_backoff_ms=args.retry_max_backoff_ms,
-        retry_backoff_multiplier=args.retry_backoff_multiplier,
-        retry_jitter_factor=args.retry_jitter_factor,
+        retry=RetryConfig(
+            max_retries=0 if args.disable_retries else args.retry_max_retries,
+            initial_backoff_ms=args.retry_initial_backoff_ms, max_backoff_ms=args.retry_max_backoff_ms,
+            backoff_multiplier=args.retry_backoff_multiplier, jitter_factor=args.retry_jitter_factor,
+        ),
         request_id_headers=tuple(h.lower() for h in args.request_id_headers),
         health=HealthConfig(
             endpoint=args.health_check_endpoint, interval_secs=args.health_check_interval_secs,
@@ -312,6 +323,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         cors_allowed_origins=tuple(args.cors_allowed_origins),
         tls_cert_path=args.tls_cert_path,
         tls_key_path=args.tls_key_path,
+        ca_cert_paths=tuple(args.ca_cert_paths),
+        client_cert_path=args.client_cert_path,
+        client_key_path=args.client_key_path,
         prometheus_host=args.prometheus_host,
         prometheus_port=args.prometheus_port,
         disable_metrics=args.disable_metrics,
@@ -446,8 +460,8 @@ def _run_launch(args: argparse.Namespace) -> int:
     from shepherd.app import serve
 
     try:
-        config = config_from_args(args).validate()
-    except (ConfigError, AuthConfigError) as exc:
+        config = checked(config_from_args(args))
+    except ConfigError as exc:
         print(f"shepherd: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_json, config.log_dir)

@@ -1,28 +1,133 @@
-"""Typed gateway configuration.
+"""Typed gateway configuration: plain data at the bottom of the package.
 
 `GatewayConfig` is built by the CLI (or directly by tests and embedders) and validated once at
-start-up; every component reads the part it needs and never mutates it.
+start-up; every component reads the part it needs and never mutates it. This module imports no
+other part of Shepherd: values that name something another layer owns (a policy, a parser, a
+provider) are checked where the app is assembled (`shepherd.assembly.check_names`).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import hashlib
+import math
+from dataclasses import dataclass, field, fields
 from functools import cached_property
-
-from shepherd.middleware.auth import AuthConfig, AuthConfigError
-from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
-from shepherd.parsers.tool import TOOL_PARSER_NAMES
-from shepherd.policies.factory import POLICY_NAMES
-from shepherd.policies.options import PolicyOptionError, PolicyOptions
-from shepherd.providers.startup import ProviderFlagError, parse_external_provider
-from shepherd.workers.spec import is_grpc_target
 
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "x-trace-id", "request-id")
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and why."""
+
+
+DEFAULT_ROUTING_KEY_HEADERS = ("x-smg-routing-key",)
+
+
+class PolicyOptionError(ConfigError):
+    """A policy tunable is out of range; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    # cache_aware
+    cache_threshold: float = 0.3  # matched share of the prompt above which a holder is preferred
+    balance_abs_threshold: float = 64  # spill gate, absolute part (capped at the load's natural swing)
+    balance_rel_threshold: float = 1.5  # spill gate, relative part
+    balance_token_usage_threshold: float = 1.0  # KV-usage spread that abandons affinity (>= 1 disables)
+    overload_token_usage_threshold: float = 1.0  # KV-usage ceiling that abandons affinity (>= 1 disables)
+    eviction_interval_secs: float = 60.0
+    max_tree_size: int = 2**26  # characters (or tokens) per model's tree, shared by its workers
+
+    # least_load / power_of_two
+    least_load_kv_pressure_weight: float = 0.15
+    least_load_default_throughput: float = 2000.0
+    least_load_mean_prefill_tokens: int = 1024
+    least_load_max_waiting_requests: int = 0
+    power_of_two_load_metric: str = "expected_wait"
+
+    # prefix_hash
+    prefix_token_count: int = 256
+    prefix_hash_load_factor: float = 1.25
+    prefix_hash_balance_abs_threshold: float = 10
+    cache_boundaries: tuple[int, ...] = ()
+
+    # manual / consistent_hashing
+    routing_key_headers: tuple[str, ...] = DEFAULT_ROUTING_KEY_HEADERS
+    max_idle_secs: float = 14400.0
+    assignment_mode: str = "random"
+
+    # bucket
+    bucket_adjust_interval_secs: float = 5.0
+
+    def validate(self) -> PolicyOptions:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PolicyOptionError(f"--{_flag(item.name)} must be finite")
+        if not 0.0 <= self.cache_threshold <= 1.0:
+            raise PolicyOptionError("--cache-threshold must be between 0 and 1")
+        if self.balance_rel_threshold < 1.0 or self.prefix_hash_load_factor < 1.0:
+            raise PolicyOptionError("--balance-rel-threshold and --prefix-hash-load-factor must be at least 1")
+        if self.balance_abs_threshold < 0 or self.prefix_hash_balance_abs_threshold < 0:
+            raise PolicyOptionError("balance thresholds must not be negative")
+        if self.balance_token_usage_threshold <= 0 or self.overload_token_usage_threshold <= 0:
+            raise PolicyOptionError("token-usage thresholds must be positive (1.0 disables them)")
+        if self.eviction_interval_secs <= 0 or self.bucket_adjust_interval_secs <= 0 or self.max_idle_secs <= 0:
+            raise PolicyOptionError("policy intervals must be positive")
+        if self.max_tree_size <= 0 or self.prefix_token_count <= 0 or self.least_load_mean_prefill_tokens <= 0:
+            raise PolicyOptionError("--max-tree-size, --prefix-token-count and mean prefill tokens must be positive")
+        if self.least_load_default_throughput <= 0 or self.least_load_kv_pressure_weight < 0:
+            raise PolicyOptionError("least_load throughput must be positive and its KV weight not negative")
+        if self.least_load_max_waiting_requests < 0:
+            raise PolicyOptionError("--least-load-max-waiting-requests must not be negative")
+        if self.power_of_two_load_metric not in ("expected_wait", "requests", "least_requests"):
+            raise PolicyOptionError("--power-of-two-load-metric must be expected_wait, requests or least_requests")
+        if self.assignment_mode not in ("random", "min_load", "min_group", "delegate"):
+            raise PolicyOptionError("--assignment-mode must be random, min_load, min_group or delegate")
+        if any(b <= 0 for b in self.cache_boundaries):
+            raise PolicyOptionError("--cache-boundaries must be positive token positions")
+        if not self.routing_key_headers:
+            raise PolicyOptionError("--routing-key-headers needs at least one header")
+        return self
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class AuthConfigError(ConfigError):
+    """A credential flag is malformed."""
+
+
+@dataclass(frozen=True)
+class ControlPlaneKey:
+    id: str
+    name: str
+    role: str
+    digest: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, spec: str) -> ControlPlaneKey:
+        parts = spec.split(":", 3)
+        if len(parts) != 4 or not all(parts):
+            raise AuthConfigError("--control-plane-api-keys entries look like id:name:role:key")
+        key_id, name, role, key = parts
+        return cls(key_id, name, role.lower(), hashlib.sha256(key.encode()).digest())
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    api_keys: tuple[str, ...] = ()
+    control_plane_keys: tuple[ControlPlaneKey, ...] = ()
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_uri: str | None = None
+    jwt_role_mapping: tuple[tuple[str, str], ...] = ()  # (claim value, gateway role)
+
+    def validate(self) -> None:
+        jwt_fields = (self.jwt_issuer, self.jwt_jwks_uri)
+        if any(jwt_fields) and not all(jwt_fields):
+            raise AuthConfigError("JWT auth needs both --jwt-issuer and --jwt-jwks-uri")
 
 
 @dataclass(frozen=True)
@@ -87,6 +192,31 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class RetryConfig:
+    """A request that failed before any byte reached the client moves to another worker, after a backoff."""
+
+    max_retries: int = 4  # retries after the first attempt (SMG's default of 5 attempts)
+    initial_backoff_ms: float = 50.0
+    max_backoff_ms: float = 30_000.0
+    backoff_multiplier: float = 1.5
+    jitter_factor: float = 0.2  # each delay is moved by up to this share, either way
+
+    @property
+    def attempts(self) -> int:
+        return 1 + self.max_retries
+
+    def validate(self) -> None:
+        if self.max_retries < 0:
+            raise ConfigError(f"--retry-max-retries must not be negative, got {self.max_retries}")
+        if self.initial_backoff_ms < 0 or self.max_backoff_ms < 0:
+            raise ConfigError("retry backoff times must not be negative")
+        if self.backoff_multiplier < 1:
+            raise ConfigError(f"--retry-backoff-multiplier must be at least 1, got {self.backoff_multiplier}")
+        if not 0 <= self.jitter_factor <= 1:
+            raise ConfigError(f"--retry-jitter-factor must be between 0 and 1, got {self.jitter_factor}")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
@@ -123,12 +253,7 @@ class GatewayConfig:
     worker_drain_timeout_secs: float = 30.0
     worker_api_key: str | None = None
 
-    # Retries: a request that failed before any byte reached the client moves to another worker.
-    retry_max_retries: int = 4  # retries after the first attempt (SMG's default of 5 attempts)
-    retry_initial_backoff_ms: float = 50.0
-    retry_max_backoff_ms: float = 30_000.0
-    retry_backoff_multiplier: float = 1.5
-    retry_jitter_factor: float = 0.2
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
     health: HealthConfig = field(default_factory=HealthConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -145,6 +270,11 @@ class GatewayConfig:
     cors_allowed_origins: tuple[str, ...] = ()
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
+
+    # Egress to external providers (the full transport; proxies come from HTTP(S)_PROXY / NO_PROXY).
+    ca_cert_paths: tuple[str, ...] = ()  # CA bundles trusted besides the system's
+    client_cert_path: str | None = None  # a client certificate presented to providers that ask for one
+    client_key_path: str | None = None
 
     # Observability.
     prometheus_host: str = "0.0.0.0"
@@ -186,15 +316,7 @@ class GatewayConfig:
         """Return self, or raise ConfigError naming the first bad value."""
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
-        if self.policy not in POLICY_NAMES:
-            raise ConfigError(f"--policy must be one of {', '.join(POLICY_NAMES)}, got {self.policy!r}")
-        try:
-            self.policy_options.validate()
-        except PolicyOptionError as exc:
-            raise ConfigError(str(exc)) from None
-        for name in (self.prefill_policy, self.decode_policy):
-            if name is not None and name not in POLICY_NAMES:
-                raise ConfigError(f"--prefill-policy/--decode-policy must be one of {', '.join(POLICY_NAMES)}")
+        self.policy_options.validate()
         if self.pd_transfer not in ("auto", "sglang", "vllm"):
             raise ConfigError("--pd-transfer must be auto, sglang or vllm")
         if (self.prefill_urls or self.decode_urls) and not self.pd_disaggregation:
@@ -214,20 +336,12 @@ class GatewayConfig:
             raise ConfigError("--worker-drain-timeout-secs must not be negative")
         if self.max_payload_size <= 0:
             raise ConfigError(f"--max-payload-size must be positive, got {self.max_payload_size}")
-        if self.retry_max_retries < 0:
-            raise ConfigError(f"--retry-max-retries must not be negative, got {self.retry_max_retries}")
-        if self.retry_initial_backoff_ms < 0 or self.retry_max_backoff_ms < 0:
-            raise ConfigError("retry backoff times must not be negative")
-        if self.retry_backoff_multiplier < 1:
-            raise ConfigError(f"--retry-backoff-multiplier must be at least 1, got {self.retry_backoff_multiplier}")
-        if not 0 <= self.retry_jitter_factor <= 1:
-            raise ConfigError(f"--retry-jitter-factor must be between 0 and 1, got {self.retry_jitter_factor}")
-        try:
-            self.auth.validate()
-        except AuthConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        self.retry.validate()
+        self.auth.validate()
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
             raise ConfigError("TLS needs both --tls-cert-path and --tls-key-path")
+        if bool(self.client_cert_path) != bool(self.client_key_path):
+            raise ConfigError("a client certificate needs both --client-cert-path and --client-key-path")
         if not 0.0 <= self.trace_sample_ratio <= 1.0:
             raise ConfigError("--trace-sample-ratio must be between 0 and 1")
         if not 0 <= self.prometheus_port < 65536:
@@ -246,19 +360,14 @@ class GatewayConfig:
             raise ConfigError("--tokenizer-cache-l0-max-entries must be positive when L0 is enabled")
         if self.tokenizer_cache_enable_l1 and self.tokenizer_cache_l1_max_memory <= 0:
             raise ConfigError("--tokenizer-cache-l1-max-memory must be positive when L1 is enabled")
-        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_PARSER_NAMES:
-            raise ConfigError(f"--tool-call-parser must be one of {', '.join(sorted(TOOL_PARSER_NAMES))}, "
-                              f"got {self.tool_call_parser!r}")
-        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSER_NAMES:
-            raise ConfigError(f"--reasoning-parser must be one of {', '.join(sorted(REASONING_PARSER_NAMES))}, "
-                              f"got {self.reasoning_parser!r}")
         if not self.request_id_headers:
             raise ConfigError("--request-id-headers needs at least one header name")
         if self.external_model_refresh_secs < 0:
             raise ConfigError("--external-model-refresh-secs must not be negative")
-        for value in self.external_providers:
-            try:
-                parse_external_provider(value).to_spec(os.environ)
-            except ProviderFlagError as exc:
-                raise ConfigError(str(exc)) from None
         return self
+
+
+def is_grpc_target(url: str) -> bool:
+    """`grpc://host:port` with a numeric port (the only shape a gRPC worker URL takes)."""
+    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    return bool(host) and "/" not in host and port.isdigit()

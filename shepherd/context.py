@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -9,7 +10,7 @@ import aiohttp
 from shepherd.config import GatewayConfig
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
-from shepherd.observability.metrics import Metrics
+from shepherd.observability.metrics import LiveState, Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.policies.registry import PolicyRegistry
@@ -21,13 +22,38 @@ from shepherd.routers.grpc.wiring import GrpcComponents
 from shepherd.routers.http.pd import PdRouter
 from shepherd.routers.http.regular import HttpRouter
 from shepherd.routers.manager import RouterManager
+from shepherd.transport.base import Transport
+from shepherd.transport.lean import LeanTransport
+from shepherd.transport.provider import ProviderTransport, TlsSettings
 from shepherd.workers.health import HealthChecker
 from shepherd.workers.http_client import create_upstream_session
 from shepherd.workers.load_monitor import LoadMonitor
 from shepherd.workers.manager import WorkerManager
 from shepherd.workers.registry import RegistryEvent, WorkerRegistry
-from shepherd.workers.upstream import UpstreamPool
 from shepherd.workers.worker import Worker
+
+
+@dataclass
+class Transports:
+    """What carries requests to workers: the lean client for local engines, the full one for providers."""
+
+    local: Transport
+    providers: Transport
+    provider_session: aiohttp.ClientSession | None = None  # providers' model discovery, same egress settings
+
+    @classmethod
+    def real(cls, config: GatewayConfig) -> Transports:
+        providers = ProviderTransport(connect_timeout=config.connect_timeout_secs,
+                                      idle_timeout=config.upstream_pool_idle_timeout_secs,
+                                      tls=TlsSettings(config.ca_cert_paths, config.client_cert_path,
+                                                      config.client_key_path))
+        local = LeanTransport(connect_timeout=config.connect_timeout_secs,
+                              idle_timeout=config.upstream_pool_idle_timeout_secs)
+        return cls(local, providers, providers.session)
+
+    async def close(self) -> None:
+        await self.local.close()
+        await self.providers.close()
 
 
 @dataclass
@@ -36,7 +62,7 @@ class AppContext:
     registry: WorkerRegistry
     policies: PolicyRegistry
     session: aiohttp.ClientSession  # control-plane calls: probes, fan-outs
-    upstream: UpstreamPool  # the proxy's hot path
+    transports: Transports  # local engines' lean client, providers' full client
     manager: WorkerManager
     load_monitor: LoadMonitor
     health: HealthChecker
@@ -53,28 +79,31 @@ class AppContext:
     closing: bool = field(default=False)  # past the settle window: new requests are refused
 
     @classmethod
-    def create(cls, config: GatewayConfig) -> AppContext:
-        """Build the context; must run inside the event loop that will serve it."""
+    def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
+        """Build the context; must run inside the event loop that will serve it. `transports` replaces
+        the real HTTP clients (tests pass fake ones)."""
         registry = WorkerRegistry()
         policies = PolicyRegistry(config.policy, config.policy_options, registry)
         registry.subscribe(policies.on_registry_event)
         session = create_upstream_session(config)
-        upstream = UpstreamPool(connect_timeout=config.connect_timeout_secs,
-                                idle_timeout=config.upstream_pool_idle_timeout_secs)
+        transports = transports or Transports.real(config)
         metrics = None if config.disable_metrics else Metrics()
         tracing = Tracing(config.otlp_traces_endpoint, config.trace_sample_ratio) if config.enable_trace else None
-        http_router = HttpRouter(config, registry, policies, upstream, metrics, tracing)
+        http_router = HttpRouter(config, registry, policies, transports.local, metrics, tracing)
         default_router: Router = http_router
         if config.pd_disaggregation:
             prefill_policies = PolicyRegistry(config.prefill_policy or config.policy, config.policy_options, registry)
             decode_policies = PolicyRegistry(config.decode_policy or config.policy, config.policy_options, registry)
             for pd_policies in (prefill_policies, decode_policies):
                 registry.subscribe(pd_policies.on_registry_event)
-            default_router = PdRouter(config, registry, prefill_policies, decode_policies, upstream, http_router)
+            default_router = PdRouter(config, registry, prefill_policies, decode_policies, transports.local, metrics,
+                                      tracing)
         router = RouterManager(registry, default_router)
-        manager = WorkerManager(config, registry, session)
-        refresher = ModelRefresher(registry, session, config.external_model_refresh_secs)
-        router.register("external", ExternalRouter(config, registry, policies, upstream, refresher, metrics))
+        provider_session = transports.provider_session or session
+        manager = WorkerManager(config, registry, session, provider_session)
+        refresher = ModelRefresher(registry, provider_session, config.external_model_refresh_secs)
+        router.register("external", ExternalRouter(config, registry, policies, transports.providers, refresher,
+                                                   metrics, tracing))
         health = HealthChecker(config.health, registry, session, remove=manager.submit_remove)
         if metrics is not None:
             registry.subscribe(_breaker_metrics(metrics))
@@ -85,11 +114,11 @@ class AppContext:
             registry=registry,
             policies=policies,
             session=session,
-            upstream=upstream,
+            transports=transports,
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
             health=health,
-            admission=AdmissionController(config.admission),
+            admission=AdmissionController(config.admission, *_admission_counters(metrics)),
             http_router=http_router,
             router=router,
             refresher=refresher,
@@ -97,12 +126,16 @@ class AppContext:
             metrics=metrics,
             tracing=tracing,
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
-                                        ParserOutputFactory(config.tool_call_parser, config.reasoning_parser)),
+                                        ParserOutputFactory(config.tool_call_parser, config.reasoning_parser),
+                                        metrics, tracing),
         )
         context.health.register_probe("grpc", context.grpc.health)
         context.load_monitor.register_source("grpc", context.grpc.load_rows)
         if metrics is not None:
-            metrics.attach(context)
+            metrics.attach(LiveState(
+                workers=registry.all, requests_in_flight=lambda: context.in_flight,
+                admission_queue_depth=lambda: context.admission.queue_depth,
+                admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees))
         return context
 
     def start(self) -> None:
@@ -122,9 +155,16 @@ class AppContext:
         await self.refresher.close()
         if self.tracing is not None:
             self.tracing.shutdown()
-        await self.upstream.close()
+        await self.transports.close()
         await self.session.close()
 
+
+
+def _admission_counters(metrics: Metrics | None) -> tuple[Callable[[str], None] | None, Callable[[str], None] | None]:
+    """(rate-limit decision, rejection) counters for the admission controller."""
+    if metrics is None:
+        return None, None
+    return (lambda result: metrics.rate_limit(result).inc()), (lambda reason: metrics.admission_rejected(reason).inc())
 
 
 def _breaker_metrics(metrics: Metrics):  # type: ignore[no-untyped-def]

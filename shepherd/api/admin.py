@@ -11,8 +11,8 @@ import orjson
 from aiohttp import web
 
 from shepherd.api.body import parse_json_object, read_body
-from shepherd.api.errors import GatewayError
 from shepherd.api.keys import CONTEXT
+from shepherd.errors import GatewayError
 from shepherd.workers.manager import WorkerConflict
 from shepherd.workers.metadata import auth_headers
 from shepherd.workers.spec import SpecError, WorkerSpec

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shepherd.api.errors import GatewayError
+from shepherd.errors import GatewayError
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

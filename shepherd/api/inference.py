@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from shepherd.api.body import parse_json_object, read_body
-from shepherd.api.errors import GatewayError
 from shepherd.api.keys import CONTEXT
+from shepherd.errors import GatewayError
+from shepherd.headers import presented_key
 
 # gateway path -> the worker path it is forwarded to
 INFERENCE_ROUTES: dict[str, str] = {
@@ -31,7 +32,7 @@ def _inference_handler(upstream_path: str) -> Handler:
         context = request.app[CONTEXT]
         admission = context.admission if context.config.admission.enabled else None
         # Admission comes first: a request waiting for capacity has not had its body read yet.
-        ticket = await admission.acquire(request.headers.get("authorization")) if admission else None
+        ticket = await admission.acquire(presented_key(request.headers)) if admission else None
         try:
             raw = await read_body(request, context.config.max_payload_size)
             body = parse_json_object(raw)

@@ -15,8 +15,8 @@ import orjson
 from aiohttp import web
 
 from shepherd.api.body import parse_json_object, read_body
-from shepherd.api.errors import GatewayError
 from shepherd.api.keys import CONTEXT
+from shepherd.errors import GatewayError
 from shepherd.parsers.reasoning import create_reasoning_parser, resolve_reasoning_parser
 from shepherd.parsers.tool import PASSTHROUGH, UnknownParserError, create_tool_parser, resolve_tool_parser
 

@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 
 from shepherd.api.body import parse_json_object, read_body
-from shepherd.api.errors import GatewayError
 from shepherd.api.keys import CONTEXT
+from shepherd.errors import GatewayError
 from shepherd.routers.grpc.params import flag, invalid, token_ids
 from shepherd.tokenizer.chat_template import ChatTemplateError
 from shepherd.tokenizer.files import TokenizerLoadError

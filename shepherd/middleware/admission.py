@@ -5,8 +5,11 @@
   503; both with Retry-After. A slot is held until the response (streamed or not) is finished.
 * `--rate-limit-tokens-per-second R`: a token bucket (one second of burst) in front of everything;
   an empty bucket answers 429 with the time until the next token as Retry-After.
-* Per API key (the bearer token a client presents, kept only as a hash): the same two limits, each
-  key on its own, so one tenant cannot take the whole gateway.
+* Per API key (the key a client presents, as Bearer token or `x-api-key`, kept only as a hash): the
+  same two limits, each key on its own, so one tenant cannot take the whole gateway.
+
+Every rate-limit decision and every rejection is reported to the optional counters
+(`smg_http_rate_limit_total`, `smg_admission_queue_rejected_total`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import hashlib
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
-from shepherd.api.errors import GatewayError
 from shepherd.config import AdmissionConfig
+from shepherd.errors import GatewayError
 
 MAX_TRACKED_KEYS = 10_000
 
@@ -61,9 +65,15 @@ class Ticket:
         self.holds_slot = holds_slot
 
 
+Counter = Callable[[str], None]
+
+
 class AdmissionController:
-    def __init__(self, config: AdmissionConfig) -> None:
+    def __init__(self, config: AdmissionConfig, count_rate_limit: Counter | None = None,
+                 count_rejected: Counter | None = None) -> None:
         self._config = config
+        self._count_rate_limit = count_rate_limit  # "allowed" | "rejected", per token-bucket decision
+        self._count_rejected = count_rejected  # the reason of every request turned away
         self._limit = config.max_concurrent_requests
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -76,16 +86,17 @@ class AdmissionController:
     def queue_depth(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, authorization: str | None) -> Ticket:
+    async def acquire(self, api_key: str | None) -> Ticket:
+        """Admit a request presented with `api_key` (None: no key), or raise a 429/503 GatewayError."""
         config = self._config
         if self._bucket is not None:
             self._check_rate(self._bucket, "rate_limit_exceeded", "The gateway's request rate limit was reached")
-        key = self._key_state(authorization) if self._per_key else None
+        key = self._key_state(api_key) if self._per_key else None
         if key is not None:
             if key.bucket is not None:
                 self._check_rate(key.bucket, "key_rate_limit_exceeded", "This API key's request rate limit was reached")
             if 0 < config.per_key_max_concurrent_requests <= key.in_flight:
-                self.rejected["key"] += 1
+                self._reject("key")
                 raise GatewayError(429, "key_concurrency_limit_exceeded",
                                    "This API key has too many requests in flight", headers={"Retry-After": "1"})
             key.in_flight += 1
@@ -117,7 +128,7 @@ class AdmissionController:
             return
         config = self._config
         if len(self._waiters) >= config.queue_size:
-            self.rejected["full"] += 1
+            self._reject("full")
             reason = "queuing is disabled" if config.queue_size == 0 else f"{config.queue_size} requests already wait"
             raise GatewayError(429, "admission_queue_full", f"The gateway is at capacity and {reason}",
                                headers={"Retry-After": "2"})
@@ -129,7 +140,7 @@ class AdmissionController:
             if waiter.done():  # the slot arrived just as the wait timed out: keep it
                 return
             waiter.cancel()
-            self.rejected["timeout"] += 1
+            self._reject("timeout")
             raise GatewayError(503, "admission_queue_timeout",
                                f"No capacity became free within {config.queue_timeout_secs:g}s",
                                headers={"Retry-After": "2"}) from None
@@ -140,16 +151,23 @@ class AdmissionController:
                 waiter.cancel()
             raise
 
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        if self._count_rejected is not None:
+            self._count_rejected(reason)
+
     def _check_rate(self, bucket: TokenBucket, code: str, message: str) -> None:
         wait = bucket.take()
+        if self._count_rate_limit is not None:
+            self._count_rate_limit("rejected" if wait > 0 else "allowed")
         if wait > 0:
-            self.rejected["rate"] += 1
+            self._reject("rate")
             raise GatewayError(429, code, message, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
-    def _key_state(self, authorization: str | None) -> _KeyState | None:
-        if not authorization:
+    def _key_state(self, api_key: str | None) -> _KeyState | None:
+        if not api_key:
             return None
-        digest = hashlib.sha256(authorization.encode()).hexdigest()
+        digest = hashlib.sha256(api_key.encode()).hexdigest()
         state = self._keys.get(digest)
         if state is None:
             state = self._keys[digest] = _KeyState(self._config.per_key_rate_limit_tokens_per_second)

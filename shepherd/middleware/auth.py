@@ -20,13 +20,14 @@ import hmac
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import jwt
 
-from shepherd.api.errors import GatewayError
+from shepherd.config import AuthConfig
+from shepherd.errors import GatewayError
+from shepherd.headers import presented_key
 
 log = logging.getLogger("shepherd.auth")
 
@@ -39,51 +40,8 @@ _JWKS_REFRESH_SECS = 30.0
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="control-plane"'}
 
 
-class AuthConfigError(ValueError):
-    """A credential flag is malformed."""
-
-
-@dataclass(frozen=True)
-class ControlPlaneKey:
-    id: str
-    name: str
-    role: str
-    digest: bytes = field(repr=False)
-
-    @classmethod
-    def parse(cls, spec: str) -> ControlPlaneKey:
-        parts = spec.split(":", 3)
-        if len(parts) != 4 or not all(parts):
-            raise AuthConfigError("--control-plane-api-keys entries look like id:name:role:key")
-        key_id, name, role, key = parts
-        return cls(key_id, name, role.lower(), _digest(key))
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    api_keys: tuple[str, ...] = ()
-    control_plane_keys: tuple[ControlPlaneKey, ...] = ()
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    jwt_jwks_uri: str | None = None
-    jwt_role_mapping: tuple[tuple[str, str], ...] = ()  # (claim value, gateway role)
-
-    def validate(self) -> None:
-        jwt_fields = (self.jwt_issuer, self.jwt_jwks_uri)
-        if any(jwt_fields) and not all(jwt_fields):
-            raise AuthConfigError("JWT auth needs both --jwt-issuer and --jwt-jwks-uri")
-
-
 def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
-
-
-def presented_token(headers: Mapping[str, str]) -> str | None:
-    value = headers.get("authorization")
-    if value:
-        scheme, _, token = value.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return headers.get("x-api-key") or None
 
 
 class Authenticator:
@@ -103,7 +61,7 @@ class Authenticator:
             self._check_serving(headers)
 
     def _check_serving(self, headers: Mapping[str, str]) -> None:
-        token = presented_token(headers)
+        token = presented_key(headers)
         if token is None:
             raise GatewayError(401, "missing_api_key", "An API key is required (Authorization: Bearer <key>)")
         if not _matches(_digest(token), self._serving):
@@ -117,7 +75,7 @@ class Authenticator:
                 except GatewayError as exc:
                     raise GatewayError(401, exc.code, exc.message, headers=_CHALLENGE) from None
             return
-        token = presented_token(headers)
+        token = presented_key(headers)
         if token is None:
             raise GatewayError(401, "missing_credentials", "This route needs an admin API key or token",
                                headers=_CHALLENGE)

@@ -11,11 +11,11 @@ import time
 
 from aiohttp import web
 
-from shepherd.api.errors import ERROR_CODE_HEADER, GatewayError, error_response, flavor_for_path
 from shepherd.context import AppContext
+from shepherd.errors import ERROR_CODE_HEADER, GatewayError, error_response, flavor_for_path
+from shepherd.headers import REQUEST_ID_HEADER
 from shepherd.middleware.request_id import resolve_request_id
 from shepherd.request_keys import MODEL, REQUEST_ID, SPAN, USAGE, WORKER
-from shepherd.routers.http.headers import REQUEST_ID_HEADER
 
 log = logging.getLogger("shepherd.api")
 access_log = logging.getLogger("shepherd.access")

@@ -12,17 +12,15 @@ Two kinds of series:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shepherd.policies.cache_aware import CacheAwarePolicy
-
-if TYPE_CHECKING:
-    from shepherd.context import AppContext
+from shepherd.workers.worker import Worker
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 90, 120, 180,
                     240, 300, 480, 900, 1200, 1800, 2700, 3600, 5400, 7200)
@@ -102,18 +100,29 @@ class Metrics:
         self.admission_rejected = _Cached(Counter(
             "smg_admission_queue_rejected_total", "Requests rejected by admission control", ["reason"], registry=r))
 
-    def attach(self, context: AppContext) -> None:
-        """Expose the context's live state (workers, policies, admission) at scrape time."""
-        self.registry.register(_StateCollector(context))
+    def attach(self, state: LiveState) -> None:
+        """Expose the gateway's live state (workers, admission, cache trees) at scrape time."""
+        self.registry.register(_StateCollector(state))
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What a scrape reads, as narrow callables (the collector knows nothing else of the gateway)."""
+
+    workers: Callable[[], Sequence[Worker]]
+    requests_in_flight: Callable[[], int]
+    admission_queue_depth: Callable[[], int]
+    admission_in_flight: Callable[[], int]
+    cache_trees: Callable[[], Iterable[tuple[str, float, float]]]  # (model, hit ratio, tree size)
 
 
 class _StateCollector(Collector):
-    def __init__(self, context: AppContext) -> None:
-        self._context = context
+    def __init__(self, state: LiveState) -> None:
+        self._state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        context = self._context
-        workers = context.registry.all()
+        state = self._state
+        workers = state.workers()
 
         def gauge(name: str, doc: str, labels: list[str], rows: Iterator[tuple[list[str], float]]) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, doc, labels=labels)
@@ -121,7 +130,8 @@ class _StateCollector(Collector):
                 family.add_metric(values, value)
             return family
 
-        yield gauge("smg_http_connections_active", "Requests being handled", [], iter([([], context.in_flight)]))
+        yield gauge("smg_http_connections_active", "Requests being handled", [],
+                    iter([([], state.requests_in_flight())]))
         yield gauge("smg_worker_requests_active", "Requests in flight per worker", ["worker"],
                     (([w.url], w.load) for w in workers))
         yield gauge("smg_worker_health", "1 if the worker is in rotation", ["worker"],
@@ -144,19 +154,12 @@ class _StateCollector(Collector):
         for name, read in engine_fields:
             yield gauge(f"smg_engine_{name}", f"Engine-reported {name.replace('_', ' ')}", ["worker", "model"],
                         (([w.url, w.model_id], float(read(w.snapshot))) for w in workers if w.snapshot is not None))
-        admission = context.admission
         yield gauge("smg_admission_queue_depth", "Requests waiting for admission", [],
-                    iter([([], admission.queue_depth)]))
+                    iter([([], state.admission_queue_depth())]))
         yield gauge("smg_admission_inflight", "Requests holding an admission slot", [],
-                    iter([([], admission.in_flight)]))
-        hit_rows: list[tuple[list[str], float]] = []
-        tree_rows: list[tuple[list[str], float]] = []
-        for model_name, policy in context.policies.by_model().items():
-            if isinstance(policy, CacheAwarePolicy):
-                label = [model_name or "default"]
-                hit_rows.append((label, policy.hit_ratio))
-                tree_rows.append((label, float(policy.text_tree.size + policy.token_tree.size)))
+                    iter([([], state.admission_in_flight())]))
+        trees = list(state.cache_trees())
         yield gauge("smg_cache_aware_hit_ratio", "cache_aware: share of decisions that found a holder", ["model"],
-                    iter(hit_rows))
+                    (([model], ratio) for model, ratio, _ in trees))
         yield gauge("smg_cache_tree_chars", "cache_aware: characters (or tokens) held in the tree", ["model"],
-                    iter(tree_rows))
+                    (([model], size) for model, _, size in trees))

@@ -16,8 +16,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy, RoutingRequest
-from shepherd.policies.options import PolicyOptions
 from shepherd.workers.worker import Worker
 
 INITIAL_SPAN = 4096

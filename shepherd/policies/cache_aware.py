@@ -22,8 +22,8 @@ import math
 import random
 from collections.abc import Sequence
 
+from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy, RoutingRequest, least_loaded
-from shepherd.policies.options import PolicyOptions
 from shepherd.policies.radix_tree import RadixTree
 from shepherd.workers.worker import Worker
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shepherd.policies.options import PolicyOptions
+from shepherd.config import PolicyOptions
 from shepherd.workers.worker import Worker
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy
 from shepherd.policies.bucket import BucketPolicy
 from shepherd.policies.cache_aware import CacheAwarePolicy
 from shepherd.policies.consistent_hashing import ConsistentHashingPolicy
 from shepherd.policies.least_load import LeastLoadPolicy
 from shepherd.policies.manual import ManualPolicy
-from shepherd.policies.options import PolicyOptions
 from shepherd.policies.passthrough import PassthroughPolicy
 from shepherd.policies.power_of_two import PowerOfTwoPolicy
 from shepherd.policies.prefix_hash import PrefixHashPolicy

@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy, RoutingRequest, least_loaded
-from shepherd.policies.options import PolicyOptions
 from shepherd.workers.worker import Worker
 
 MAX_PINNED = 2

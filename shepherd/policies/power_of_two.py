@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy, RoutingRequest
 from shepherd.policies.expected_wait import ExpectedWait
-from shepherd.policies.options import PolicyOptions
 from shepherd.workers.worker import Worker
 
 

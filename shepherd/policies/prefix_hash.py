@@ -12,9 +12,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy, RoutingRequest, least_loaded
 from shepherd.policies.hash_ring import HashRing
-from shepherd.policies.options import PolicyOptions
 from shepherd.workers.worker import Worker
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 
+from shepherd.config import PolicyOptions
 from shepherd.periodic import Periodic
 from shepherd.policies.base import Policy
+from shepherd.policies.cache_aware import CacheAwarePolicy
 from shepherd.policies.factory import POLICY_NAMES, create_policy
-from shepherd.policies.options import PolicyOptions
 from shepherd.workers.registry import RegistryEvent, WorkerRegistry
 from shepherd.workers.worker import Worker
 
@@ -42,6 +43,11 @@ class PolicyRegistry:
 
     def all(self) -> list[Policy]:
         return list(self._by_model.values())
+
+    def cache_trees(self) -> list[tuple[str, float, float]]:
+        """(model, hit ratio, tree size) of every cache_aware policy, for the metrics scrape."""
+        return [(model or "default", policy.hit_ratio, float(policy.text_tree.size + policy.token_tree.size))
+                for model, policy in self._by_model.items() if isinstance(policy, CacheAwarePolicy)]
 
     def by_model(self) -> dict[str | None, Policy]:
         return dict(self._by_model)

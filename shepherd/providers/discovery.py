@@ -16,7 +16,8 @@ from shepherd.providers.aliases import alias_map
 from shepherd.providers.error_body import parse_provider_error
 from shepherd.providers.kinds import ProviderKind, api_path, auth_headers, provider_kind
 from shepherd.providers.redact import redact
-from shepherd.workers.metadata import ProbeError, WorkerMetadata
+from shepherd.workers.errors import ProbeError
+from shepherd.workers.metadata import WorkerMetadata
 from shepherd.workers.spec import WorkerSpec
 
 DISCOVERY_TIMEOUT = aiohttp.ClientTimeout(total=30)

@@ -18,7 +18,7 @@ import aiohttp
 from shepherd.providers.aliases import alias_map
 from shepherd.providers.discovery import MODEL_DISCOVERY_LABEL, list_models, model_cards
 from shepherd.providers.kinds import provider_kind
-from shepherd.workers.metadata import ProbeError
+from shepherd.workers.errors import ProbeError
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker
 

@@ -19,7 +19,7 @@ from smg_grpc_proto import sglang_scheduler_pb2, sglang_scheduler_pb2_grpc, vllm
 from smg_grpc_proto.generated import common_pb2
 
 from shepherd.tokenizer.bundle import MAX_BUNDLE_BYTES, verify
-from shepherd.workers.metadata import ProbeError
+from shepherd.workers.errors import ProbeError
 
 log = logging.getLogger("shepherd.grpc")
 
@@ -131,15 +131,17 @@ class GrpcWorkerClient:
         return json_format.MessageToDict(response, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
 
-    def generate(self, request: Any, rpc_timeout: float | None = None) -> grpc.aio.UnaryStreamCall:
-        return self.stub.Generate(request, timeout=rpc_timeout)
+    def generate(self, request: Any, rpc_timeout: float | None = None,
+                 api_key: str | None = None) -> grpc.aio.UnaryStreamCall:
+        return self.stub.Generate(request, timeout=rpc_timeout, metadata=_credentials(api_key))
 
-    async def abort(self, request_id: str, reason: str = "", rpc_timeout: float = 5.0) -> None:
+    async def abort(self, request_id: str, reason: str = "", rpc_timeout: float = 5.0,
+                    api_key: str | None = None) -> None:
         if self.runtime is VLLM:
             request = self.pb.AbortRequest(request_ids=[request_id])
         else:
             request = self.pb.AbortRequest(request_id=request_id, reason=reason)
-        await self.stub.Abort(request, timeout=rpc_timeout)
+        await self.stub.Abort(request, timeout=rpc_timeout, metadata=_credentials(api_key))
 
     async def flush_cache(self, rpc_timeout: float = 45.0) -> bool:
         request = common_pb2.FlushCacheRequest(timeout_s=rpc_timeout - 5)
@@ -161,3 +163,8 @@ class GrpcWorkerClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def _credentials(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The worker's API key as gRPC metadata, the way engines behind an auth proxy expect it."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else None

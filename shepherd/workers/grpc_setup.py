@@ -21,10 +21,11 @@ from shepherd.config import GatewayConfig
 from shepherd.tokenizer import bundle
 from shepherd.tokenizer.files import TokenizerLoadError
 from shepherd.tokenizer.registry import TokenizerEntry, TokenizerRegistry
+from shepherd.workers.errors import ProbeError
 from shepherd.workers.grpc_client import GrpcWorkerClient
 from shepherd.workers.grpc_pool import GrpcClientPool
 from shepherd.workers.grpc_probe import describe_grpc_worker
-from shepherd.workers.metadata import ProbeError, WorkerMetadata
+from shepherd.workers.metadata import WorkerMetadata
 from shepherd.workers.spec import WorkerSpec
 from shepherd.workers.worker import Worker
 

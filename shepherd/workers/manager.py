@@ -20,7 +20,8 @@ import aiohttp
 from shepherd.config import GatewayConfig
 from shepherd.providers.discovery import PermanentProbeError, discover_external
 from shepherd.workers.circuit_breaker import CircuitBreaker
-from shepherd.workers.metadata import ProbeError, WorkerMetadata, probe_worker
+from shepherd.workers.errors import ProbeError
+from shepherd.workers.metadata import WorkerMetadata, probe_worker
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.spec import WorkerSpec
 from shepherd.workers.worker import Worker, WorkerStatus
@@ -74,10 +75,13 @@ def new_worker_id() -> str:
 
 
 class WorkerManager:
-    def __init__(self, config: GatewayConfig, registry: WorkerRegistry, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: GatewayConfig, registry: WorkerRegistry, session: aiohttp.ClientSession,
+                 provider_session: aiohttp.ClientSession | None = None) -> None:
         self._config = config
         self._registry = registry
         self._session = session
+        # Providers' model lists go through the providers' transport (its proxy and TLS settings).
+        self._provider_session = provider_session or session
         self._jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._probers: dict[str, Prober] = {}
@@ -206,7 +210,7 @@ class WorkerManager:
 
     async def _probe(self, spec: WorkerSpec) -> WorkerMetadata:
         if spec.runtime_type == "external":  # providers have no /health: their model list is the probe
-            return await discover_external(self._session, spec)
+            return await discover_external(self._provider_session, spec)
         prober = self._probers.get(spec.url.partition("://")[0])  # e.g. grpc:// workers
         if prober is not None:
             return await prober(spec)

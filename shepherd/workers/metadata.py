@@ -8,13 +8,12 @@ from typing import Any
 import aiohttp
 import orjson
 
+from shepherd.workers.errors import ProbeError
+from shepherd.workers.grpc_client import grpc_health_check
+
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 _RUNTIME_BY_OWNER = {"sglang": "sglang", "nvidia": "sglang", "vllm": "vllm"}
-
-
-class ProbeError(Exception):
-    """The worker did not answer as an inference engine should."""
 
 
 @dataclass
@@ -50,8 +49,6 @@ async def _get_json(session: aiohttp.ClientSession, url: str, api_key: str | Non
 async def check_health(session: aiohttp.ClientSession, url: str, api_key: str | None,
                        endpoint: str = "/health", probe_timeout: aiohttp.ClientTimeout = PROBE_TIMEOUT) -> bool:
     if url.startswith("grpc://"):  # gRPC engines answer HealthCheck on their engine service instead
-        from shepherd.workers.grpc_client import grpc_health_check
-
         return await grpc_health_check(url, probe_timeout.total or 5.0)
     try:
         async with session.get(url + endpoint, headers=auth_headers(api_key), timeout=probe_timeout) as response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shepherd.config import is_grpc_target
 from shepherd.providers.kinds import external_base_url, provider_for_url, provider_kind
 from shepherd.workers.worker import WorkerType
 
@@ -108,11 +109,6 @@ class WorkerSpec:
             if key is not None and (not isinstance(key, str) or not key.isprintable()):
                 raise SpecError("'api_key' must be a string of printable characters")  # it becomes a header
             self.api_key = data["api_key"]
-
-
-def is_grpc_target(url: str) -> bool:
-    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
-    return bool(host) and "/" not in host and port.isdigit()
 
 
 def normalize_url(url: str) -> str:

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from shepherd.api.errors import GatewayError
 from shepherd.config import AdmissionConfig, BreakerConfig
+from shepherd.errors import GatewayError
 from shepherd.middleware.admission import AdmissionController
 from shepherd.workers.circuit_breaker import BreakerState, CircuitBreaker
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from shepherd.assembly import checked
 from shepherd.cli import _size, build_parser, config_from_args
-from shepherd.config import ConfigError, GatewayConfig
+from shepherd.config import ConfigError, GatewayConfig, RetryConfig
 from shepherd.workers.spec import SpecError, WorkerSpec
 from shepherd.workers.worker import WorkerType
 
@@ -15,7 +16,7 @@ def test_cli_flags_map_to_config() -> None:
     config = config_from_args(args).validate()
     assert config.port == 8080 and config.worker_urls == ("http://a:1", "http://b:2")
     assert config.policy == "random" and config.max_payload_size == 2 * 1024 * 1024
-    assert config.request_timeout_secs == 5 and config.retry_max_retries == 0 and config.log_json
+    assert config.request_timeout_secs == 5 and config.retry.max_retries == 0 and config.log_json
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -24,13 +25,13 @@ def test_cli_flags_map_to_config() -> None:
     ({"request_timeout_secs": 0}, "--request-timeout-secs"),
     ({"max_payload_size": 0}, "--max-payload-size"),
     ({"worker_urls": ("localhost:8000",)}, "must start with http"),
-    ({"retry_jitter_factor": 2.0}, "--retry-jitter-factor"),
+    ({"retry": RetryConfig(jitter_factor=2.0)}, "--retry-jitter-factor"),
     ({"tool_call_parser": "qwen2"}, "--tool-call-parser"),
     ({"reasoning_parser": "qwen"}, "--reasoning-parser"),
 ])
 def test_invalid_config_names_the_flag(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        GatewayConfig(**changes).validate()
+        checked(GatewayConfig(**changes))
 
 
 def test_parser_flags_map_to_config() -> None:

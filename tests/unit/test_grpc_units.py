@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shepherd.api.errors import GatewayError
+from shepherd.errors import GatewayError
 from shepherd.parsers.tool import ToolChoiceError, tool_choice_constraint
 from shepherd.policies.base import RoutingRequest
 from shepherd.routers.grpc.params import chat_sampling, constraints, generate_sampling

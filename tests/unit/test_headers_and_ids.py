@@ -3,7 +3,7 @@ from __future__ import annotations
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shepherd.middleware.request_id import is_valid_request_id, new_request_id, resolve_request_id
-from shepherd.routers.http.headers import client_response_headers, upstream_request_headers
+from shepherd.routers.common.headers import client_response_headers, upstream_request_headers
 
 
 def _proxy(**headers: str) -> CIMultiDictProxy[str]:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from shepherd.config import PolicyOptionError, PolicyOptions
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.bucket import BucketPolicy
 from shepherd.policies.cache_aware import CacheAwarePolicy
@@ -14,7 +15,6 @@ from shepherd.policies.consistent_hashing import ConsistentHashingPolicy
 from shepherd.policies.factory import POLICY_NAMES, create_policy
 from shepherd.policies.least_load import LeastLoadPolicy
 from shepherd.policies.manual import ManualPolicy
-from shepherd.policies.options import PolicyOptionError, PolicyOptions
 from shepherd.policies.passthrough import PassthroughPolicy
 from shepherd.policies.power_of_two import PowerOfTwoPolicy
 from shepherd.policies.prefix_hash import PrefixHashPolicy

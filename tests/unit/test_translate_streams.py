@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shepherd.routers.external.translate.sse import DONE_FRAME, SSEDecoder, SSEEvent, data_frame, event_frame
+from shepherd.routers.common.sse import DONE_FRAME, SSEDecoder, SSEEvent, data_frame, event_frame
 from shepherd.routers.external.translate.stream_anthropic_to_openai import MessagesStreamToChat
 from shepherd.routers.external.translate.stream_openai_to_anthropic import ChatStreamToMessages
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from shepherd.workers.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from shepherd.transport.errors import UpstreamError, UpstreamTimeout
+from shepherd.transport.lean import LeanTransport
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -49,13 +50,13 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
 
 
 @pytest.fixture
-async def pool() -> AsyncIterator[UpstreamPool]:
-    upstream = UpstreamPool(connect_timeout=2, idle_timeout=5)
+async def pool() -> AsyncIterator[LeanTransport]:
+    upstream = LeanTransport(connect_timeout=2, idle_timeout=5)
     yield upstream
     await upstream.close()
 
 
-async def test_request_and_keep_alive_reuse(pool: UpstreamPool) -> None:
+async def test_request_and_keep_alive_reuse(pool: LeanTransport) -> None:
     seen: list[bytes] = []
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -75,7 +76,7 @@ async def test_request_and_keep_alive_reuse(pool: UpstreamPool) -> None:
         assert b"x-a: 1\r\n" in seen[0] and b"content-length: 8\r\n" in seen[0]
 
 
-async def test_chunked_body_streams_as_it_arrives(pool: UpstreamPool) -> None:
+async def test_chunked_body_streams_as_it_arrives(pool: LeanTransport) -> None:
     release = asyncio.Event()
 
     async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,7 +99,7 @@ async def test_chunked_body_streams_as_it_arrives(pool: UpstreamPool) -> None:
         assert pool.open_connections == 1  # finished: pooled for reuse
 
 
-async def test_close_delimited_body(pool: UpstreamPool) -> None:
+async def test_close_delimited_body(pool: LeanTransport) -> None:
     async def legacy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
@@ -109,7 +110,7 @@ async def test_close_delimited_body(pool: UpstreamPool) -> None:
         assert await response.read() == b"all of it"
 
 
-async def test_stale_pooled_connection_is_resent_once(pool: UpstreamPool) -> None:
+async def test_stale_pooled_connection_is_resent_once(pool: LeanTransport) -> None:
     async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head, body = await read_request(reader)
         writer.write(ok(b"done"))
@@ -123,7 +124,7 @@ async def test_stale_pooled_connection_is_resent_once(pool: UpstreamPool) -> Non
         assert len(connections) == 2
 
 
-async def test_timeout_waiting_for_the_head(pool: UpstreamPool) -> None:
+async def test_timeout_waiting_for_the_head(pool: LeanTransport) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         await reader.read()  # returns when the client aborts
@@ -134,7 +135,7 @@ async def test_timeout_waiting_for_the_head(pool: UpstreamPool) -> None:
         assert pool.open_connections == 0
 
 
-async def test_timeout_covers_the_body(pool: UpstreamPool) -> None:
+async def test_timeout_covers_the_body(pool: LeanTransport) -> None:
     async def slow_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
@@ -147,7 +148,7 @@ async def test_timeout_covers_the_body(pool: UpstreamPool) -> None:
             await response.read()
 
 
-async def test_early_close_aborts_the_connection(pool: UpstreamPool) -> None:
+async def test_early_close_aborts_the_connection(pool: LeanTransport) -> None:
     closed = asyncio.Event()
 
     async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -165,7 +166,7 @@ async def test_early_close_aborts_the_connection(pool: UpstreamPool) -> None:
         assert pool.open_connections == 0
 
 
-async def test_broken_mid_body_and_refused_and_malformed(pool: UpstreamPool) -> None:
+async def test_broken_mid_body_and_refused_and_malformed(pool: LeanTransport) -> None:
     async def breaks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
@@ -190,7 +191,7 @@ async def test_broken_mid_body_and_refused_and_malformed(pool: UpstreamPool) -> 
         await pool.request("GET", "http://127.0.0.1:9", "/", {}, None, 5)
 
 
-async def test_read_limit(pool: UpstreamPool) -> None:
+async def test_read_limit(pool: LeanTransport) -> None:
     async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(ok(b"x" * 1000))

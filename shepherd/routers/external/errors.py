@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from shepherd.api.errors import error_response
+from shepherd.errors import error_response
 from shepherd.providers.error_body import parse_provider_error
 from shepherd.providers.redact import redact
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from multidict import CIMultiDict
 
+from shepherd.headers import REQUEST_ID_HEADER, presented_key
 from shepherd.providers.kinds import ANTHROPIC_VERSION, ProviderKind, auth_headers
 
 _FORWARDED_TRACING = ("traceparent", "tracestate")
@@ -31,7 +32,7 @@ def provider_request_headers(
 ) -> dict[str, str]:
     key = worker_api_key or client_provider_key(client_headers, gateway_keys)
     headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json",
-               "x-request-id": request_id}
+               REQUEST_ID_HEADER: request_id}
     for name in _FORWARDED_TRACING:
         if name in client_headers:
             headers[name] = client_headers[name]
@@ -48,10 +49,7 @@ def provider_request_headers(
 def client_provider_key(client_headers: Mapping[str, str], gateway_keys: frozenset[str]) -> str | None:
     """Bring-your-own-key: a worker without a key of its own uses the client's provider key, but never
     one of the gateway's own keys."""
-    token = client_headers.get("x-api-key")
-    if not token:
-        authorization = client_headers.get("authorization", "")
-        token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+    token = presented_key(client_headers)
     if not token or token in gateway_keys:
         return None
     return token

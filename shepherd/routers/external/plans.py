@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import orjson
 
 from shepherd.providers.kinds import ProviderKind
+from shepherd.routers.common.sse import SSEEvent
 from shepherd.routers.external.translate.anthropic_to_openai import (
     message_to_chat_completion,
     messages_request_to_chat,
@@ -22,7 +23,6 @@ from shepherd.routers.external.translate.openai_to_anthropic import (
     chat_completion_to_message,
     chat_request_to_messages,
 )
-from shepherd.routers.external.translate.sse import SSEEvent
 from shepherd.routers.external.translate.stream_anthropic_to_openai import MessagesStreamToChat
 from shepherd.routers.external.translate.stream_openai_to_anthropic import ChatStreamToMessages
 

@@ -11,52 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from shepherd.api.errors import GatewayError
 from shepherd.config import GatewayConfig
+from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
+from shepherd.observability.tracing import Tracing
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.kinds import api_path, provider_kind
 from shepherd.providers.refresh import ModelRefresher
-from shepherd.request_keys import MODEL, REQUEST_ID
-from shepherd.routers.attempt import Attempt, count_attempt, count_request
+from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
+from shepherd.routers.common.headers import routed_headers
+from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
+from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
+from shepherd.routers.common.selection import Selector
 from shepherd.routers.external.errors import AUTH_FAILED_CODE, provider_error_response
 from shepherd.routers.external.headers import client_response_headers, provider_request_headers
 from shepherd.routers.external.plans import Passthrough, Translation, client_api_for, plan_for
-from shepherd.routers.external.relay import (
-    read_whole,
-    relay_stream,
-    relay_whole,
-    translate_stream,
-    translate_whole,
-)
+from shepherd.routers.external.relay import translate_stream, translate_whole
 from shepherd.routers.external.translate.common import TranslationError
-from shepherd.routers.http.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
+from shepherd.transport.base import Transport
+from shepherd.transport.errors import UpstreamError
 from shepherd.workers.registry import WorkerRegistry
-from shepherd.workers.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from shepherd.workers.worker import Worker
 
 _BUSY_STATUSES = frozenset({529})  # Anthropic's "overloaded"
+_ERROR_BODY_LIMIT = 1 << 20
+LABELS = PathLabels("external", "external", "external")
 
 log = logging.getLogger("shepherd.router.external")
-
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
-_ERROR_BODY_LIMIT = 1 << 20
-
-
-class _TryAnother(Exception):
-    """This provider failed before anything reached the client; another one may serve the request."""
-
-    def __init__(self, response: web.Response | None = None, error: GatewayError | None = None) -> None:
-        super().__init__("retryable provider failure")
-        self.response = response
-        self.error = error
 
 
 class ExternalRouter:
@@ -65,16 +52,19 @@ class ExternalRouter:
         config: GatewayConfig,
         registry: WorkerRegistry,
         policies: PolicyRegistry,
-        upstream: UpstreamPool,
+        transport: Transport,
         refresher: ModelRefresher,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
         self._policies = policies
-        self._upstream = upstream
+        self._transport = transport
         self._refresher = refresher
-        self._metrics = metrics
+        # A provider that just refused is not asked again for the same request.
+        self.selector = Selector(registry, policies, metrics, repeat_when_all_tried=False)
+        self.lifecycle: Lifecycle[Worker] = Lifecycle.for_path(LABELS, config, metrics, tracing)
 
     def _workers(self, model: str) -> list[Worker]:
         return [w for w in self._registry.for_model(model) if w.connection_mode == "external"]
@@ -91,83 +81,44 @@ class ExternalRouter:
         if method != "POST" or body is None or raw_body is None or not isinstance(model, str) or not model:
             raise GatewayError(400, "model_required", "Requests to external providers must name a 'model'",
                                param="model")
-        request[MODEL] = model
-        started = time.perf_counter()
-        try:
-            response = await self._route(request, upstream_path, raw_body, body, model)
-        except GatewayError as exc:
-            self._record(model, upstream_path, body, exc.status, started, exc.code)
-            raise
-        self._record(model, upstream_path, body, response.status, started, None)
-        return response
-
-    def _record(self, model: str, endpoint: str, body: Mapping[str, Any], status: int, started: float,
-                error_code: str | None) -> None:
-        if self._metrics is not None:
-            count_request(self._metrics, ("external", "external", "external"), model, endpoint, body, status,
-                          started, error_code)
-
-    async def _route(
-        self, request: web.Request, upstream_path: str, raw_body: bytes, body: Mapping[str, Any], model: str
-    ) -> web.StreamResponse:
         workers = self._workers(model)
         if not workers:
             await self._refresher.refresh()
             workers = self._workers(model)
-            if not workers:
-                raise GatewayError(404, "model_not_found", f"The model `{model}` does not exist", param="model")
-        policy = self._policies.for_model(_canonical(model, workers))
+        if not workers:
+            self.lifecycle.count_refusal(upstream_path, model, body, 404, "model_not_found")
+            raise GatewayError(404, "model_not_found", f"The model `{model}` does not exist", param="model")
+        canonical = _canonical(model, workers)
+        policy = self._policies.for_model(canonical)
         routing = RoutingRequest(upstream_path, body, request.headers,
                                  routing_key_headers=self._config.policy_options.routing_key_headers)
-        request_id: str = request[REQUEST_ID]
-        plans: dict[str, Passthrough | Translation] = {}
-        tried: set[Worker] = set()
-        last: _TryAnother | None = None
-        for attempt in range(1 + self._config.retry_max_retries):
-            available = [w for w in workers if w.is_available and w not in tried]
-            worker = policy.select(available, routing) if available else None
-            if worker is None:
-                break
-            tried.add(worker)
-            if self._metrics is not None:
-                self._metrics.selections(worker.worker_type.value, worker.connection_mode, model, policy.name,
-                                         worker.url).inc()
-                if attempt:
-                    self._metrics.retries("external", upstream_path).inc()
-            final = not any(w.is_available and w not in tried for w in workers)
-            try:
-                return await self._attempt(request, worker, upstream_path, raw_body, body, model, plans,
-                                           request_id, final=final)
-            except _TryAnother as failure:
-                last = failure
-                log.info("request %s: provider %s failed for model %s; trying another provider", request_id,
-                         worker.url, model)
-        if last is not None:
-            if last.response is not None:
-                return last.response
-            assert last.error is not None
-            raise last.error
-        raise GatewayError(503, "no_available_workers", f"No available provider for model `{model}`",
-                           headers={"Retry-After": "1"})
+        plans: dict[str, Passthrough | Translation] = {}  # one per provider kind, reused by retries
+
+        def select(tried: frozenset[Worker]) -> Worker:
+            return self.selector.pick(workers, routing, tried, model, policy, what="providers")
+
+        async def attempt(execution: Execution[Worker], worker: Worker, final: bool) -> web.StreamResponse:
+            return await self._attempt(execution, worker, upstream_path, raw_body, body, model, plans, final)
+
+        return await self.lifecycle.run(request, upstream_path, model, body, select, attempt)
 
     async def _attempt(
         self,
-        request: web.Request,
+        execution: Execution[Worker],
         worker: Worker,
         path: str,
         raw_body: bytes,
         body: Mapping[str, Any],
         model: str,
         plans: dict[str, Passthrough | Translation],
-        request_id: str,
-        *,
         final: bool,
     ) -> web.StreamResponse:
+        request, request_id = execution.request, execution.request_id
         kind = provider_kind(worker.provider or "custom")
         upstream_model = worker.upstream_model(model)
         client_api = client_api_for(path)
         try:
-            plan = plans.get(kind.name)  # built once per provider kind, reused when a retry lands on the same kind
+            plan = plans.get(kind.name)
             if plan is None:
                 plan = plans[kind.name] = plan_for(path, kind, body, upstream_model)
             payload = plan.request(raw_body, body, upstream_model)
@@ -177,54 +128,39 @@ class ExternalRouter:
         headers = provider_request_headers(kind, worker.api_key, request.headers, request_id,
                                            self._config.gateway_keys, client_api=client_api, stream=stream)
         target = api_path(worker.url, kind, plan.backend_path)
-        timeout = self._config.request_timeout_secs
         # Anthropic's 529 means busy, like a 429: no reason for the breaker to stop trying the provider.
-        attempt = Attempt(worker, busy_statuses=_BUSY_STATUSES)
-        outcome = attempt.outcome
+        attempt = execution.attempt(worker, busy_statuses=_BUSY_STATUSES)
         try:
             try:
-                upstream = await attempt.send(self._upstream, "POST", target, headers, payload, timeout)
-            except UpstreamTimeout:
-                raise self._transport_failure(final, 504, "call_upstream_timeout",
-                                              f"The {kind.name} provider did not answer in time") from None
+                upstream = await attempt.send(self._transport, "POST", target, headers, payload,
+                                              execution.remaining())
             except UpstreamError as exc:
-                raise self._transport_failure(final, 502, "call_upstream_connection_failed",
-                                              f"Could not reach the {kind.name} provider: {exc}") from None
+                raise no_answer(exc, final, who(attempt)) from None
             if upstream.status >= 400:
-                error_body = await read_whole(upstream, _ERROR_BODY_LIMIT, kind.name, outcome)
+                error_body = await read_answer(attempt, _ERROR_BODY_LIMIT, who(attempt), final)
                 response = provider_error_response(
                     upstream.status, error_body, upstream.headers, client_api=client_api, backend_api=kind.api,
                     gateway_credentials=worker.api_key is not None, secrets=[worker.api_key],
                     model=model, provider=kind.name)
                 self._log_error(worker, kind.name, model, upstream.status, response, request_id)
-                response.headers[REQUEST_ID_HEADER] = request_id
-                response.headers[ROUTED_WORKER_HEADER] = worker.url
+                routed_headers(response.headers, request_id, worker.url)  # type: ignore[arg-type]
                 if upstream.status in RETRYABLE_STATUSES and not final:
-                    raise _TryAnother(response=response)
+                    raise RetryableFailure(GatewayError(upstream.status, "upstream_error",
+                                                        f"{who(attempt)} answered {upstream.status}"), response)
                 return response
-            out_headers = client_response_headers(upstream.headers)
-            out_headers[REQUEST_ID_HEADER] = request_id
-            out_headers[ROUTED_WORKER_HEADER] = worker.url
-            limit = self._config.max_payload_size
+            out = routed_headers(client_response_headers(upstream.headers), request_id, worker.url)
             if isinstance(plan, Passthrough):
                 if upstream.content_length is not None:
-                    return await relay_whole(upstream, out_headers, limit, kind.name, outcome)
-                return await relay_stream(request, upstream, out_headers, client_api, kind.name, outcome)
+                    return await relay_whole(execution, attempt, out, final)
+                return await relay_stream(execution, attempt, out)
             if stream:
-                return await translate_stream(request, upstream, plan.stream(), out_headers, kind.name, outcome)
-            return await translate_whole(upstream, plan, out_headers, limit, kind.name, outcome)
+                return await translate_stream(execution, attempt, plan.stream(), out)
+            return await translate_whole(execution, attempt, plan, out, final)
         except asyncio.CancelledError:
-            outcome.client_gone = True
+            attempt.outcome.client_gone = True
             raise
         finally:
             attempt.close()
-            if self._metrics is not None:
-                count_attempt(self._metrics, "external", worker, model, outcome)
-
-    @staticmethod
-    def _transport_failure(final: bool, status: int, code: str, message: str) -> Exception:
-        error = GatewayError(status, code, message)
-        return error if final else _TryAnother(error=error)
 
     @staticmethod
     def _log_error(worker: Worker, provider: str, model: str, status: int, response: web.Response,

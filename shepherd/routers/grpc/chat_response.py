@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shepherd.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
+from shepherd.routers.common.sse import send
 from shepherd.routers.grpc.choices import Choice, new_choices, usage
 from shepherd.routers.grpc.driver import collect, decode_complete, drive
 from shepherd.routers.grpc.execution import EngineCall
@@ -20,8 +22,7 @@ from shepherd.routers.grpc.logprobs import chat_entries
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.output import ChoiceOutput, OutputDelta, OutputFactory, PlainOutput
 from shepherd.routers.grpc.prepare import Prepared
-from shepherd.routers.grpc.sse import run_stream, send, start_sse
-from shepherd.routers.http.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
+from shepherd.routers.grpc.sse import run_stream, start_engine_sse
 from shepherd.tokenizer.stop import StopDecoder
 
 _TAIL = b"]}\n\n"
@@ -134,7 +135,7 @@ class ChatResponder:
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
         sampling = self.prepared.sampling
-        response = await start_sse(request, self.meta.request_id, engine.worker.url)
+        response = await start_engine_sse(request, self.meta.request_id, engine)
         choices = new_choices(sampling.n, self._decoder)
         sink = _ChatSink(self, response, sampling.n)
 
@@ -145,5 +146,5 @@ class ChatResponder:
                 head = self.meta.sse_head("chat.completion.chunk")
                 await send(response, head + b'],"usage":' + orjson.dumps(usage(choices)) + b"}\n\n")
 
-        await run_stream(response, engine.worker.url, events())
+        await run_stream(response, engine, events())
         return response

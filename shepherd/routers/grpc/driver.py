@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from shepherd.api.errors import GatewayError
+from shepherd.errors import GatewayError
 from shepherd.routers.grpc.choices import Choice
 from shepherd.routers.grpc.errors import worker_error
 from shepherd.routers.grpc.execution import EngineCall
@@ -88,6 +88,7 @@ async def collect(engine: EngineCall, first: Any, n: int) -> list[Any]:
                     break
             message = await engine.read()
     except grpc.aio.AioRpcError as exc:
+        engine.broke_off()
         raise GatewayError(worker_error(exc, engine.worker.url).status, "worker_stream_failed",
                            f"Worker {engine.worker.url} failed mid-answer: {exc.code().name} {exc.details()}"
                            ) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from shepherd.api.errors import GatewayError
+from shepherd.errors import GatewayError
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -21,9 +21,6 @@ _HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
 
 def http_status(code: grpc.StatusCode) -> int:
     return _HTTP_STATUS.get(code, 500)

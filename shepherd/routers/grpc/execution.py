@@ -1,5 +1,9 @@
-"""Open a Generate stream on a chosen gRPC worker, retrying elsewhere until the first message arrives.
+"""Open a Generate stream on a gRPC worker: one attempt of the common lifecycle.
 
+The stream counts as an Attempt like any HTTP exchange (load, breaker verdict, attempt metrics): the
+first message is the worker's answer; a gRPC status before it is classified like an HTTP status
+(UNAVAILABLE or DEADLINE_EXCEEDED: no answer; RESOURCE_EXHAUSTED: busy; INTERNAL: a server error),
+and a failure before the first message is retried on another worker by the lifecycle.
 A stream that is left before it finished (the client went away, an error) is cancelled and the
 worker is sent `Abort(request_id)`, so the engine stops generating for nobody.
 """
@@ -8,42 +12,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
-from shepherd.api.errors import GatewayError
-from shepherd.config import GatewayConfig
-from shepherd.policies.base import RoutingRequest
-from shepherd.policies.registry import PolicyRegistry
-from shepherd.routers.grpc.errors import RETRYABLE_STATUSES, worker_error
-from shepherd.routers.grpc.params import Sampling
+from shepherd.routers.common.attempt import Attempt
+from shepherd.routers.common.execution import Execution
+from shepherd.routers.common.relay import failure
+from shepherd.routers.common.retry import RETRYABLE_STATUSES
+from shepherd.routers.grpc.errors import worker_error
+from shepherd.routers.grpc.prepare import Prepared
 from shepherd.routers.grpc.request_builder import build_generate_request
-from shepherd.routers.selection import select_worker
 from shepherd.workers.grpc_client import GrpcWorkerClient
 from shepherd.workers.grpc_pool import GrpcClientPool
-from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker
 
 log = logging.getLogger("shepherd.grpc")
+
+# Statuses that mean the worker gave no answer at all (a transport failure, for the breaker).
+_NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN})
 
 
 class EngineCall:
     """One open Generate stream. `close()` must run once, whatever happened."""
 
-    __slots__ = ("worker", "client", "call", "request_id", "finished", "_closed", "_background")
+    __slots__ = ("attempt", "client", "call", "request_id", "finished", "_closed", "_background")
 
-    def __init__(self, worker: Worker, client: GrpcWorkerClient, call: grpc.aio.UnaryStreamCall, request_id: str,
+    def __init__(self, attempt: Attempt, client: GrpcWorkerClient, call: grpc.aio.UnaryStreamCall, request_id: str,
                  background: set[asyncio.Task[None]]) -> None:
-        self.worker = worker
+        self.attempt = attempt
         self.client = client
         self.call = call
         self.request_id = request_id
         self.finished = False  # every answer arrived: nothing to abort
         self._closed = False
         self._background = background
+
+    @property
+    def worker(self) -> Worker:
+        return self.attempt.worker
 
     @property
     def counts_are_deltas(self) -> bool:
@@ -57,90 +64,74 @@ class EngineCall:
             return None
         return message
 
+    def broke_off(self) -> None:
+        """The stream failed after it started: the worker's failure."""
+        self.attempt.failed()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.worker.load -= 1
         if not self.finished:
             self.call.cancel()
             task = asyncio.ensure_future(self._abort())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        self.attempt.close()
 
     async def _abort(self) -> None:
         try:
-            await self.client.abort(self.request_id, "Stream dropped")
+            await self.client.abort(self.request_id, "Stream dropped", api_key=self.worker.api_key)
         except grpc.aio.AioRpcError as exc:
             log.debug("abort of %s on %s failed: %s", self.request_id, self.worker.url, exc.code().name)
 
 
 class GrpcExecutor:
-    def __init__(self, config: GatewayConfig, registry: WorkerRegistry, policies: PolicyRegistry,
-                 pool: GrpcClientPool) -> None:
-        self._config = config
-        self._registry = registry
-        self._policies = policies
+    def __init__(self, pool: GrpcClientPool) -> None:
         self._pool = pool
-        self._rng = random.Random()
         self.background: set[asyncio.Task[None]] = set()  # aborts in flight
 
-    async def start(self, model: str | None, routing: RoutingRequest, request_id: str, input_ids: Sequence[int],
-                    original_text: str, sampling: Sampling) -> tuple[EngineCall, Any]:
-        """An open stream and its first message, from the first worker that accepts the request."""
-        attempts = 1 + self._config.retry_max_retries
-        tried: set[Worker] = set()
-        last: GatewayError | None = None
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(self._backoff(attempt - 1))
-            final = attempt + 1 == attempts
-            try:
-                worker = select_worker(self._registry, self._policies, model, routing, frozenset(tried), "grpc")
-            except GatewayError as exc:
-                if exc.status != 503 or final:
-                    raise
-                last = exc
-                continue
-            tried.add(worker)
-            client = self._pool.get(worker.url)
-            if client is None:  # removed while we chose it
-                last = GatewayError(503, "no_available_workers", f"Worker {worker.url} is going away")
-                continue
-            request = build_generate_request(client, request_id, input_ids, original_text, sampling)
-            worker.load += 1
-            worker.processed += 1
-            engine = EngineCall(worker, client, client.generate(request, self._config.request_timeout_secs),
-                                request_id, self.background)
-            try:
-                first = await engine.read()
-            except grpc.aio.AioRpcError as exc:
-                engine.finished = True  # it failed: there is nothing to abort
-                engine.close()
-                error = worker_error(exc, worker.url)
-                if error.status not in RETRYABLE_STATUSES or final:
-                    raise error from None
-                log.info("request %s to %s failed (attempt %d/%d): %s", request_id, worker.url, attempt + 1,
-                         attempts, error.message)
-                last = error
-                continue
-            except BaseException:
-                engine.close()
-                raise
-            if first is None:
-                engine.close()
-                raise GatewayError(502, "worker_stream_failed",
-                                   f"Worker {worker.url} ended the stream without an answer")
-            return engine, first
-        assert last is not None
-        raise last
-
-    def _backoff(self, retry_index: int) -> float:
-        config = self._config
-        delay = min(config.retry_initial_backoff_ms * config.retry_backoff_multiplier**retry_index,
-                    config.retry_max_backoff_ms)
-        jitter = delay * config.retry_jitter_factor * self._rng.uniform(-1.0, 1.0)
-        return max(0.0, delay + jitter) / 1000.0
+    async def open(self, execution: Execution[Worker], worker: Worker, request_id: str, prepared: Prepared,
+                   final: bool) -> tuple[EngineCall, Any]:
+        """An open stream and its first message; RetryableFailure (or GatewayError when final) otherwise."""
+        client = self._pool.get(worker.url)
+        if client is None:  # removed while we chose it
+            raise failure(final, 503, "no_available_workers", f"Worker {worker.url} is going away")
+        request = build_generate_request(client, request_id, prepared.input_ids, prepared.text, prepared.sampling)
+        attempt = execution.attempt(worker)
+        try:
+            call = client.generate(request, execution.remaining(), api_key=worker.api_key)
+        except BaseException:
+            attempt.close()
+            raise
+        engine = EngineCall(attempt, client, call, request_id, self.background)
+        try:
+            first = await engine.read()
+        except grpc.aio.AioRpcError as exc:
+            engine.finished = True  # it failed: there is nothing to abort
+            error = worker_error(exc, worker.url)
+            if exc.code() in _NO_ANSWER:
+                attempt.failed()
+            else:
+                attempt.answered(error.status)
+            engine.close()
+            if error.status in RETRYABLE_STATUSES:
+                raise failure(final, error.status, error.code, error.message) from None
+            raise error from None
+        except asyncio.CancelledError:
+            attempt.outcome.client_gone = True
+            engine.close()
+            raise
+        except BaseException:
+            engine.close()
+            raise
+        if first is None:
+            attempt.failed()
+            engine.close()
+            raise failure(final, 502, "worker_stream_failed", f"Worker {worker.url} ended the stream without an answer")
+        attempt.answered(200)
+        return engine, first
 
     async def close(self) -> None:
         await asyncio.gather(*self.background, return_exceptions=True)
+

@@ -14,14 +14,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shepherd.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
+from shepherd.routers.common.sse import send
 from shepherd.routers.grpc.choices import Choice, new_choices
 from shepherd.routers.grpc.driver import collect, decode_complete, drive
 from shepherd.routers.grpc.execution import EngineCall
 from shepherd.routers.grpc.logprobs import generate_entries
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.prepare import Prepared
-from shepherd.routers.grpc.sse import run_stream, send, start_sse
-from shepherd.routers.http.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
+from shepherd.routers.grpc.sse import run_stream, start_engine_sse
 from shepherd.tokenizer.stop import StopDecoder
 
 
@@ -102,7 +103,7 @@ class GenerateResponder:
                                      ROUTED_WORKER_HEADER: engine.worker.url})
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
-        response = await start_sse(request, self.meta.request_id, engine.worker.url)
+        response = await start_engine_sse(request, self.meta.request_id, engine)
         choices = new_choices(self.prepared.sampling.n, self._decoder)
-        await run_stream(response, engine.worker.url, drive(engine, first, choices, _GenerateSink(self, response)))
+        await run_stream(response, engine, drive(engine, first, choices, _GenerateSink(self, response)))
         return response

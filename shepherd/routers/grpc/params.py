@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from shepherd.api.errors import GatewayError
+from shepherd.errors import GatewayError
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20

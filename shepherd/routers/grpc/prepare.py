@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from shepherd.api.errors import GatewayError
+from shepherd.errors import GatewayError
 from shepherd.parsers.tool import ToolChoiceError, tool_choice_constraint
 from shepherd.routers.grpc.output import ChatOutputContext, OutputFactory
 from shepherd.routers.grpc.params import (

@@ -2,26 +2,31 @@
 
 Per request: find the model's tokenizer, prepare (template, tokenize, sampling, stop rules), pick a
 gRPC worker with the model's policy (which sees the rendered prompt and its token ids), open the
-Generate stream (retrying on another worker until it starts), then build the API's response from
-the streamed token ids. Whatever happens, an unfinished engine request is aborted.
+Generate stream (the common lifecycle retries on another worker until one starts), then build the
+API's response from the streamed token ids. Whatever happens, an unfinished engine request is aborted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from shepherd.api.errors import GatewayError
 from shepherd.config import GatewayConfig
+from shepherd.errors import GatewayError
+from shepherd.observability.metrics import Metrics
+from shepherd.observability.tracing import Tracing
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.request_keys import REQUEST_ID
+from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
+from shepherd.routers.common.selection import Selector
 from shepherd.routers.grpc.chat_response import ChatResponder
 from shepherd.routers.grpc.completion_response import CompletionResponder
-from shepherd.routers.grpc.execution import GrpcExecutor
+from shepherd.routers.grpc.execution import EngineCall, GrpcExecutor
 from shepherd.routers.grpc.generate_response import GenerateResponder
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.output import OutputFactory, PlainOutputFactory
@@ -29,15 +34,21 @@ from shepherd.routers.grpc.prepare import Prepared, prepare_chat, prepare_comple
 from shepherd.tokenizer.registry import TokenizerEntry, TokenizerRegistry
 from shepherd.workers.grpc_pool import GrpcClientPool
 from shepherd.workers.registry import WorkerRegistry
+from shepherd.workers.worker import Worker
 
 _PREFIXES = {"/v1/chat/completions": "chatcmpl-", "/v1/completions": "cmpl-", "/generate": ""}
+LABELS = PathLabels("grpc", "regular", "grpc")
 
 
 class GrpcRouter:
     def __init__(self, config: GatewayConfig, registry: WorkerRegistry, policies: PolicyRegistry,
-                 pool: GrpcClientPool, tokenizers: TokenizerRegistry, outputs: OutputFactory | None = None) -> None:
+                 pool: GrpcClientPool, tokenizers: TokenizerRegistry, outputs: OutputFactory | None = None,
+                 metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
+        self._config = config
         self._tokenizers = tokenizers
-        self.executor = GrpcExecutor(config, registry, policies, pool)
+        self.selector = Selector(registry, policies, metrics)
+        self.lifecycle: Lifecycle[Worker] = Lifecycle.for_path(LABELS, config, metrics, tracing)
+        self.executor = GrpcExecutor(pool)
         # The parser hook: tool-call / reasoning parsing plugs in here (see output.py).
         self.outputs: OutputFactory = outputs or PlainOutputFactory()
 
@@ -72,17 +83,28 @@ class GrpcRouter:
         prefix = _PREFIXES[upstream_path]
         meta = ResponseMeta(response_id=client_id if client_id.startswith(prefix) else prefix + client_id,
                             request_id=client_id, model=model_name)
-        routing = RoutingRequest(request.path, body, request.headers, text=prepared.text, tokens=prepared.input_ids)
-        engine, first = await self.executor.start(model, routing, engine_id, prepared.input_ids, prepared.text,
-                                                  prepared.sampling)
-        meta.fingerprint = engine.client.weight_version
-        try:
-            return await self._respond(request, upstream_path, prepared, meta, engine, first, engine_id)
-        finally:
-            engine.close()  # aborts the engine request unless every answer arrived
+        routing = RoutingRequest(request.path, body, request.headers, text=prepared.text, tokens=prepared.input_ids,
+                                 routing_key_headers=self._config.policy_options.routing_key_headers)
+        selector = self.selector
+
+        def select(tried: frozenset[Worker]) -> Worker:
+            return selector.pick(selector.candidates(model, "grpc"), routing, tried, model)
+
+        async def attempt(execution: Execution[Worker], worker: Worker, final: bool) -> web.StreamResponse:
+            engine, first = await self.executor.open(execution, worker, engine_id, prepared, final)
+            meta.fingerprint = engine.client.weight_version
+            try:
+                return await self._respond(request, upstream_path, prepared, meta, engine, first, engine_id)
+            except asyncio.CancelledError:  # the client went away
+                engine.attempt.outcome.client_gone = True
+                raise
+            finally:
+                engine.close()  # aborts the engine request unless every answer arrived
+
+        return await self.lifecycle.run(request, upstream_path, model, body, select, attempt)
 
     async def _respond(self, request: web.Request, path: str, prepared: Prepared, meta: ResponseMeta,
-                       engine: Any, first: Any, engine_id: str) -> web.StreamResponse:
+                       engine: EngineCall, first: Any, engine_id: str) -> web.StreamResponse:
         responder: ChatResponder | CompletionResponder | GenerateResponder
         if path == "/v1/chat/completions":
             responder = ChatResponder(prepared, meta, self.outputs)

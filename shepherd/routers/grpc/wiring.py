@@ -8,6 +8,8 @@ from typing import Any
 import grpc
 
 from shepherd.config import GatewayConfig
+from shepherd.observability.metrics import Metrics
+from shepherd.observability.tracing import Tracing
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.routers.grpc.output import OutputFactory
 from shepherd.routers.grpc.router import GrpcRouter
@@ -31,8 +33,8 @@ class GrpcComponents:
 
     @classmethod
     def install(cls, config: GatewayConfig, registry: WorkerRegistry, policies: PolicyRegistry,
-                manager: WorkerManager, routers: RouterManager, outputs: OutputFactory | None = None
-                ) -> GrpcComponents:
+                manager: WorkerManager, routers: RouterManager, outputs: OutputFactory | None = None,
+                metrics: Metrics | None = None, tracing: Tracing | None = None) -> GrpcComponents:
         """Build the pipeline and hook it into worker registration and request routing.
 
         `outputs` is the chat parser hook (tool calls, reasoning); None keeps answers as plain content.
@@ -45,7 +47,7 @@ class GrpcComponents:
         setup = GrpcWorkerSetup(config, pool, tokenizers)
         manager.register_prober("grpc", setup.probe)
         manager.add_preparer(setup.prepare)
-        router = GrpcRouter(config, registry, policies, pool, tokenizers, outputs)
+        router = GrpcRouter(config, registry, policies, pool, tokenizers, outputs, metrics, tracing)
         routers.register("grpc", router)
         return cls(tokenizers, pool, setup, router)
 

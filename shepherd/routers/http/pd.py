@@ -11,8 +11,9 @@ vLLM style (sequential, for vLLM prefill workers or `--pd-transfer vllm`): the p
 one output token and `kv_transfer_params` asking for a remote decode; the decode then runs with the
 `kv_transfer_params` the prefill returned.
 
-Either way a failure before any byte reached the client is retried on a fresh pair (with fresh rooms);
-the other half of a failed pair is cancelled, never left running.
+Either way a failure before any byte reached the client is retried on a fresh pair (with fresh rooms,
+through the common lifecycle); the other half of a failed pair is cancelled, never left running.
+Each leg carries its own worker's API key.
 """
 
 from __future__ import annotations
@@ -26,29 +27,29 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shepherd.api.errors import GatewayError
 from shepherd.config import GatewayConfig
+from shepherd.errors import GatewayError
+from shepherd.observability.metrics import Metrics
+from shepherd.observability.tracing import Tracing
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
-from shepherd.request_keys import MODEL, REQUEST_ID, WORKER
-from shepherd.routers.attempt import Attempt
-from shepherd.routers.http.headers import upstream_request_headers
-from shepherd.routers.http.regular import RETRYABLE_STATUSES, HttpRouter
+from shepherd.routers.common.attempt import Attempt
+from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
+from shepherd.routers.common.headers import client_response_headers, routed_headers, upstream_request_headers
+from shepherd.routers.common.relay import failure, no_answer, read_answer, relay_stream, relay_whole
+from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
+from shepherd.routers.common.selection import Selector
+from shepherd.transport.base import Transport
+from shepherd.transport.errors import UpstreamError
 from shepherd.workers.registry import WorkerRegistry
-from shepherd.workers.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from shepherd.workers.worker import Worker, WorkerType
 
 log = logging.getLogger("shepherd.pd")
 
 MAX_ROOM = 2**63 - 1
+LABELS = PathLabels("http", "pd", "http")
 
-
-class _PairFailed(Exception):
-    """The pair failed before anything reached the client; a new pair may serve the request."""
-
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error
+Pair = tuple[Worker, Worker]  # (prefill, decode)
 
 
 class PdRouter:
@@ -58,33 +59,26 @@ class PdRouter:
         registry: WorkerRegistry,
         prefill_policies: PolicyRegistry,
         decode_policies: PolicyRegistry,
-        upstream: UpstreamPool,
-        http: HttpRouter,
+        transport: Transport,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
-        self._prefill_policies = prefill_policies
-        self._decode_policies = decode_policies
-        self._upstream = upstream
-        self._http = http  # for relaying the decode's answer
+        self._prefill = Selector(registry, prefill_policies, metrics)
+        self._decode = Selector(registry, decode_policies, metrics)
+        self._transport = transport
         self._rng = random.SystemRandom()
+        self.lifecycle: Lifecycle[Pair] = Lifecycle.for_path(LABELS, config, metrics, tracing)
 
     # -- selection ----------------------------------------------------------------------------
 
-    def _select(self, kind: WorkerType, model: str | None, routing: RoutingRequest,
-                exclude: set[Worker]) -> Worker:
-        workers = self._registry.for_model(model, kind) or self._registry.of_type(kind)
-        available = [w for w in workers if w.is_available and w not in exclude] or \
-            [w for w in workers if w.is_available]
-        if not available:
-            raise GatewayError(503, "server_selection_failed", f"No available {kind.value} workers",
-                               headers={"Retry-After": "1"})
-        policies = self._prefill_policies if kind is WorkerType.PREFILL else self._decode_policies
-        worker = policies.for_model(model).select(available, routing)
-        if worker is None:
-            raise GatewayError(503, "server_selection_failed", f"The {kind.value} policy found no worker",
-                               headers={"Retry-After": "1"})
-        return worker
+    def _pick(self, selector: Selector, kind: WorkerType, model: str | None, routing: RoutingRequest,
+              tried: frozenset[Worker]) -> Worker:
+        # A model no worker of this kind lists falls back to every worker of the kind (engines in PD
+        # mode often report no model until they serve one).
+        candidates = self._registry.for_model(model, kind) or self._registry.of_type(kind)
+        return selector.pick(candidates, routing, tried, model, what=f"{kind.value} workers")
 
     def _sequential(self, prefill: Worker) -> bool:
         mode = self._config.pd_transfer
@@ -103,56 +97,44 @@ class PdRouter:
         if body is None:
             return await self._engine_info(request, upstream_path)
         model = body.get("model")
-        if model is not None:
-            request[MODEL] = model
         routing = RoutingRequest(upstream_path, body, request.headers,
                                  routing_key_headers=self._config.policy_options.routing_key_headers)
-        attempts = 1 + self._config.retry_max_retries
-        tried: set[Worker] = set()
-        failure: GatewayError | None = None
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(self._http.backoff_secs(attempt - 1))
-            try:
-                prefill = self._select(WorkerType.PREFILL, model, routing, tried)
-                decode = self._select(WorkerType.DECODE, model, routing, tried)
-            except GatewayError as exc:
-                failure = exc
-                continue
-            tried.update((prefill, decode))
-            request[WORKER] = decode.url
-            final = attempt + 1 == attempts
-            try:
-                if self._sequential(prefill):
-                    return await self._prefill_then_decode(request, upstream_path, body, prefill, decode, final)
-                return await self._both_at_once(request, upstream_path, body, prefill, decode, final)
-            except _PairFailed as exc:
-                failure = exc.error
-                log.info("PD request %s failed on %s + %s (attempt %d/%d): %s", request[REQUEST_ID],
-                         prefill.url, decode.url, attempt + 1, attempts, exc)
-        assert failure is not None
-        raise failure
+
+        def select(tried: frozenset[Worker]) -> Pair:
+            return (self._pick(self._prefill, WorkerType.PREFILL, model, routing, tried),
+                    self._pick(self._decode, WorkerType.DECODE, model, routing, tried))
+
+        async def attempt(execution: Execution[Pair], pair: Pair, final: bool) -> web.StreamResponse:
+            prefill, decode = pair
+            if self._sequential(prefill):
+                return await self._prefill_then_decode(execution, upstream_path, body, prefill, decode, final)
+            return await self._both_at_once(execution, upstream_path, body, prefill, decode, final)
+
+        return await self.lifecycle.run(request, upstream_path, model, body, select, attempt)
+
+    def _headers(self, execution: Execution[Pair], worker: Worker) -> dict[str, str]:
+        """Each leg carries its own worker's key (prefill and decode fleets may differ)."""
+        return upstream_request_headers(execution.request.headers, execution.request_id, worker.api_key,
+                                        self._config.gateway_keys)
 
     # -- SGLang: parallel dispatch ------------------------------------------------------------
 
-    async def _both_at_once(self, request: web.Request, path: str, body: Mapping[str, Any], prefill: Worker,
+    async def _both_at_once(self, execution: Execution[Pair], path: str, body: Mapping[str, Any], prefill: Worker,
                             decode: Worker, final: bool) -> web.StreamResponse:
         payload = orjson.dumps(self._with_bootstrap(path, body, prefill))
-        headers = upstream_request_headers(request.headers, request[REQUEST_ID], None, self._config.gateway_keys)
-        timeout = self._config.request_timeout_secs
-        legs = (Attempt(prefill), Attempt(decode))
+        timeout = execution.remaining()
+        legs = (execution.attempt(prefill), execution.attempt(decode))
         client_gone = False
         try:
             for leg in legs:
-                leg.start(self._upstream, "POST", path, headers, payload, timeout)
+                leg.start(self._transport, "POST", path, self._headers(execution, leg.worker), payload, timeout)
             prefill_leg, decode_leg = legs
             # The prefill first: its answer tells whether the hand-over can succeed (and carries the
             # prompt logprobs). Its body is drained completely before any decode byte is relayed.
-            prefill_body = await self._read_leg(prefill_leg, "prefill", final)
+            prefill_body = await self._read_leg(execution, prefill_leg, "prefill", final)
             await self._await_head(decode_leg, "decode", final)
-            assert decode_leg.response is not None
             transform = self._logprob_merger(body, prefill_body)
-            return await self._answer(request, decode_leg, final, transform)
+            return await self._answer(execution, decode_leg, final, transform)
         except asyncio.CancelledError:
             client_gone = True
             raise
@@ -174,31 +156,30 @@ class PdRouter:
 
     # -- vLLM: prefill, then decode -----------------------------------------------------------
 
-    async def _prefill_then_decode(self, request: web.Request, path: str, body: Mapping[str, Any],
+    async def _prefill_then_decode(self, execution: Execution[Pair], path: str, body: Mapping[str, Any],
                                    prefill: Worker, decode: Worker, final: bool) -> web.StreamResponse:
-        headers = upstream_request_headers(request.headers, request[REQUEST_ID], None, self._config.gateway_keys)
-        timeout = self._config.request_timeout_secs
         decode_body = dict(body)
         client_gone = False
         legs: list[Attempt] = []
         try:
             if (body.get("n") or 1) == 1:  # with n > 1 the decode recomputes the prompt itself
-                prefill_leg = Attempt(prefill)
+                prefill_leg = execution.attempt(prefill)
                 legs.append(prefill_leg)
-                prefill_leg.start(self._upstream, "POST", path, headers, orjson.dumps(_prefill_only(path, body)),
-                                  timeout)
-                answer = await self._read_leg(prefill_leg, "prefill", final)
+                prefill_leg.start(self._transport, "POST", path, self._headers(execution, prefill),
+                                  orjson.dumps(_prefill_only(path, body)), execution.remaining())
+                answer = await self._read_leg(execution, prefill_leg, "prefill", final)
                 try:
                     params = orjson.loads(answer).get("kv_transfer_params")
                 except (orjson.JSONDecodeError, AttributeError):
                     params = None
                 if params:
                     decode_body["kv_transfer_params"] = params
-            decode_leg = Attempt(decode)
+            decode_leg = execution.attempt(decode)
             legs.append(decode_leg)
-            decode_leg.start(self._upstream, "POST", path, headers, orjson.dumps(decode_body), timeout)
+            decode_leg.start(self._transport, "POST", path, self._headers(execution, decode),
+                             orjson.dumps(decode_body), execution.remaining())
             await self._await_head(decode_leg, "decode", final)
-            return await self._answer(request, decode_leg, final, None)
+            return await self._answer(execution, decode_leg, final, None)
         except asyncio.CancelledError:
             client_gone = True
             raise
@@ -213,45 +194,37 @@ class PdRouter:
         assert leg.task is not None
         try:
             await leg.task  # the send marks the worker failed when it gave no answer
-        except UpstreamTimeout:
-            raise _failed(final, 504, f"{role}_timeout",
-                          f"The {role} worker {leg.worker.url} did not answer in time") from None
         except UpstreamError as exc:
-            raise _failed(final, 502, f"{role}_connection_failed",
-                          f"Could not reach {role} worker {leg.worker.url}: {exc}") from None
+            raise no_answer(exc, final, f"the {role} worker {leg.worker.url}") from None
 
-    async def _read_leg(self, leg: Attempt, role: str, final: bool) -> bytes:
+    async def _read_leg(self, execution: Execution[Pair], leg: Attempt, role: str, final: bool) -> bytes:
         """The leg's whole answer; a worker error becomes a (retryable where safe) gateway error."""
         await self._await_head(leg, role, final)
         assert leg.response is not None
-        try:
-            data = await leg.response.read(self._config.max_payload_size)
-        except (UpstreamError, ValueError) as exc:
-            leg.outcome.worker_failed = True
-            raise _failed(final, 502, f"{role}_upstream_error", f"The {role} worker broke off: {exc}") from None
-        if leg.response.status >= 400:
-            status = leg.response.status
+        data = await read_answer(leg, execution.lifecycle.max_response_bytes, f"the {role} worker", final)
+        status = leg.response.status
+        if status >= 400:
             message = f"The {role} worker {leg.worker.url} answered {status}: {data[:500].decode(errors='replace')}"
             if status in RETRYABLE_STATUSES:
-                raise _failed(final, status, f"{role}_upstream_error", message)
+                raise failure(final, status, f"{role}_upstream_error", message)
             raise GatewayError(status, f"{role}_upstream_error", message)
         return data
 
-    async def _answer(self, request: web.Request, leg: Attempt, final: bool,
+    async def _answer(self, execution: Execution[Pair], leg: Attempt, final: bool,
                       transform: Any) -> web.StreamResponse:
         """Relay the decode worker's answer (a retryable error status is retried while nothing was sent)."""
         response = leg.response
         assert response is not None
-        request_id = request[REQUEST_ID]
+        headers = routed_headers(client_response_headers(response.headers), execution.request_id, leg.worker.url)
         if response.status in RETRYABLE_STATUSES and not final:
-            data = await response.read(self._config.max_payload_size)
-            raise _PairFailed(GatewayError(response.status, "decode_upstream_error",
-                                           f"The decode worker answered {response.status}: "
-                                           f"{data[:500].decode(errors='replace')}"))
+            data = await read_answer(leg, execution.lifecycle.max_response_bytes, "the decode worker", final)
+            raise RetryableFailure(GatewayError(response.status, "decode_upstream_error",
+                                                f"The decode worker answered {response.status}: "
+                                                f"{data[:500].decode(errors='replace')}"),
+                                   web.Response(status=response.status, body=data, headers=headers))
         if response.content_length is not None:
-            return await self._http.buffered_response(request, response, leg.worker, request_id, leg.outcome,
-                                                      transform)
-        return await self._http.relay_stream(request, response, leg.worker, request_id, leg.outcome, transform)
+            return await relay_whole(execution, leg, headers, final, transform)
+        return await relay_stream(execution, leg, headers, transform)
 
     def _logprob_merger(self, body: Mapping[str, Any], prefill_answer: bytes) -> Any:
         """With return_logprob, prepend the prefill's prompt logprobs to every decode event that has them."""
@@ -279,7 +252,7 @@ class PdRouter:
         if not prefills or (path == "/health_generate" and not decodes):
             raise GatewayError(503, "server_selection_failed", "No available prefill/decode pair")
         if path != "/health_generate":
-            upstream = await self._upstream.request("GET", prefills[0].base_url, path, {}, None, 30)
+            upstream = await self._transport.request("GET", prefills[0].base_url, path, {}, None, 30)
             try:
                 data = await upstream.read(self._config.max_payload_size)
             finally:
@@ -289,7 +262,7 @@ class PdRouter:
         statuses = []
         for worker in (self._rng.choice(prefills), self._rng.choice(decodes)):
             try:
-                answer = await self._upstream.request("GET", worker.base_url, path, {}, None, 30)
+                answer = await self._transport.request("GET", worker.base_url, path, {}, None, 30)
                 await answer.read()
                 statuses.append(answer.status)
             except UpstreamError:
@@ -297,11 +270,6 @@ class PdRouter:
         if all(200 <= status < 300 for status in statuses):
             return web.Response(text="OK")
         raise GatewayError(503, "health_generate_failed", f"The prefill/decode pair answered {statuses}")
-
-
-def _failed(final: bool, status: int, code: str, message: str) -> Exception:
-    error = GatewayError(status, code, message)
-    return error if final else _PairFailed(error)
 
 
 def _batch_size(path: str, body: Mapping[str, Any]) -> int | None:

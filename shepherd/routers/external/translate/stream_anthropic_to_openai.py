@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
+from shepherd.routers.common.sse import DONE_FRAME, SSEEvent, data_frame, stream_error_frame
 from shepherd.routers.external.translate.anthropic_to_openai import STOP_TO_FINISH, chat_id, chat_usage
 from shepherd.routers.external.translate.common import mapping
-from shepherd.routers.external.translate.sse import DONE_FRAME, SSEEvent, data_frame
 
 
 class MessagesStreamToChat:
@@ -77,12 +77,11 @@ class MessagesStreamToChat:
         return self.fail("The provider ended the stream before it was complete")
 
     def fail(self, message: str, kind: str = "api_error") -> bytes:
-        """End the client's stream with an OpenAI-style error chunk."""
+        """End the client's stream with the error frame of its API."""
         if self._done:
             return b""
         self._done = True
-        error = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-        return data_frame(error) + DONE_FRAME
+        return stream_error_frame("openai", message, kind=kind, code=None)
 
     # -- pieces -------------------------------------------------------------------------------
 

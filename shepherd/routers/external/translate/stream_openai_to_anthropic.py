@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
+from shepherd.routers.common.sse import SSEEvent, event_frame, stream_error_frame
 from shepherd.routers.external.translate.common import mapping
 from shepherd.routers.external.translate.openai_to_anthropic import (
     finish_to_stop,
     message_id,
     messages_usage,
 )
-from shepherd.routers.external.translate.sse import SSEEvent, event_frame
 
 
 class ChatStreamToMessages:
@@ -105,11 +105,11 @@ class ChatStreamToMessages:
         return b"".join(out)
 
     def fail(self, message: str, kind: str = "api_error") -> bytes:
-        """End the client's stream with an Anthropic error event."""
+        """End the client's stream with the error frame of its API."""
         if self._done:
             return b""
         self._done = True
-        return event_frame("error", {"type": "error", "error": {"type": kind, "message": message}})
+        return stream_error_frame("anthropic", message, kind=kind, code=None)
 
     # -- blocks -------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from shepherd.headers import CREDENTIAL_HEADERS, REQUEST_ID_HEADER, ROUTED_WORKER_HEADER, credential_in
+
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
@@ -22,8 +24,6 @@ _NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
 # Response headers that our server writes itself (or that must not be duplicated).
 _NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 
-REQUEST_ID_HEADER = "x-request-id"
-ROUTED_WORKER_HEADER = "x-smg-routed-worker-id"
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
@@ -54,7 +54,7 @@ def upstream_request_headers(
         lower = name.lower()
         if lower in skip:
             continue
-        if gateway_keys and lower in ("authorization", "x-api-key") and _bearer(value) in gateway_keys:
+        if gateway_keys and lower in CREDENTIAL_HEADERS and credential_in(lower, value) in gateway_keys:
             continue  # the gateway's own credential is for the gateway only
         headers[lower] = value
     headers[REQUEST_ID_HEADER] = request_id
@@ -65,7 +65,7 @@ def upstream_request_headers(
     return headers
 
 
-def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def client_response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict[str]:
     skip = _NOT_FORWARDED_RESPONSE
     extra = _connection_tokens(upstream_headers)
     if extra:
@@ -77,5 +77,8 @@ def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiD
     return headers
 
 
-def _bearer(value: str) -> str:
-    return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+def routed_headers(headers: CIMultiDict[str], request_id: str, worker_url: str) -> CIMultiDict[str]:
+    """Add what the gateway tells the client about its request: the id, and the worker that served it."""
+    headers[REQUEST_ID_HEADER] = request_id
+    headers[ROUTED_WORKER_HEADER] = worker_url
+    return headers

@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for the proxy's hot path, with a keep-alive pool per worker origin.
+"""The lean transport: an HTTP/1.1 client for the proxy's hot path, with a keep-alive pool per worker origin.
 
 The gateway forwards bodies it never inspects, so it needs far less than a general HTTP client:
 one write per request, a C parser (httptools, llhttp) for the response, and full control over the
@@ -19,22 +19,16 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from shepherd.transport.errors import UpstreamError, UpstreamTimeout
+
 _HIGH_WATER = 1 << 20  # pause reading from the worker when this much body is buffered
 _LOW_WATER = 1 << 18
-
-
-class UpstreamError(Exception):
-    """The worker could not be reached or broke the connection."""
-
-
-class UpstreamTimeout(UpstreamError, asyncio.TimeoutError):
-    """The worker did not answer (or finish answering) within the deadline."""
 
 
 class _StaleConnection(UpstreamError):
@@ -164,7 +158,7 @@ class UpstreamResponse:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to a worker; serves one request at a time."""
 
-    def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
+    def __init__(self, pool: LeanTransport, origin: Origin) -> None:
         self._pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
@@ -302,7 +296,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-class UpstreamPool:
+class LeanTransport:
     """Keep-alive connections per worker origin, and the request entry point."""
 
     def __init__(self, *, connect_timeout: float, idle_timeout: float) -> None:
@@ -324,7 +318,7 @@ class UpstreamPool:
         method: str,
         base_url: str,
         path: str,
-        headers: dict[str, str] | Iterable[tuple[str, str]],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes | None,
         total_timeout: float | None,
     ) -> UpstreamResponse:
@@ -418,9 +412,9 @@ class UpstreamPool:
 
 
 def _encode_head(
-    method: str, path: str, host: str, headers: dict[str, str] | Iterable[tuple[str, str]], body: bytes | None
+    method: str, path: str, host: str, headers: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes | None
 ) -> bytes:
-    items = headers.items() if isinstance(headers, dict) else headers
+    items = headers.items() if isinstance(headers, Mapping) else headers
     lines = [f"{method} {path} HTTP/1.1\r\nhost: {host}\r\n"]
     lines.extend(f"{name}: {value}\r\n" for name, value in items)
     if body is not None:

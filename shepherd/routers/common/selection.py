@@ -1,0 +1,61 @@
+"""Choosing a worker: the model's candidates, narrowed to the available ones, then the policy's pick.
+
+Every path selects through `Selector.pick`, so availability (health, breaker, drain), the "not
+tried yet" rule and the selection metric are the same everywhere. A decision only reads the
+registry snapshot and the policy: it never awaits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shepherd.errors import GatewayError
+from shepherd.observability.metrics import Metrics
+from shepherd.policies.base import Policy, RoutingRequest
+from shepherd.policies.registry import PolicyRegistry
+from shepherd.workers.registry import WorkerRegistry
+from shepherd.workers.worker import Worker, WorkerType
+
+
+class Selector:
+    def __init__(self, registry: WorkerRegistry, policies: PolicyRegistry, metrics: Metrics | None,
+                 *, repeat_when_all_tried: bool = True) -> None:
+        self.registry = registry
+        self.policies = policies
+        self._metrics = metrics
+        # Local engines may be tried again once every one was (a transient failure passes); a provider
+        # that just refused is not asked again for the same request.
+        self._repeat = repeat_when_all_tried
+
+    def candidates(self, model: str | None, connection_mode: str | None = None,
+                   worker_type: WorkerType = WorkerType.REGULAR) -> Sequence[Worker]:
+        """The workers serving `model` (of one connection mode, when given); 404/503 when there are none."""
+        registry = self.registry
+        workers = registry.for_model(model, worker_type)
+        if connection_mode is not None:
+            workers = tuple(w for w in workers if w.connection_mode == connection_mode)
+        if not workers:
+            if not len(registry):
+                raise GatewayError(503, "no_workers", "No workers are registered with the gateway yet")
+            raise GatewayError(404, "model_not_found", f"The model `{model}` does not exist", param="model")
+        return workers
+
+    def pick(self, candidates: Sequence[Worker], routing: RoutingRequest, exclude: frozenset[Worker],
+             model: str | None, policy: Policy | None = None, what: str = "workers") -> Worker:
+        """The policy's choice among the available candidates not yet tried (503 when none)."""
+        available = [w for w in candidates if w.is_available and w not in exclude]
+        if not available and exclude and self._repeat:  # every other worker was tried: allow a repeat
+            available = [w for w in candidates if w.is_available]
+        if not available:
+            label = model or "default"
+            raise GatewayError(503, "no_available_workers", f"No available {what} for model `{label}`",
+                               headers={"Retry-After": "1"})
+        policy = policy or self.policies.for_model(model)
+        worker = policy.select(available, routing)
+        if worker is None:
+            raise GatewayError(503, "no_available_workers", "The routing policy found no acceptable worker",
+                               headers={"Retry-After": "1"})
+        if self._metrics is not None:
+            self._metrics.selections(worker.worker_type.value, worker.connection_mode, model or "default",
+                                     policy.name, worker.url).inc()
+        return worker
