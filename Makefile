@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python bench/proxy_overhead.py
+	$(BIN)/python -m bench.proxy_overhead
 
 # wrk (load generator) and SMG in its own venv, for the comparisons in bench/.
 bench-setup:

@@ -1,6 +1,6 @@
 """What a dead worker costs clients: errors, and how long until traffic routes around it.
 
-    python bench/failover.py [--seconds 12] [--kill-at 4] [--concurrency 16]
+    python -m bench.failover [--seconds 12] [--kill-at 4] [--concurrency 16]
 
 Three simulated engines (separate processes) serve steady closed-loop chat traffic through the
 gateway; one engine is killed mid-run. The report gives client-visible errors, when the circuit
@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import httpx
+import orjson
 
-import httpx  # noqa: E402
-import orjson  # noqa: E402
-
-from shepherd.transport.lean import LeanTransport  # noqa: E402
-from tests.support import Gateway, Sim  # noqa: E402
+from shepherd.testing import Gateway, Sim
+from shepherd.transport.lean import LeanTransport
 
 BODY = orjson.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "status report"}],
                      "max_tokens": 16})

@@ -1,6 +1,6 @@
 """Streamed tokens per second through the gateway: its gRPC pipeline against its HTTP proxy, one run.
 
-    python bench/grpc_streaming.py [--seconds 6] [--rounds 3] [--concurrency 32] [--tokens 128]
+    python -m bench.grpc_streaming [--seconds 6] [--rounds 3] [--concurrency 32] [--tokens 128]
 
 One gateway serves two models: `http-model` on an HTTP simulator (the gateway relays its SSE bytes)
 and `grpc-model` on a gRPC simulator (the gateway renders the chat template, tokenizes, detokenizes
@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import orjson
 
-import orjson  # noqa: E402
-
-from shepherd.transport.lean import LeanTransport  # noqa: E402
-from tests.support import Gateway, GrpcSim, Sim  # noqa: E402
+from shepherd.testing import Gateway, GrpcSim, Sim
+from shepherd.transport.lean import LeanTransport
 
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Write a short story about a lighthouse keeper."}]

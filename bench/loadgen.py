@@ -12,14 +12,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shepherd.transport.lean import LeanTransport  # noqa: E402
+from shepherd.transport.lean import LeanTransport
 
 
 @dataclass

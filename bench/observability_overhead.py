@@ -1,6 +1,6 @@
 """What metrics and tracing cost: gateway throughput with each on, as a ratio to both off, same run.
 
-    python bench/observability_overhead.py [--seconds 8] [--rounds 3] [--concurrency 32]
+    python -m bench.observability_overhead [--seconds 8] [--rounds 3] [--concurrency 32]
 
 The backend is the simulator's canned engine; spans go to an OTLP/HTTP sink in this process that
 accepts and discards them (so export costs the gateway what it would in production).
@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.loadgen import have_wrk, run_load  # noqa: E402
-from tests.support import Gateway, Sim, free_ports  # noqa: E402
+from bench.loadgen import have_wrk, run_load
+from shepherd.testing import Gateway, Sim, free_ports
 
 BODY = json.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "hello"}],
                    "max_tokens": 16}).encode()

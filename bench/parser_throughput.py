@@ -5,23 +5,19 @@ few hundred characters) and a long output (one call whose string argument is a 1
 first in one piece, then fed as 8-character deltas the way a token stream arrives. The ratio
 streamed / one-shot is the price of streaming; the baseline is measured in the same run.
 
-    python bench/parser_throughput.py [--seconds 0.5] [--delta 8] [--json FILE]
+    python -m bench.parser_throughput [--seconds 0.5] [--delta 8] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shepherd.parsers.reasoning import create_reasoning_parser  # noqa: E402
-from shepherd.parsers.tool import create_tool_parser  # noqa: E402
-from tests.parser_corpus import REASONING_SAMPLES, TOOL_SAMPLES, TOOLS  # noqa: E402
+from shepherd.parsers.reasoning import create_reasoning_parser
+from shepherd.parsers.tool import create_tool_parser
+from shepherd.testing.parser_corpus import REASONING_SAMPLES, TOOL_SAMPLES, TOOLS
 
 _LINE = '    total = sum(item["price"] * item.get("qty", 1) for item in order)  # <- "quoted" \\ path\n'
 LONG_CODE = (_LINE * (16384 // len(_LINE) + 1))[:16384]

@@ -1,6 +1,6 @@
 """How long one routing decision takes, per policy, with 16 and 256 workers.
 
-    python bench/policy_micro.py [--decisions 20000] [--prompts 100000]
+    python -m bench.policy_micro [--decisions 20000] [--prompts 100000]
 
 cache_aware's tree is first filled with `--prompts` chat prompts (shared system prompts with distinct
 user turns, as a busy deployment would hold), then every policy routes the same stream of new
@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import random
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shepherd.config import PolicyOptions  # noqa: E402
-from shepherd.policies.base import RoutingRequest  # noqa: E402
-from shepherd.policies.cache_aware import CacheAwarePolicy  # noqa: E402
-from shepherd.policies.factory import POLICY_NAMES, create_policy  # noqa: E402
-from shepherd.workers.worker import LoadSnapshot, Worker  # noqa: E402
+from shepherd.config import PolicyOptions
+from shepherd.policies.base import RoutingRequest
+from shepherd.policies.cache_aware import CacheAwarePolicy
+from shepherd.policies.factory import POLICY_NAMES, create_policy
+from shepherd.workers.worker import LoadSnapshot, Worker
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
          "upsilon phi chi psi omega model engine cache prefix route gateway worker token batch").split()

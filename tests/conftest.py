@@ -1,10 +1,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support import Gateway, Sim
+from shepherd.testing import Gateway, Sim
+
+_MARKS = {"unit": "unit", "integration": "integration", "contract": "integration"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by its folder: tests/unit -> unit; tests/integration and tests/contract
+    (real processes and sockets) -> integration. `pytest -m unit` runs the fast ones only."""
+    root = Path(__file__).parent
+    for item in items:
+        folder = Path(str(item.path)).relative_to(root).parts[0]
+        item.add_marker(_MARKS[folder])
 
 
 @pytest.fixture(scope="session")

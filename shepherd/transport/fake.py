@@ -39,6 +39,7 @@ class FakeReply:
     break_after: int | None = None  # raise UpstreamError after this many chunks
     chunk_delay: float = 0.0
     error: UpstreamError | None = None  # raised instead of a head
+    hang: bool = False  # never answer: the request's own timeout ends it (UpstreamTimeout)
 
     @classmethod
     def unreachable(cls) -> FakeReply:
@@ -68,10 +69,12 @@ class FakeResponse:
         reply = self._reply
         for index, chunk in enumerate(reply.chunks):
             if reply.break_after is not None and index >= reply.break_after:
-                raise UpstreamError("the worker closed the connection mid-response (fake)")
+                break
             if reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             yield chunk
+        if reply.break_after is not None:
+            raise UpstreamError("the worker closed the connection mid-response (fake)")
         self._call.finished = True
 
     async def read(self, limit: int | None = None) -> bytes:
@@ -113,6 +116,12 @@ class FakeTransport:
         if handler is None:
             raise UpstreamError(f"cannot connect to {base_url} (no fake worker there)")
         reply = handler(call)
+        if reply.hang:
+            try:
+                await asyncio.sleep(total_timeout if total_timeout is not None else 3600)
+            finally:
+                call.aborted = True
+            raise UpstreamTimeout("no answer within the request timeout (fake)")
         if reply.error is not None:
             call.aborted = True
             raise reply.error

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.support import Gateway, Sim, free_ports
+from shepherd.testing import Gateway, Sim, free_ports
 
 SERVE_KEY, ADMIN_KEY, VIEWER_KEY = "serve-key-123", "admin-key-456", "viewer-key-789"
 ISSUER, AUDIENCE = "https://issuer.test", "shepherd"

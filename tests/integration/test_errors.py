@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import Gateway, Sim, wait_until
+from shepherd.testing import Gateway, Sim, wait_until
 
 
 def _error(response: httpx.Response) -> dict:

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import Gateway, Sim, wait_until
+from shepherd.testing import Gateway, Sim, wait_until
 
 OPENAI_A_KEY = "sk-oa-test-4b1d7c0e55"
 OPENAI_B_KEY = "sk-ob-test-9f3e2a1177"

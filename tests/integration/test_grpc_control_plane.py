@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support import Gateway, GrpcSim, wait_until
+from shepherd.testing import Gateway, GrpcSim, wait_until
 
 
 def test_health_and_load_of_grpc_workers() -> None:

@@ -13,7 +13,7 @@ import pytest
 from shepherd.app import Gateway as InProcessGateway
 from shepherd.config import GatewayConfig
 from shepherd.routers.grpc.output import ChatOutputContext, ChoiceOutput, OutputDelta
-from tests.support import GrpcSim, free_ports, wait_until
+from shepherd.testing import GrpcSim, free_ports, wait_until
 
 MODEL = "qwen3-hook"
 ANSWER = "<think>\nplan\n</think>\n\nHello <tool_call>"

@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
+from shepherd.testing import Gateway, GrpcSim, wait_until
 from tests.qwen import IM_END, qwen_tokenizer
-from tests.support import Gateway, GrpcSim, wait_until
 
 MODEL = "qwen3-sim"
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something."}]

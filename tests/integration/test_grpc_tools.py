@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.support import Gateway, GrpcSim
+from shepherd.testing import Gateway, GrpcSim
 
 MODEL = "qwen3-tools"
 TOOLS = [{"type": "function", "function": {

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
+from shepherd.testing import Gateway, GrpcSim, wait_until
 from tests.qwen import IM_END, qwen_dir, qwen_tokenizer
-from tests.support import Gateway, GrpcSim, wait_until
 
 MODEL = "qwen3-vllm"
 MESSAGES = [{"role": "user", "content": "Tell me about Paris."}]

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import Gateway, Sim
+from shepherd.testing import Gateway, Sim
 
 MODEL = "mock-model"
 

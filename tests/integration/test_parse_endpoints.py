@@ -8,8 +8,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.parser_corpus import REASONING_SAMPLES, TOOL_SAMPLES, WEATHER, Sample
-from tests.support import Gateway
+from shepherd.testing import Gateway
+from shepherd.testing.parser_corpus import REASONING_SAMPLES, TOOL_SAMPLES, WEATHER, Sample
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import openai
 import orjson
 import pytest
 
-from tests.support import Gateway, Sim, free_ports, wait_until
+from shepherd.testing import Gateway, Sim, free_ports, wait_until
 
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "tell me about disaggregation"}],
         "max_tokens": 6}

@@ -15,7 +15,7 @@ import openai
 import orjson
 import pytest
 
-from tests.support import Gateway, Sim, wait_until
+from shepherd.testing import Gateway, Sim, wait_until
 
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 30}
 
@@ -145,9 +145,36 @@ def test_queue_overflow_queue_timeout_and_rate_limit() -> None:
         assert rejected and all(r.headers["retry-after"] for r in rejected)
         assert any(r.status_code == 200 for r in results)
         assert rejected[0].json()["error"]["code"] == "rate_limit_exceeded"
+        # Every decision and every rejection is counted (these series used to be declared and never fed).
+        assert gw.metric("smg_admission_queue_rejected_total", reason="full") == 1
+        assert gw.metric("smg_admission_queue_rejected_total", reason="timeout") == 1
+        assert limited.metric("smg_http_rate_limit_total", result="rejected") == len(rejected)
+        assert limited.metric("smg_http_rate_limit_total", result="allowed") == 6 - len(rejected)
+        assert limited.metric("smg_admission_queue_rejected_total", reason="rate") == len(rejected)
     finally:
         gw.stop()
         limited.stop()
+        sim.stop()
+
+
+def test_per_key_limits_hold_for_keys_sent_as_x_api_key() -> None:
+    # Anthropic SDK clients send `x-api-key`, not `Authorization`: the per-key limit must see them too,
+    # and a key is the same tenant whichever header carries it.
+    sim = Sim(1, "--engine", "canned")
+    gw = Gateway(sim.urls, "--api-key", "tenant-key", "--per-key-rate-limit-tokens-per-second", "0.2",
+                 "--control-plane-api-keys", "ops:ops:admin:admin-key", admin_key="admin-key")
+    try:
+        body = {"model": "mock-model", "prompt": "x", "max_tokens": 2}
+        first = httpx.post(gw.url + "/v1/completions", json=body, headers={"x-api-key": "tenant-key"}, timeout=10)
+        assert first.status_code == 200
+        again = httpx.post(gw.url + "/v1/completions", json=body, headers={"x-api-key": "tenant-key"}, timeout=10)
+        assert again.status_code == 429 and again.json()["error"]["code"] == "key_rate_limit_exceeded"
+        bearer = httpx.post(gw.url + "/v1/completions", json=body, timeout=10,
+                            headers={"Authorization": "Bearer tenant-key"})
+        assert bearer.status_code == 429  # the same key's bucket
+        assert gw.metric("smg_admission_queue_rejected_total", reason="rate") == 2
+    finally:
+        gw.stop()
         sim.stop()
 
 

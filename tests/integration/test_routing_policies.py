@@ -6,7 +6,7 @@ from collections import Counter
 
 import httpx
 
-from tests.support import Gateway, Sim, wait_until
+from shepherd.testing import Gateway, Sim, wait_until
 
 
 def _chat(http: httpx.Client, text: str, **headers: str) -> httpx.Response:

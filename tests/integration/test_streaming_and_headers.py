@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.support import Gateway, Sim, wait_until
+from shepherd.testing import Gateway, Sim, wait_until
 
 CHAT = "/v1/chat/completions"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import Gateway, Sim, wait_until
+from shepherd.testing import Gateway, Sim, wait_until
 
 
 @pytest.fixture

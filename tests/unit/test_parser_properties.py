@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from shepherd.parsers.reasoning import ReasoningDelta, create_reasoning_parser
 from shepherd.parsers.tool import TOOL_PARSERS, collect, create_tool_parser
 from shepherd.parsers.tool.json_stream import JsonStream, minify
-from tests.parser_corpus import REASONING_SAMPLES, TOOL_SAMPLES, ReasoningSample, Sample
+from shepherd.testing.parser_corpus import REASONING_SAMPLES, TOOL_SAMPLES, ReasoningSample, Sample
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

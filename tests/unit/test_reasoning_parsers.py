@@ -11,7 +11,7 @@ from shepherd.parsers.reasoning import (
     detect_reasoning_parser,
 )
 from shepherd.parsers.tool import ContentDelta, UnknownParserError
-from tests.parser_corpus import REASONING_SAMPLES, ReasoningSample
+from shepherd.testing.parser_corpus import REASONING_SAMPLES, ReasoningSample
 
 
 @pytest.mark.parametrize("sample", REASONING_SAMPLES, ids=lambda s: s.id)

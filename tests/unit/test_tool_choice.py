@@ -13,7 +13,7 @@ from shepherd.parsers.tool import (
     tool_choice_constraint,
     validate_calls,
 )
-from tests.parser_corpus import SEARCH, TIME, WEATHER
+from shepherd.testing.parser_corpus import SEARCH, TIME, WEATHER
 
 TOOLS = [WEATHER, TIME]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}

@@ -15,7 +15,7 @@ from shepherd.parsers.tool import (
     collect,
     create_tool_parser,
 )
-from tests.parser_corpus import TOOL_SAMPLES, Sample
+from shepherd.testing.parser_corpus import TOOL_SAMPLES, Sample
 
 OPENAI_ID = re.compile(r"call_[A-Za-z0-9]{24}")
 

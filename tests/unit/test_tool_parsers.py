@@ -16,7 +16,7 @@ from shepherd.parsers.tool import (
     detect_tool_parser,
 )
 from shepherd.parsers.tool.base import ToolParser
-from tests.parser_corpus import TOOLS, WEATHER
+from shepherd.testing.parser_corpus import TOOLS, WEATHER
 
 
 def parser_for(name: str, tools: object = TOOLS) -> ToolParser:

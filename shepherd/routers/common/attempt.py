@@ -22,12 +22,13 @@ from shepherd.workers.worker import Worker
 class Outcome:
     """What one attempt told us about the worker."""
 
-    __slots__ = ("status", "worker_failed", "client_gone")
+    __slots__ = ("status", "worker_failed", "client_gone", "complete")
 
     def __init__(self) -> None:
         self.status: int | None = None  # the worker's answer (an HTTP status, or a gRPC code's equivalent)
         self.worker_failed = False  # no answer, or the answer broke off
         self.client_gone = False  # the client left first: no verdict on the worker
+        self.complete = False  # the whole answer arrived
 
 
 class AttemptOwner(Protocol):
@@ -71,6 +72,11 @@ class Attempt:
     def failed(self) -> None:
         """The worker gave no answer, or broke off in the middle of one."""
         self.outcome.worker_failed = True
+
+    def client_left(self) -> None:
+        """The client went away: no verdict on the worker, unless its whole answer had already arrived."""
+        if not self.outcome.complete:
+            self.outcome.client_gone = True
 
     async def send(self, transport: Transport, method: str, path: str,
                    headers: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes | None,

@@ -54,8 +54,11 @@ def upstream_request_headers(
         lower = name.lower()
         if lower in skip:
             continue
-        if gateway_keys and lower in CREDENTIAL_HEADERS and credential_in(lower, value) in gateway_keys:
-            continue  # the gateway's own credential is for the gateway only
+        if lower in CREDENTIAL_HEADERS:
+            if not value.strip():
+                continue  # an empty credential: the worker's key may fill in
+            if gateway_keys and credential_in(lower, value) in gateway_keys:
+                continue  # the gateway's own credential is for the gateway only
         headers[lower] = value
     headers[REQUEST_ID_HEADER] = request_id
     if worker_api_key and "authorization" not in headers:

@@ -59,7 +59,7 @@ async def read_answer(attempt: Attempt, limit: int, who: str, final: bool) -> by
     if upstream.content_length is not None and upstream.content_length > limit:
         raise failure(final, 502, *too_large)
     try:
-        return await upstream.read(limit)
+        body = await upstream.read(limit)
     except UpstreamTimeout:
         attempt.failed()
         raise failure(final, 504, "call_upstream_timeout", f"{who} timed out mid-response") from None
@@ -68,6 +68,8 @@ async def read_answer(attempt: Attempt, limit: int, who: str, final: bool) -> by
         raise failure(final, 502, "upstream_response_incomplete", f"{who} failed mid-response: {exc}") from None
     except ValueError:
         raise failure(final, 502, *too_large) from None
+    attempt.outcome.complete = True
+    return body
 
 
 async def relay_whole(execution: Execution[Any], attempt: Attempt, headers: CIMultiDict[str], final: bool,
@@ -105,12 +107,13 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
                     metrics.ttfb(request.path, model, attempt.worker.url).observe(now - dispatched)
                 previous = now
             await response.write(chunk)
+        attempt.outcome.complete = True
         if b'"usage"' in chunk and access_log.isEnabledFor(logging.INFO):
             request[USAGE] = _stream_usage(chunk)
     except ConnectionError as exc:
         if request.transport is None or request.transport.is_closing():
             log.info("client of request %s went away mid-stream; closing the upstream", execution.request_id)
-            attempt.outcome.client_gone = True
+            attempt.client_left()
             return response
         await _broke_off(execution, attempt, response, exc, is_sse, chunk.endswith(b"\n\n"))
     except UpstreamError as exc:

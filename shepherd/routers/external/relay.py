@@ -58,7 +58,7 @@ async def translate_stream(execution: Execution[Any], attempt: Attempt, translat
                 await response.write(out)
     except ConnectionError:
         log.info("client of request %s went away mid-stream; closing the provider's stream", execution.request_id)
-        attempt.outcome.client_gone = True
+        attempt.client_left()
         return response
     except UpstreamError as exc:
         attempt.failed()

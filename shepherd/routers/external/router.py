@@ -157,7 +157,7 @@ class ExternalRouter:
                 return await translate_stream(execution, attempt, plan.stream(), out)
             return await translate_whole(execution, attempt, plan, out, final)
         except asyncio.CancelledError:
-            attempt.outcome.client_gone = True
+            attempt.client_left()
             raise
         finally:
             attempt.close()

@@ -36,7 +36,7 @@ _NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 class EngineCall:
     """One open Generate stream. `close()` must run once, whatever happened."""
 
-    __slots__ = ("attempt", "client", "call", "request_id", "finished", "_closed", "_background")
+    __slots__ = ("attempt", "client", "call", "request_id", "_finished", "_closed", "_background")
 
     def __init__(self, attempt: Attempt, client: GrpcWorkerClient, call: grpc.aio.UnaryStreamCall, request_id: str,
                  background: set[asyncio.Task[None]]) -> None:
@@ -44,9 +44,22 @@ class EngineCall:
         self.client = client
         self.call = call
         self.request_id = request_id
-        self.finished = False  # every answer arrived: nothing to abort
+        self._finished = False
         self._closed = False
         self._background = background
+
+    @property
+    def finished(self) -> bool:
+        """Every answer arrived: nothing to abort."""
+        return self._finished
+
+    @finished.setter
+    def finished(self, value: bool) -> None:
+        self._finished = value
+        self.attempt.outcome.complete = value
+
+    def nothing_to_abort(self) -> None:
+        self._finished = True
 
     @property
     def worker(self) -> Worker:
@@ -108,7 +121,7 @@ class GrpcExecutor:
         try:
             first = await engine.read()
         except grpc.aio.AioRpcError as exc:
-            engine.finished = True  # it failed: there is nothing to abort
+            engine.nothing_to_abort()  # it failed: the engine holds nothing
             error = worker_error(exc, worker.url)
             if exc.code() in _NO_ANSWER:
                 attempt.failed()
@@ -119,7 +132,7 @@ class GrpcExecutor:
                 raise failure(final, error.status, error.code, error.message) from None
             raise error from None
         except asyncio.CancelledError:
-            attempt.outcome.client_gone = True
+            attempt.client_left()
             engine.close()
             raise
         except BaseException:

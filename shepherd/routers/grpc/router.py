@@ -96,7 +96,7 @@ class GrpcRouter:
             try:
                 return await self._respond(request, upstream_path, prepared, meta, engine, first, engine_id)
             except asyncio.CancelledError:  # the client went away
-                engine.attempt.outcome.client_gone = True
+                engine.attempt.client_left()
                 raise
             finally:
                 engine.close()  # aborts the engine request unless every answer arrived

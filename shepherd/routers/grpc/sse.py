@@ -28,4 +28,4 @@ async def run_stream(response: web.StreamResponse, engine: EngineCall, events: A
         message = f"Worker {engine.worker.url} failed mid-stream: {exc.code().name} {exc.details() or ''}".rstrip()
         await end_stream(response, stream_error_frame("openai", message, code="worker_stream_failed"))
     except ClientGone:
-        engine.attempt.outcome.client_gone = True
+        engine.attempt.client_left()

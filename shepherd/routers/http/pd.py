@@ -124,7 +124,6 @@ class PdRouter:
         payload = orjson.dumps(self._with_bootstrap(path, body, prefill))
         timeout = execution.remaining()
         legs = (execution.attempt(prefill), execution.attempt(decode))
-        client_gone = False
         try:
             for leg in legs:
                 leg.start(self._transport, "POST", path, self._headers(execution, leg.worker), payload, timeout)
@@ -135,12 +134,12 @@ class PdRouter:
             await self._await_head(decode_leg, "decode", final)
             transform = self._logprob_merger(body, prefill_body)
             return await self._answer(execution, decode_leg, final, transform)
-        except asyncio.CancelledError:
-            client_gone = True
+        except asyncio.CancelledError:  # the client went away
+            for leg in legs:
+                leg.client_left()
             raise
         finally:
             for leg in legs:
-                leg.outcome.client_gone = client_gone
                 leg.close()
 
     def _with_bootstrap(self, path: str, body: Mapping[str, Any], prefill: Worker) -> dict[str, Any]:
@@ -159,7 +158,6 @@ class PdRouter:
     async def _prefill_then_decode(self, execution: Execution[Pair], path: str, body: Mapping[str, Any],
                                    prefill: Worker, decode: Worker, final: bool) -> web.StreamResponse:
         decode_body = dict(body)
-        client_gone = False
         legs: list[Attempt] = []
         try:
             if (body.get("n") or 1) == 1:  # with n > 1 the decode recomputes the prompt itself
@@ -180,12 +178,12 @@ class PdRouter:
                              orjson.dumps(decode_body), execution.remaining())
             await self._await_head(decode_leg, "decode", final)
             return await self._answer(execution, decode_leg, final, None)
-        except asyncio.CancelledError:
-            client_gone = True
+        except asyncio.CancelledError:  # the client went away
+            for leg in legs:
+                leg.client_left()
             raise
         finally:
             for leg in legs:
-                leg.outcome.client_gone = client_gone
                 leg.close()
 
     # -- shared steps -------------------------------------------------------------------------

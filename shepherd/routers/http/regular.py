@@ -96,7 +96,7 @@ class HttpRouter:
                 return await relay_whole(execution, attempt, out, final)
             return await relay_stream(execution, attempt, out)
         except asyncio.CancelledError:  # the client went away
-            attempt.outcome.client_gone = True
+            attempt.client_left()
             raise
         finally:
             attempt.close()

@@ -32,6 +32,7 @@ class SglangSim(CommonRpcs, pb_grpc.SglangSchedulerServicer):
             record = json_format.MessageToDict(request, preserving_proto_field_name=True)
             record["input_ids"] = ids
             record["constraint"] = params.WhichOneof("constraint")
+            record["metadata"] = {key: str(value) for key, value in context.invocation_metadata() or ()}
         top = request.top_logprobs_num if request.return_logprob else None
         generate = SimGenerate(
             request_id=request.request_id, input_ids=ids,

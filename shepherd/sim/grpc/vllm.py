@@ -32,6 +32,7 @@ class VllmSim(CommonRpcs, pb_grpc.VllmEngineServicer):
             record = json_format.MessageToDict(request, preserving_proto_field_name=True)
             record["input_ids"] = ids
             record["constraint"] = params.WhichOneof("constraint")
+            record["metadata"] = {key: str(value) for key, value in context.invocation_metadata() or ()}
         top = params.logprobs if params.HasField("logprobs") else None
         generate = SimGenerate(
             request_id=request.request_id, input_ids=ids,

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def free_ports(count: int) -> list[int]:
@@ -140,7 +140,18 @@ class Gateway(Process):
 
     def workers(self) -> list[dict[str, Any]]:
         response = httpx.get(self.url + "/workers", headers=self._admin_headers, timeout=5, verify=False)
-        return response.json()["workers"]
+        return response.json()["workers"]  # type: ignore[no-any-return]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` on /metrics whose labels include `labels`."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(httpx.get(self.metrics_url, timeout=5).text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
 
 
 class GrpcSim(Process):
