@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-setup clean
+.PHONY: run test test-unit ci lint typecheck bench bench-setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The fast in-process tests only (no processes, no sockets beyond loopback test servers).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
+# What CI runs: the pinned linters, then the whole suite with a coverage report.
+ci: lint typecheck
+	$(BIN)/python -m pytest --cov --cov-report=term
+
 lint: $(STAMP)
 	$(BIN)/ruff check shepherd tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/pip install --quiet mypy
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -1,6 +1,10 @@
 """What the gateway costs: direct to a fast backend vs through Shepherd vs through SMG, in one run.
 
     python -m bench.proxy_overhead [--seconds 8] [--rounds 3] [--smg .venv-smg/bin/smg]
+                                   [--baseline-checkout DIR]
+
+`--baseline-checkout DIR` adds a second Shepherd gateway run from another checkout (for example
+`git worktree add /tmp/base HEAD~3`), so a change is compared with the code before it in one run.
 
 The backend is the simulator's canned engine (instant answers), so the gateway's own overhead is
 what the numbers show. Scenarios: non-streaming chat at concurrency 1 and 32, and streaming chat
@@ -42,13 +46,18 @@ def main() -> None:
     parser.add_argument("--smg", help="path to the smg binary (default: .venv-smg/bin/smg, then PATH)")
     parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if have_wrk() else "python")
     parser.add_argument("--json", help="also write the raw results to this file")
+    parser.add_argument("--baseline-checkout", help="also run the Shepherd of this checkout, as `baseline`")
     args = parser.parse_args()
 
     sim = Sim(1, "--engine", "canned", "--record-requests", "0")
     gateway = Gateway(sim.urls, "--policy", "round_robin", "--log-level", "warn")
     smg_binary = find_smg(args.smg)
     smg = Smg(smg_binary, sim.urls, "round_robin") if smg_binary else None
+    baseline = (Gateway(sim.urls, "--policy", "round_robin", "--log-level", "warn", checkout=args.baseline_checkout)
+                if args.baseline_checkout else None)
     targets = {"direct": sim.urls[0], "shepherd": gateway.url}
+    if baseline is not None:
+        targets["baseline"] = baseline.url
     if smg is not None:
         targets["smg"] = smg.url
     print(f"load generator: {args.loadgen}; {args.rounds} rounds x {args.seconds:.0f}s per target and scenario")
@@ -70,6 +79,8 @@ def main() -> None:
     finally:
         if smg is not None:
             smg.stop()
+        if baseline is not None:
+            baseline.stop()
         gateway.stop()
         sim.stop()
 
@@ -102,12 +113,18 @@ def _report(results: dict[str, dict[str, LoadResult]], events: int) -> None:
     for scenario, by_target in results.items():
         direct, shepherd, smg = by_target["direct"], by_target["shepherd"], by_target.get("smg")
         line = f"  {scenario:<13} shepherd/direct throughput {shepherd.requests_per_sec / direct.requests_per_sec:.2f}"
+        baseline = by_target.get("baseline")
+        if baseline is not None:
+            line += (f"   shepherd/baseline throughput {shepherd.requests_per_sec / baseline.requests_per_sec:.2f}"
+                     f", p50 {shepherd.p50_ms / baseline.p50_ms:.2f}x")
         if smg is not None:
             line += (f"   smg/direct {smg.requests_per_sec / direct.requests_per_sec:.2f}"
                      f"   shepherd/smg {shepherd.requests_per_sec / smg.requests_per_sec:.2f}")
         print(line)
         if scenario == "chat c=1":
             added = f"  {'':<13} added p50 latency: shepherd {1000 * (shepherd.p50_ms - direct.p50_ms):.0f} us"
+            if baseline is not None:
+                added += f", baseline {1000 * (baseline.p50_ms - direct.p50_ms):.0f} us"
             if smg is not None:
                 added += f", smg {1000 * (smg.p50_ms - direct.p50_ms):.0f} us"
             print(added)

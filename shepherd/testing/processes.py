@@ -45,12 +45,14 @@ class Process:
     """A child process whose output goes to a temp file (shown if it fails to start)."""
 
     def __init__(self, args: Sequence[str], ready_url: str, timeout: float = 20.0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, checkout: str | None = None) -> None:
+        """`checkout`: run the `shepherd` of another checkout (`python -m` imports from its working
+        directory first), for benchmarks against a previous version."""
         self.args = list(args)
         self.log = tempfile.NamedTemporaryFile(prefix="shepherd-test-", suffix=".log", delete=False)  # noqa: SIM115
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "shepherd", *self.args], stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT, env=child_env)
+                                     stderr=subprocess.STDOUT, cwd=checkout or ROOT, env=child_env)
         try:
             wait_until(lambda: self._ready(ready_url), timeout, 0.05, f"{ready_url} to answer")
         except AssertionError:
@@ -114,7 +116,8 @@ class Gateway(Process):
     """`shepherd launch` on a free port; waits until `expect_workers` workers are registered."""
 
     def __init__(self, worker_urls: Sequence[str] = (), *flags: str, expect_workers: int | None = None,
-                 admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None) -> None:
+                 admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None,
+                 checkout: str | None = None) -> None:
         self.port, self.metrics_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -126,7 +129,7 @@ class Gateway(Process):
             args += ["--worker-urls", *worker_urls]
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-        super().__init__([*args, *flags], self.url + "/liveness", env=env)
+        super().__init__([*args, *flags], self.url + "/liveness", env=env, checkout=checkout)
         expected = len(worker_urls) if expect_workers is None else expect_workers
         wait_until(lambda: len(self.workers()) >= expected, 20, message=f"{expected} workers to register")
 
