@@ -12,10 +12,11 @@ Two kinds of series:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 90, 120, 180,
                     240, 300, 480, 900, 1200, 1800, 2700, 3600, 5400, 7200)
+# The label of a model no registered worker serves. Clients choose model names, so only the
+# registry's models get their own series; every other name shares this one.
+UNKNOWN_MODEL = "unknown"
+DEFAULT_MODEL = "default"  # a request that named no model
+
 CHUNK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -47,6 +53,8 @@ class _Cached:
 
 class Metrics:
     def __init__(self) -> None:
+        self._serves: Callable[[str], bool] = lambda model: False  # set by attach(): the registry's models
+        self._state: _StateCollector | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = _Cached(Counter(
@@ -104,7 +112,32 @@ class Metrics:
 
     def attach(self, context: AppContext) -> None:
         """Expose the context's live state (workers, policies, admission) at scrape time."""
-        self.registry.register(_StateCollector(context))
+        self._serves = context.registry.serves
+        self._state = _StateCollector(context)
+
+    def model_label(self, model: str | None) -> str:
+        """The `model` label value: bounded by the registry, whatever names clients send."""
+        if model is None:
+            return DEFAULT_MODEL
+        return model if self._serves(model) else UNKNOWN_MODEL
+
+    async def exposition(self) -> bytes:
+        """The Prometheus text for a scrape. The live state is read on the event loop (it is owned
+        there, and small); the text is written in a worker thread so a scrape never stalls serving."""
+        state = list(self._state.collect()) if self._state is not None else []
+        return await asyncio.get_running_loop().run_in_executor(None, generate_latest, _Snapshot(self.registry, state))
+
+
+class _Snapshot:
+    """What generate_latest() reads: the counters' registry plus state families collected earlier."""
+
+    def __init__(self, registry: CollectorRegistry, state: list[GaugeMetricFamily]) -> None:
+        self._registry = registry
+        self._state = state
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._registry.collect()
+        yield from self._state
 
 
 class _StateCollector(Collector):
@@ -153,7 +186,7 @@ class _StateCollector(Collector):
         tree_rows: list[tuple[list[str], float]] = []
         for model_name, policy in context.policies.by_model().items():
             if isinstance(policy, CacheAwarePolicy):
-                label = [model_name or "default"]
+                label = [model_name or DEFAULT_MODEL]
                 hit_rows.append((label, policy.hit_ratio))
                 tree_rows.append((label, float(policy.text_tree.size + policy.token_tree.size)))
         yield gauge("smg_cache_aware_hit_ratio", "cache_aware: share of decisions that found a holder", ["model"],

@@ -91,7 +91,7 @@ class Attempt:
 def count_request(metrics: Metrics, path_labels: tuple[str, str, str], model: str | None, endpoint: str,
                   body: Mapping[str, Any] | None, status: int, started: float, error_code: str | None) -> None:
     """Per-request router metrics; `path_labels` is (router_type, backend_type, connection_mode)."""
-    model_label = model or "default"
+    model_label = metrics.model_label(model)
     streaming = "true" if body and body.get("stream") else "false"
     metrics.router_requests(*path_labels, model_label, endpoint, streaming).inc()
     if status < 400:
@@ -106,7 +106,7 @@ def count_attempt(metrics: Metrics, router_type: str, worker: Worker, model: str
     if outcome.client_gone:
         status = "client_closed"
     metrics.upstream_responses(router_type, status, "").inc()
-    metrics.worker_requests(worker.url, model or "default", status).inc()
+    metrics.worker_requests(worker.url, metrics.model_label(model), status).inc()
     if outcome.worker_failed or (outcome.status or 0) >= 500:
         kind = "transport" if outcome.status is None else "mid_stream" if outcome.worker_failed else "http_5xx"
         metrics.worker_errors(worker.worker_type.value, worker.connection_mode, kind).inc()

@@ -332,7 +332,7 @@ class HttpRouter:
         is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         chunk = b"\n\n"
         metrics = self._metrics
-        model = request.get(MODEL) or "default"
+        model = metrics.model_label(request.get(MODEL)) if metrics is not None else ""
         dispatched = time.perf_counter()
         previous = 0.0
         chunks = upstream.iter_chunks() if transform is None else _sse_events(upstream.iter_chunks(), transform)
