@@ -110,11 +110,19 @@ class Sim(Process):
             httpx.post(url + "/sim/reset", timeout=5)
 
 
+_CONTROL_PLANE_AUTH_FLAGS = ("--control-plane-api-keys", "--jwt-issuer")
+
+
 class Gateway(Process):
-    """`shepherd launch` on a free port; waits until `expect_workers` workers are registered."""
+    """`shepherd launch` on a free port; waits until `expect_workers` workers are registered.
+
+    The admin API is closed by default; a gateway started without control-plane auth flags gets
+    `--allow-unauthenticated-admin` so tests can call /workers (pass `open_admin=False` to test the
+    closed default)."""
 
     def __init__(self, worker_urls: Sequence[str] = (), *flags: str, expect_workers: int | None = None,
-                 admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None) -> None:
+                 admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None,
+                 open_admin: bool | None = None) -> None:
         self.port, self.metrics_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -124,11 +132,19 @@ class Gateway(Process):
                 "--shutdown-settle-secs", "0"]  # tests stop gateways often; a test may pass its own
         if worker_urls:
             args += ["--worker-urls", *worker_urls]
+        if open_admin is None:
+            open_admin = not any(flag in _CONTROL_PLANE_AUTH_FLAGS for flag in flags)
+        if open_admin:
+            args.append("--allow-unauthenticated-admin")
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         super().__init__([*args, *flags], self.url + "/liveness", env=env)
         expected = len(worker_urls) if expect_workers is None else expect_workers
-        wait_until(lambda: len(self.workers()) >= expected, 20, message=f"{expected} workers to register")
+        if open_admin or admin_key:
+            wait_until(lambda: len(self.workers()) >= expected, 20, message=f"{expected} workers to register")
+        elif expected:
+            wait_until(lambda: httpx.get(self.url + "/readiness", timeout=5, verify=False).status_code == 200, 20,
+                       message="a ready worker")
 
     def _ready(self, url: str) -> bool:
         if self.proc.poll() is not None:
