@@ -87,6 +87,22 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """What one client connection or request may make the gateway hold, and for how long."""
+
+    header_read_timeout_secs: float = 30.0  # from a request's first byte to the end of its head (SMG's name)
+    idle_connection_timeout_secs: float = 90.0  # a kept-alive connection with no request (SMG's name)
+    body_read_timeout_secs: float = 60.0  # the whole request body, read before admission
+    max_buffered_request_bytes: int = 1024**3  # request bodies held at once, all requests together
+
+    def validate(self) -> None:
+        for name in ("header_read_timeout_secs", "idle_connection_timeout_secs", "body_read_timeout_secs",
+                     "max_buffered_request_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
@@ -133,6 +149,7 @@ class GatewayConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     # Shutdown: on SIGTERM, /readiness turns 503 at once; the listener stays open for the settle
     # window (so load balancers notice), then closes; in-flight requests get the rest of the grace.
@@ -235,6 +252,9 @@ class GatewayConfig:
         self.health.validate()
         self.breaker.validate()
         self.admission.validate()
+        self.limits.validate()
+        if self.limits.max_buffered_request_bytes < self.max_payload_size:
+            raise ConfigError("--max-buffered-request-bytes must be at least --max-payload-size")
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

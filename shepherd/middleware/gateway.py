@@ -14,7 +14,7 @@ from aiohttp import web
 from shepherd.api.errors import ERROR_CODE_HEADER, GatewayError, error_response, flavor_for_path
 from shepherd.context import AppContext
 from shepherd.middleware.request_id import resolve_request_id
-from shepherd.request_keys import MODEL, REQUEST_ID, SPAN, USAGE, WORKER
+from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
 from shepherd.routers.http.headers import REQUEST_ID_HEADER
 
 log = logging.getLogger("shepherd.api")
@@ -69,6 +69,9 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
                                       flavor=flavor_for_path(path))
         finally:
             context.in_flight -= 1
+            held = request.get(BODY_BYTES)
+            if held:
+                context.bodies.give_back(held)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         status = response.status
