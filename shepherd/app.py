@@ -23,6 +23,7 @@ from shepherd.context import AppContext
 from shepherd.http_server import GatewayRunner
 from shepherd.middleware.cors import Cors
 from shepherd.middleware.gateway import gateway_middleware
+from shepherd.middleware.routed_worker import install_routed_worker_header
 from shepherd.observability.metrics import Metrics
 from shepherd.providers.startup import parse_external_provider
 from shepherd.workers.spec import WorkerSpec, normalize_url
@@ -40,6 +41,7 @@ def build_app(context: AppContext) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=config.max_payload_size)
     if cors is not None:
         cors.install(app)
+    install_routed_worker_header(app, context)
     app[CONTEXT] = context
     add_inference_routes(app)
     add_utility_routes(app)

@@ -21,6 +21,7 @@ from shepherd.config import (
     BreakerConfig,
     ConfigError,
     GatewayConfig,
+    ROUTED_WORKER_HEADER_MODES,
     HealthConfig,
     ServerLimits,
 )
@@ -234,6 +235,9 @@ def _add_hardening_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-buffered-request-bytes", type=_size, default=limits.max_buffered_request_bytes,
                        help="request-body bytes held across all requests at once; past it new bodies get 503 "
                             "(default: 1 GiB)")
+    group.add_argument("--routed-worker-header", choices=ROUTED_WORKER_HEADER_MODES, default="id",
+                       help="what x-smg-routed-worker-id tells clients: the worker's id (default), its URL "
+                            "(exposes internal addresses), or none (no header)")
     group.add_argument("--allow-unauthenticated-admin", action="store_true",
                        help="leave the admin API (/workers, /flush_cache, ...) open to anyone who can reach the "
                             "port; without it and without control-plane keys or JWTs, the admin API is closed")
@@ -341,6 +345,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             allow_unauthenticated_admin=args.allow_unauthenticated_admin,
         ),
         limits=_limits_from_args(args),
+        routed_worker_header=args.routed_worker_header,
         cors_allowed_origins=tuple(args.cors_allowed_origins),
         tls_cert_path=args.tls_cert_path,
         tls_key_path=args.tls_key_path,

@@ -18,6 +18,7 @@ from shepherd.policies.options import PolicyOptionError, PolicyOptions
 from shepherd.providers.startup import ProviderFlagError, parse_external_provider
 from shepherd.workers.spec import is_grpc_target
 
+ROUTED_WORKER_HEADER_MODES = ("id", "url", "none")
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "x-trace-id", "request-id")
 
 
@@ -150,6 +151,7 @@ class GatewayConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    routed_worker_header: str = "id"  # x-smg-routed-worker-id: id | url | none (see ROUTED_WORKER_HEADER_MODES)
 
     # Shutdown: on SIGTERM, /readiness turns 503 at once; the listener stays open for the settle
     # window (so load balancers notice), then closes; in-flight requests get the rest of the grace.
@@ -253,6 +255,8 @@ class GatewayConfig:
         self.breaker.validate()
         self.admission.validate()
         self.limits.validate()
+        if self.routed_worker_header not in ROUTED_WORKER_HEADER_MODES:
+            raise ConfigError(f"--routed-worker-header must be one of {', '.join(ROUTED_WORKER_HEADER_MODES)}")
         if self.limits.max_buffered_request_bytes < self.max_payload_size:
             raise ConfigError("--max-buffered-request-bytes must be at least --max-payload-size")
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:

@@ -122,7 +122,7 @@ class Gateway(Process):
 
     def __init__(self, worker_urls: Sequence[str] = (), *flags: str, expect_workers: int | None = None,
                  admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None,
-                 open_admin: bool | None = None) -> None:
+                 open_admin: bool | None = None, routed_worker_header: str | None = "url") -> None:
         self.port, self.metrics_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -136,6 +136,8 @@ class Gateway(Process):
             open_admin = not any(flag in _CONTROL_PLANE_AUTH_FLAGS for flag in flags)
         if open_admin:
             args.append("--allow-unauthenticated-admin")
+        if routed_worker_header is not None:  # tests tell workers apart by URL; None: the default (ids)
+            args += ["--routed-worker-header", routed_worker_header]
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         super().__init__([*args, *flags], self.url + "/liveness", env=env)

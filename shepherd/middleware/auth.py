@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from multidict import CIMultiDictProxy
 
 from shepherd.api.errors import GatewayError
 
@@ -85,6 +86,14 @@ class AuthConfig:
 
 def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
+
+
+def reject_duplicate_credentials(headers: CIMultiDictProxy[str]) -> None:
+    """Two Authorization (or x-api-key) headers are refused: otherwise one would be checked and
+    the other forwarded, and which is which depends on the reader (RFC 9110 makes it a singleton)."""
+    for name in ("authorization", "x-api-key"):
+        if name in headers and len(headers.getall(name)) > 1:
+            raise GatewayError(400, "duplicate_credentials", f"The request has more than one {name} header")
 
 
 def presented_token(headers: Mapping[str, str]) -> str | None:

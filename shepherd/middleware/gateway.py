@@ -13,6 +13,7 @@ from aiohttp import web
 
 from shepherd.api.errors import ERROR_CODE_HEADER, GatewayError, error_response, flavor_for_path
 from shepherd.context import AppContext
+from shepherd.middleware.auth import reject_duplicate_credentials
 from shepherd.middleware.request_id import resolve_request_id
 from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
 from shepherd.routers.http.headers import REQUEST_ID_HEADER
@@ -56,6 +57,7 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
         context.in_flight += 1
         response: web.StreamResponse
         try:
+            reject_duplicate_credentials(request.headers)
             if auth is not None:
                 await auth.check(path, request.headers)
             response = await handler(request)
