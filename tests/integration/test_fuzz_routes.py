@@ -71,7 +71,7 @@ def _is_json_error(payload: Any) -> bool:
 
 
 @pytest.mark.parametrize("path", sorted(INFERENCE_ROUTES))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(body=_BODIES)
 def test_fuzzed_bodies_get_json_answers(client: httpx.Client, gateway: Gateway, path: str, body: bytes) -> None:
