@@ -148,8 +148,9 @@ def main() -> None:
         served = [begin for begin, _, status, worker in records
                   if worker == urls[0] and status == 200 and begin >= restarted]
         interval = args.health_check_interval_secs
-        back = f"{min(served) - restarted:.2f}s after it answered /health ({(min(served) - restarted) / interval:.2f} " \
-               f"health intervals; target <= 2)" if served else "never within the run"
+        delay = min(served) - restarted if served else 0.0
+        back = f"{delay:.2f}s after it answered /health ({delay / interval:.2f} health intervals; target <= 2)" \
+            if served else "never within the run"
         print(f"{'restarted worker served':<28} {back}")
     print(f"{'window':<30} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10} {'p99 ratio':>10}")
     for label, (p50, p99) in windows:

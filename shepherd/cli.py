@@ -17,11 +17,11 @@ from collections.abc import Sequence
 
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
+    ROUTED_WORKER_HEADER_MODES,
     AdmissionConfig,
     BreakerConfig,
     ConfigError,
     GatewayConfig,
-    ROUTED_WORKER_HEADER_MODES,
     HealthConfig,
     ServerLimits,
 )

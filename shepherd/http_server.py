@@ -26,7 +26,8 @@ from shepherd.api.errors import ERROR_CODE_HEADER, error_body
 
 log = logging.getLogger("shepherd.server")
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
+            431: "Request Header Fields Too Large"}
 
 
 def _raw_error(status: int, code: str, message: str) -> bytes:

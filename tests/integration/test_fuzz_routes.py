@@ -41,7 +41,7 @@ _FIELDS = {
     "sampling_params": _JSON,
     "stream_options": _JSON,
 }
-_BODIES = (st.fixed_dictionaries({}, optional=_FIELDS).map(lambda body: orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
+_BODIES = (st.fixed_dictionaries({}, optional=_FIELDS).map(lambda body: orjson.dumps(body))
            | _JSON.map(lambda value: orjson.dumps(value, default=str))
            | st.binary(max_size=200))
 
