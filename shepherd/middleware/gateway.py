@@ -82,7 +82,8 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
             route = _route(request)
             metrics.http_requests(request.method, route).inc()
             metrics.http_duration(request.method, route).observe(elapsed)
-            metrics.http_responses(route, str(status), response.headers.get(ERROR_CODE_HEADER, "")).inc()
+            metrics.http_responses(route, str(status),
+                                   metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, ""))).inc()
         if span is not None:
             if MODEL in request:
                 span.set_attribute("gen_ai.request.model", request[MODEL])

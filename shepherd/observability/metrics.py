@@ -31,6 +31,9 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 # registry's models get their own series; every other name shares this one.
 UNKNOWN_MODEL = "unknown"
 DEFAULT_MODEL = "default"  # a request that named no model
+# Error codes come from the gateway's own errors, but also from X-SMG-Error-Code headers a worker
+# sends (a chained gateway): past this many distinct values, new ones share the label "other".
+MAX_ERROR_CODES = 256
 
 CHUNK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -55,6 +58,7 @@ class Metrics:
     def __init__(self) -> None:
         self._serves: Callable[[str], bool] = lambda model: False  # set by attach(): the registry's models
         self._state: _StateCollector | None = None
+        self._error_codes: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = _Cached(Counter(
@@ -120,6 +124,16 @@ class Metrics:
         if model is None:
             return DEFAULT_MODEL
         return model if self._serves(model) else UNKNOWN_MODEL
+
+    def error_code_label(self, code: str) -> str:
+        """The `error_code` label value: the code, while the set of codes seen stays bounded."""
+        codes = self._error_codes
+        if code in codes:
+            return code
+        if len(codes) < MAX_ERROR_CODES:
+            codes.add(code)
+            return code
+        return "other"
 
     async def exposition(self) -> bytes:
         """The Prometheus text for a scrape. The live state is read on the event loop (it is owned

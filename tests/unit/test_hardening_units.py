@@ -79,6 +79,9 @@ async def test_scrapes_render_off_the_event_loop_and_model_labels_are_bounded() 
     registry.add(Worker(id="w1", url="http://w1", model_ids=("served",)))
     metrics._serves = registry.serves  # what attach() wires to the context's registry
     assert [metrics.model_label(m) for m in ("served", "made-up", None)] == ["served", "unknown", "default"]
+    codes = [metrics.error_code_label(f"code-{i}") for i in range(300)]
+    assert codes[:256] == [f"code-{i}" for i in range(256)] and set(codes[256:]) == {"other"}
+    assert metrics.error_code_label("code-3") == "code-3"
     text = await metrics.exposition()
     assert b"probe 1.0" in text
     assert probe.threads and all(thread is not threading.main_thread() for thread in probe.threads)
