@@ -52,15 +52,20 @@ class _GatewayRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._last_payload: Any = None  # the body stream of the newest parsed request
 
     def data_received(self, data: bytes) -> None:
-        # Bytes that arrive while no request is parsed or being handled begin a new request head.
+        # Bytes that arrive while no request is parsed or being handled, and after the previous
+        # request's body ended, begin a new request head.
+        last = self._last_payload
         starts_head = (self._header_timer is None and self._current_request is None and not self._messages
-                       and not self._upgraded)
+                       and not self._upgraded and (last is None or last.is_eof()))
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
             self._cancel_header_timer()  # a whole head arrived (or a parse error, answered by aiohttp)
+            if self._messages:
+                self._last_payload = self._messages[-1][1]
         elif starts_head and data and not self._force_close:
             self._header_timer = self._loop.call_later(self._header_timeout, self._header_timed_out)
 

@@ -110,13 +110,13 @@ class Sim(Process):
             httpx.post(url + "/sim/reset", timeout=5)
 
 
-_CONTROL_PLANE_AUTH_FLAGS = ("--control-plane-api-keys", "--jwt-issuer")
+_KEYED_FLAGS = ("--control-plane-api-keys", "--jwt-issuer", "--api-key")  # with these, no open admin API
 
 
 class Gateway(Process):
     """`shepherd launch` on a free port; waits until `expect_workers` workers are registered.
 
-    The admin API is closed by default; a gateway started without control-plane auth flags gets
+    The admin API is closed by default; a gateway started without any key flags gets
     `--allow-unauthenticated-admin` so tests can call /workers (pass `open_admin=False` to test the
     closed default)."""
 
@@ -133,7 +133,7 @@ class Gateway(Process):
         if worker_urls:
             args += ["--worker-urls", *worker_urls]
         if open_admin is None:
-            open_admin = not any(flag in _CONTROL_PLANE_AUTH_FLAGS for flag in flags)
+            open_admin = not any(flag in _KEYED_FLAGS for flag in flags)
         if open_admin:
             args.append("--allow-unauthenticated-admin")
         if routed_worker_header is not None:  # tests tell workers apart by URL; None: the default (ids)

@@ -9,7 +9,7 @@
   with another role gets 403. Without control-plane auth the admin API is closed (403): a serving
   key never doubles as an admin credential (its holders would otherwise register workers of their
   own and receive other users' prompts). Leaving it open to anyone who can reach the port takes
-  `--allow-unauthenticated-admin`, which is logged at start-up.
+  `--allow-unauthenticated-admin`, which is logged at start-up and refused when serving is keyed.
 
 Keys are kept only as SHA-256 digests, compared in constant time, and never logged.
 """
@@ -82,6 +82,10 @@ class AuthConfig:
             raise AuthConfigError("JWT auth needs both --jwt-issuer and --jwt-jwks-uri")
         if self.allow_unauthenticated_admin and self.control_plane_auth:
             raise AuthConfigError("--allow-unauthenticated-admin contradicts --control-plane-api-keys/--jwt-issuer")
+        if self.allow_unauthenticated_admin and self.api_keys:
+            # Serving is keyed, so the admin API must be too: else anyone could add a worker and read prompts.
+            raise AuthConfigError("with --api-key, the admin API needs --control-plane-api-keys or --jwt-issuer, "
+                                  "not --allow-unauthenticated-admin")
 
 
 def _digest(value: str) -> bytes:

@@ -111,8 +111,10 @@ async def test_the_admin_api_needs_a_control_plane_credential() -> None:
         await keyed.check("/workers", {"authorization": "Bearer secret"})
         with pytest.raises(GatewayError):
             await keyed.check("/workers", {"authorization": "Bearer serve"})
-    with pytest.raises(AuthConfigError):
-        AuthConfig(allow_unauthenticated_admin=True, control_plane_keys=(admin,)).validate()
+    for contradictory in (AuthConfig(allow_unauthenticated_admin=True, control_plane_keys=(admin,)),
+                          AuthConfig(allow_unauthenticated_admin=True, api_keys=("serve",))):
+        with pytest.raises(AuthConfigError):
+            contradictory.validate()
 
 
 def test_the_body_budget_refuses_what_does_not_fit() -> None:
