@@ -10,7 +10,7 @@ import ssl
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from shepherd.api.admin import add_admin_routes
 from shepherd.api.inference import add_inference_routes
@@ -21,8 +21,10 @@ from shepherd.api.utility import add_utility_routes
 from shepherd.assembly import checked
 from shepherd.config import GatewayConfig
 from shepherd.context import AppContext
+from shepherd.http_server import GatewayRunner
 from shepherd.middleware.cors import Cors
 from shepherd.middleware.gateway import gateway_middleware
+from shepherd.middleware.routed_worker import install_routed_worker_header
 from shepherd.observability.metrics import Metrics
 from shepherd.providers.startup import parse_external_provider
 from shepherd.workers.spec import WorkerSpec, normalize_url
@@ -40,6 +42,7 @@ def build_app(context: AppContext) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=config.max_payload_size)
     if cors is not None:
         cors.install(app)
+    install_routed_worker_header(app, context)
     app[CONTEXT] = context
     add_inference_routes(app)
     add_utility_routes(app)
@@ -53,7 +56,7 @@ def build_metrics_app(metrics: Metrics) -> web.Application:
     """The separate Prometheus listener: GET /metrics in the text exposition format."""
 
     async def scrape(request: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
+        body = await metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
@@ -93,13 +96,18 @@ class Gateway:
         app = build_app(self.context)
         # handler_cancellation: a client that disconnects cancels its handler at once, which
         # closes the upstream request so the engine stops generating for nobody.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        limits = self.config.limits
+        self._runner = GatewayRunner(app, header_timeout=limits.header_read_timeout_secs,
+                                     idle_timeout=limits.idle_connection_timeout_secs, handler_cancellation=True,
+                                     access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=4096, reuse_address=True,
                            ssl_context=_ssl_context(self.config))
         await site.start()
         if self.context.metrics is not None:
-            self._metrics_runner = web.AppRunner(build_metrics_app(self.context.metrics), access_log=None)
+            self._metrics_runner = GatewayRunner(build_metrics_app(self.context.metrics),
+                                                 header_timeout=limits.header_read_timeout_secs,
+                                                 idle_timeout=limits.idle_connection_timeout_secs, access_log=None)
             await self._metrics_runner.setup()
             await web.TCPSite(self._metrics_runner, self.config.prometheus_host, self.config.prometheus_port,
                               reuse_address=True).start()

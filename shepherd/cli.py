@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
+    ROUTED_WORKER_HEADER_MODES,
     AdmissionConfig,
     AuthConfig,
     AuthConfigError,
@@ -27,6 +29,7 @@ from shepherd.config import (
     HealthConfig,
     PolicyOptions,
     RetryConfig,
+    ServerLimits,
 )
 from shepherd.observability.logging import setup_logging
 from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
@@ -225,6 +228,37 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level)
     logs.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    _add_hardening_args(parser)
+
+
+def _add_hardening_args(parser: argparse.ArgumentParser) -> None:
+    """What a client may make the gateway hold (connections, request bodies), and the admin API's default."""
+    limits = ServerLimits()
+    group = parser.add_argument_group("client connections and the admin API")
+    group.add_argument("--header-read-timeout-secs", type=float, default=limits.header_read_timeout_secs,
+                       help="a request's head must arrive within this many seconds of its first byte "
+                            "(default: %(default)s)")
+    group.add_argument("--idle-connection-timeout-secs", type=float, default=limits.idle_connection_timeout_secs,
+                       help="close a client connection idle between requests this long (default: %(default)s)")
+    group.add_argument("--body-read-timeout-secs", type=float, default=limits.body_read_timeout_secs,
+                       help="a request body must arrive within this many seconds, before it takes an admission "
+                            "slot (408 past it; default: %(default)s)")
+    group.add_argument("--max-buffered-request-bytes", type=_size, default=limits.max_buffered_request_bytes,
+                       help="request-body bytes held across all requests at once; past it new bodies get 503 "
+                            "(default: 1 GiB)")
+    group.add_argument("--routed-worker-header", choices=ROUTED_WORKER_HEADER_MODES, default="id",
+                       help="what x-smg-routed-worker-id tells clients: the worker's id (default), its URL "
+                            "(exposes internal addresses), or none (no header)")
+    group.add_argument("--allow-unauthenticated-admin", action="store_true",
+                       help="leave the admin API (/workers, /flush_cache, ...) open to anyone who can reach the "
+                            "port; without it and without control-plane keys or JWTs, the admin API is closed")
+
+
+def _limits_from_args(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(header_read_timeout_secs=args.header_read_timeout_secs,
+                        idle_connection_timeout_secs=args.idle_connection_timeout_secs,
+                        body_read_timeout_secs=args.body_read_timeout_secs,
+                        max_buffered_request_bytes=args.max_buffered_request_bytes)
 
 
 # (flag, type, help) for the numeric policy tunables; defaults come from PolicyOptions.
@@ -319,7 +353,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             control_plane_keys=tuple(ControlPlaneKey.parse(spec) for spec in args.control_plane_api_keys),
             jwt_issuer=args.jwt_issuer, jwt_audience=args.jwt_audience, jwt_jwks_uri=args.jwt_jwks_uri,
             jwt_role_mapping=tuple(_pair(entry) for entry in args.jwt_role_mapping),
+            allow_unauthenticated_admin=args.allow_unauthenticated_admin,
         ),
+        limits=_limits_from_args(args),
+        routed_worker_header=args.routed_worker_header,
         cors_allowed_origins=tuple(args.cors_allowed_origins),
         tls_cert_path=args.tls_cert_path,
         tls_key_path=args.tls_key_path,
@@ -485,13 +522,15 @@ def _wait_for(url: str, timeout: float) -> bool:
 def _run_demo(args: argparse.Namespace) -> int:
     """Two simulated engines plus a gateway in front of them, ready for a first request."""
     ports = [args.worker_port + i for i in range(args.workers)]
+    admin_key = secrets.token_urlsafe(18)  # the admin API is closed without a control-plane key
     sim = subprocess.Popen(
         [sys.executable, "-m", "shepherd", "mock-worker", "--ports", *map(str, ports), "--model", args.model],
         stdout=subprocess.DEVNULL,
     )
     gateway = subprocess.Popen(
         [sys.executable, "-m", "shepherd", "launch", "--port", str(args.port), "--policy", args.policy,
-         "--worker-urls", *(f"http://127.0.0.1:{p}" for p in ports)],
+         "--worker-urls", *(f"http://127.0.0.1:{p}" for p in ports),
+         "--control-plane-api-keys", f"demo:Demo admin:admin:{admin_key}"],
     )
     url = f"http://127.0.0.1:{args.port}"
     # SIGTERM (not just Ctrl-C) must reach the finally below, so the engines and gateway stop too.
@@ -506,7 +545,9 @@ def _run_demo(args: argparse.Namespace) -> int:
               f"  curl -s {url}/v1/chat/completions \\\n"
               f"    -H 'Content-Type: application/json' \\\n"
               f"    -d '{body}'\n\n"
-              f"Workers: curl -s {url}/workers    Stop: Ctrl-C\n", flush=True)
+              f"Workers (admin API, this run's admin key):\n\n"
+              f"  curl -s {url}/workers -H 'Authorization: Bearer {admin_key}'\n\n"
+              f"Stop: Ctrl-C\n", flush=True)
         return gateway.wait()
     except KeyboardInterrupt:
         return 0

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 
+ROUTED_WORKER_HEADER_MODES = ("id", "url", "none")
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "x-trace-id", "request-id")
 
 
@@ -123,11 +124,22 @@ class AuthConfig:
     jwt_audience: str | None = None
     jwt_jwks_uri: str | None = None
     jwt_role_mapping: tuple[tuple[str, str], ...] = ()  # (claim value, gateway role)
+    allow_unauthenticated_admin: bool = False  # the explicit choice of an admin API open to anyone
+
+    @property
+    def control_plane_auth(self) -> bool:
+        return bool(self.control_plane_keys or self.jwt_issuer)
 
     def validate(self) -> None:
         jwt_fields = (self.jwt_issuer, self.jwt_jwks_uri)
         if any(jwt_fields) and not all(jwt_fields):
             raise AuthConfigError("JWT auth needs both --jwt-issuer and --jwt-jwks-uri")
+        if self.allow_unauthenticated_admin and self.control_plane_auth:
+            raise AuthConfigError("--allow-unauthenticated-admin contradicts --control-plane-api-keys/--jwt-issuer")
+        if self.allow_unauthenticated_admin and self.api_keys:
+            # Serving is keyed, so the admin API must be too: else anyone could add a worker and read prompts.
+            raise AuthConfigError("with --api-key, the admin API needs --control-plane-api-keys or --jwt-issuer, "
+                                  "not --allow-unauthenticated-admin")
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,22 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """What one client connection or request may make the gateway hold, and for how long."""
+
+    header_read_timeout_secs: float = 30.0  # from a request's first byte to the end of its head (SMG's name)
+    idle_connection_timeout_secs: float = 90.0  # a kept-alive connection with no request (SMG's name)
+    body_read_timeout_secs: float = 60.0  # the whole request body, read before admission
+    max_buffered_request_bytes: int = 1024**3  # request bodies held at once, all requests together
+
+    def validate(self) -> None:
+        for name in ("header_read_timeout_secs", "idle_connection_timeout_secs", "body_read_timeout_secs",
+                     "max_buffered_request_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
@@ -258,6 +286,8 @@ class GatewayConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    routed_worker_header: str = "id"  # x-smg-routed-worker-id: id | url | none (see ROUTED_WORKER_HEADER_MODES)
 
     # Shutdown: on SIGTERM, /readiness turns 503 at once; the listener stays open for the settle
     # window (so load balancers notice), then closes; in-flight requests get the rest of the grace.
@@ -349,6 +379,11 @@ class GatewayConfig:
         self.health.validate()
         self.breaker.validate()
         self.admission.validate()
+        self.limits.validate()
+        if self.routed_worker_header not in ROUTED_WORKER_HEADER_MODES:
+            raise ConfigError(f"--routed-worker-header must be one of {', '.join(ROUTED_WORKER_HEADER_MODES)}")
+        if self.limits.max_buffered_request_bytes < self.max_payload_size:
+            raise ConfigError("--max-buffered-request-bytes must be at least --max-payload-size")
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

@@ -10,6 +10,7 @@ import aiohttp
 from shepherd.config import GatewayConfig
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
+from shepherd.middleware.body_budget import BodyBudget
 from shepherd.observability.metrics import LiveState, Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
@@ -74,6 +75,7 @@ class AppContext:
     metrics: Metrics | None
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
+    bodies: BodyBudget  # request-body bytes held across all requests
     in_flight: int = 0  # requests being handled, for graceful shutdown
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
@@ -128,12 +130,13 @@ class AppContext:
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
                                         ParserOutputFactory(config.tool_call_parser, config.reasoning_parser),
                                         metrics, tracing),
+            bodies=BodyBudget(config.limits.max_buffered_request_bytes),
         )
         context.health.register_probe("grpc", context.grpc.health)
         context.load_monitor.register_source("grpc", context.grpc.load_rows)
         if metrics is not None:
             metrics.attach(LiveState(
-                workers=registry.all, requests_in_flight=lambda: context.in_flight,
+                workers=registry.all, serves=registry.serves, requests_in_flight=lambda: context.in_flight,
                 admission_queue_depth=lambda: context.admission.queue_depth,
                 admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees))
         return context

@@ -11,3 +11,4 @@ SPAN: web.RequestKey[Any] = web.RequestKey("shepherd_span", object)  # the reque
 MODEL: web.RequestKey[str] = web.RequestKey("shepherd_model", str)  # the body's model, once parsed
 WORKER: web.RequestKey[str] = web.RequestKey("shepherd_worker", str)  # the worker that served it
 USAGE: web.RequestKey[Any] = web.RequestKey("shepherd_usage", object)  # (prompt, completion) tokens, when known
+BODY_BYTES: web.RequestKey[int] = web.RequestKey("shepherd_body_bytes", int)  # reserved from the body budget

@@ -2,25 +2,59 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
+from shepherd.middleware.body_budget import BodyBudget
+from shepherd.request_keys import BODY_BYTES
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body; 413 before reading anything when Content-Length already says it is too big."""
+    """The raw body, read within `--body-read-timeout-secs` (408) and the gateway-wide body budget
+    (503); 413 before reading anything when Content-Length already says it is over `limit`. The
+    bytes stay reserved until the request is done (the gateway middleware gives them back)."""
     length = request.content_length
     if length is not None and length > limit:
         raise GatewayError(413, "request_body_too_large",
                            f"The request body is {length} bytes; the limit is {limit} bytes")
+    context = request.app[CONTEXT]
+    timeout = context.config.limits.body_read_timeout_secs
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise GatewayError(413, "request_body_too_large",
-                           f"The request body exceeds the limit of {limit} bytes") from None
+        async with asyncio.timeout(timeout):
+            return await _read(request, limit, length, context.bodies)
+    except TimeoutError:
+        raise GatewayError(408, "request_body_timeout",
+                           f"The request body did not arrive within {timeout:g}s",
+                           headers={"Connection": "close"}) from None
+
+
+async def _read(request: web.Request, limit: int, length: int | None, budget: BodyBudget) -> bytes:
+    if length is not None:  # reserve it all at once: a body that cannot fit is refused unread
+        _reserve(request, budget, length)
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, "request_body_too_large", f"The request body exceeds the limit of {limit} bytes",
+                               headers={"Connection": "close"})
+        if length is None:
+            _reserve(request, budget, len(chunk))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _reserve(request: web.Request, budget: BodyBudget, size: int) -> None:
+    if not budget.take(size):
+        raise GatewayError(503, "request_bodies_over_budget",
+                           "The gateway holds too many request bodies at once; retry shortly",
+                           headers={"Retry-After": "1", "Connection": "close"})
+    request[BODY_BYTES] = request.get(BODY_BYTES, 0) + size
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

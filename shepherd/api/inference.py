@@ -31,14 +31,15 @@ def _inference_handler(upstream_path: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         context = request.app[CONTEXT]
         admission = context.admission if context.config.admission.enabled else None
-        # Admission comes first: a request waiting for capacity has not had its body read yet.
+        # The body is read (under its deadline) before admission: a client that sends it slowly
+        # must not sit on a slot that requests ready to run are waiting for.
+        raw = await read_body(request, context.config.max_payload_size)
+        body = parse_json_object(raw)
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise GatewayError(400, "invalid_type", "'model' must be a string", param="model")
         ticket = await admission.acquire(presented_key(request.headers)) if admission else None
         try:
-            raw = await read_body(request, context.config.max_payload_size)
-            body = parse_json_object(raw)
-            model = body.get("model")
-            if model is not None and not isinstance(model, str):
-                raise GatewayError(400, "invalid_type", "'model' must be a string", param="model")
             return await context.router.route(request, upstream_path, raw, body)
         finally:
             if ticket is not None and admission is not None:

@@ -6,8 +6,10 @@
 * Control-plane routes (workers, cache flushes, loads, tokenizer and parser admin) need an admin
   credential when control-plane auth is configured: a JWT from `--jwt-issuer` whose role maps to
   `admin`, or a `--control-plane-api-keys id:name:role:key` key with role `admin`. A valid credential
-  with another role gets 403. With no control-plane auth, they fall back to the serving key; with no
-  keys at all, everything is open.
+  with another role gets 403. Without control-plane auth the admin API is closed (403): a serving
+  key never doubles as an admin credential (its holders would otherwise register workers of their
+  own and receive other users' prompts). Leaving it open to anyone who can reach the port takes
+  `--allow-unauthenticated-admin`, which is logged at start-up and refused when serving is keyed.
 
 Keys are kept only as SHA-256 digests, compared in constant time, and never logged.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from multidict import CIMultiDictProxy
 
 from shepherd.config import AuthConfig
 from shepherd.errors import GatewayError
@@ -44,12 +47,25 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
 
 
+def reject_duplicate_credentials(headers: CIMultiDictProxy[str]) -> None:
+    """Two Authorization (or x-api-key) headers are refused: otherwise one would be checked and
+    the other forwarded, and which is which depends on the reader (RFC 9110 makes it a singleton)."""
+    for name in ("authorization", "x-api-key"):
+        if name in headers and len(headers.getall(name)) > 1:
+            raise GatewayError(400, "duplicate_credentials", f"The request has more than one {name} header")
+
+
 class Authenticator:
     def __init__(self, config: AuthConfig, session: aiohttp.ClientSession) -> None:
         self._serving = [_digest(key) for key in config.api_keys]
         self._control = config.control_plane_keys
         self._jwt = _JwtVerifier(config, session) if config.jwt_issuer else None
-        self.enabled = bool(self._serving or self._control or self._jwt)
+        self._admin_open = config.allow_unauthenticated_admin
+        # Nothing to check only when there are no serving keys and the admin API is open by choice.
+        self.enabled = bool(self._serving or self._control or self._jwt or not self._admin_open)
+        if self._admin_open:
+            log.warning("the admin API (%s) is open to anyone who can reach this port "
+                        "(--allow-unauthenticated-admin)", ", ".join(p.rstrip("/") for p in CONTROL_PLANE_PREFIXES))
 
     async def check(self, path: str, headers: Mapping[str, str]) -> None:
         """Raise a 401/403 GatewayError unless the request may go on."""
@@ -69,12 +85,11 @@ class Authenticator:
 
     async def _check_control_plane(self, headers: Mapping[str, str]) -> None:
         if not self._control and self._jwt is None:
-            if self._serving:
-                try:
-                    self._check_serving(headers)
-                except GatewayError as exc:
-                    raise GatewayError(401, exc.code, exc.message, headers=_CHALLENGE) from None
-            return
+            if self._admin_open:
+                return
+            raise GatewayError(403, "admin_api_closed",
+                               "The admin API is closed: start the gateway with --control-plane-api-keys or "
+                               "--jwt-issuer to use it (or --allow-unauthenticated-admin to leave it open)")
         token = presented_key(headers)
         if token is None:
             raise GatewayError(401, "missing_credentials", "This route needs an admin API key or token",

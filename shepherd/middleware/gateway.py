@@ -14,8 +14,9 @@ from aiohttp import web
 from shepherd.context import AppContext
 from shepherd.errors import ERROR_CODE_HEADER, GatewayError, error_response, flavor_for_path
 from shepherd.headers import REQUEST_ID_HEADER
+from shepherd.middleware.auth import reject_duplicate_credentials
 from shepherd.middleware.request_id import resolve_request_id
-from shepherd.request_keys import MODEL, REQUEST_ID, SPAN, USAGE, WORKER
+from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
 
 log = logging.getLogger("shepherd.api")
 access_log = logging.getLogger("shepherd.access")
@@ -56,6 +57,7 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
         context.in_flight += 1
         response: web.StreamResponse
         try:
+            reject_duplicate_credentials(request.headers)
             if auth is not None:
                 await auth.check(path, request.headers)
             response = await handler(request)
@@ -69,6 +71,9 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
                                       flavor=flavor_for_path(path))
         finally:
             context.in_flight -= 1
+            held = request.get(BODY_BYTES)
+            if held:
+                context.bodies.give_back(held)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         status = response.status
@@ -77,7 +82,8 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
             route = _route(request)
             metrics.http_requests(request.method, route).inc()
             metrics.http_duration(request.method, route).observe(elapsed)
-            metrics.http_responses(route, str(status), response.headers.get(ERROR_CODE_HEADER, "")).inc()
+            metrics.http_responses(route, str(status),
+                                   metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, ""))).inc()
         if span is not None:
             if MODEL in request:
                 span.set_attribute("gen_ai.request.model", request[MODEL])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
@@ -12,6 +13,33 @@ from typing import Any
 import orjson
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+# C0 and C1 controls, DEL, and the Unicode line/paragraph separators: anything a terminal or a log
+# viewer may take as a line break or an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape, so one record stays one line."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                               else f"\\u{ord(m.group()):04x}"), text)
+
+
+class TextFormatter(logging.Formatter):
+    """The human-readable line. Paths, model names and other client-supplied values reach log
+    messages, so the message is escaped: a CR/LF in them cannot forge a second line. (Tracebacks,
+    which the gateway itself writes, keep their lines.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        message = record.message
+        record.message = escape_controls(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,7 +60,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", json: bool = False, log_dir: str | None = None) -> None:
     """Log to stderr, and with `log_dir` also to `<log_dir>/shepherd.log` (rotated at 100 MiB, 5 kept)."""
-    formatter: logging.Formatter = JsonFormatter() if json else logging.Formatter(
+    formatter: logging.Formatter = JsonFormatter() if json else TextFormatter(
         "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir:

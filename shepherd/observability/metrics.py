@@ -12,11 +12,12 @@ Two kinds of series:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -24,6 +25,14 @@ from shepherd.workers.worker import Worker
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 90, 120, 180,
                     240, 300, 480, 900, 1200, 1800, 2700, 3600, 5400, 7200)
+# The label of a model no registered worker serves. Clients choose model names, so only the
+# registry's models get their own series; every other name shares this one.
+UNKNOWN_MODEL = "unknown"
+DEFAULT_MODEL = "default"  # a request that named no model
+# Error codes come from the gateway's own errors, but also from X-SMG-Error-Code headers a worker
+# sends (a chained gateway): past this many distinct values, new ones share the label "other".
+MAX_ERROR_CODES = 256
+
 CHUNK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -45,6 +54,9 @@ class _Cached:
 
 class Metrics:
     def __init__(self) -> None:
+        self._serves: Callable[[str], bool] = lambda model: False  # set by attach(): the registry's models
+        self._state: _StateCollector | None = None
+        self._error_codes: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = _Cached(Counter(
@@ -102,7 +114,42 @@ class Metrics:
 
     def attach(self, state: LiveState) -> None:
         """Expose the gateway's live state (workers, admission, cache trees) at scrape time."""
-        self.registry.register(_StateCollector(state))
+        self._serves = state.serves
+        self._state = _StateCollector(state)
+
+    def model_label(self, model: str | None) -> str:
+        """The `model` label value: bounded by the registry, whatever names clients send."""
+        if model is None:
+            return DEFAULT_MODEL
+        return model if self._serves(model) else UNKNOWN_MODEL
+
+    def error_code_label(self, code: str) -> str:
+        """The `error_code` label value: the code, while the set of codes seen stays bounded."""
+        codes = self._error_codes
+        if code in codes:
+            return code
+        if len(codes) < MAX_ERROR_CODES:
+            codes.add(code)
+            return code
+        return "other"
+
+    async def exposition(self) -> bytes:
+        """The Prometheus text for a scrape. The live state is read on the event loop (it is owned
+        there, and small); the text is written in a worker thread so a scrape never stalls serving."""
+        state = list(self._state.collect()) if self._state is not None else []
+        return await asyncio.get_running_loop().run_in_executor(None, generate_latest, _Snapshot(self.registry, state))
+
+
+class _Snapshot:
+    """What generate_latest() reads: the counters' registry plus state families collected earlier."""
+
+    def __init__(self, registry: CollectorRegistry, state: list[GaugeMetricFamily]) -> None:
+        self._registry = registry
+        self._state = state
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._registry.collect()
+        yield from self._state
 
 
 @dataclass(frozen=True)
@@ -110,10 +157,11 @@ class LiveState:
     """What a scrape reads, as narrow callables (the collector knows nothing else of the gateway)."""
 
     workers: Callable[[], Sequence[Worker]]
+    serves: Callable[[str], bool]  # whether a registered worker serves a model (bounds the model label)
     requests_in_flight: Callable[[], int]
     admission_queue_depth: Callable[[], int]
     admission_in_flight: Callable[[], int]
-    cache_trees: Callable[[], Iterable[tuple[str, float, float]]]  # (model, hit ratio, tree size)
+    cache_trees: Callable[[], Iterable[tuple[str | None, float, float]]]  # (model, hit ratio, tree size)
 
 
 class _StateCollector(Collector):
@@ -160,6 +208,6 @@ class _StateCollector(Collector):
                     iter([([], state.admission_in_flight())]))
         trees = list(state.cache_trees())
         yield gauge("smg_cache_aware_hit_ratio", "cache_aware: share of decisions that found a holder", ["model"],
-                    (([model], ratio) for model, ratio, _ in trees))
+                    (([model or DEFAULT_MODEL], ratio) for model, ratio, _ in trees))
         yield gauge("smg_cache_tree_chars", "cache_aware: characters (or tokens) held in the tree", ["model"],
-                    (([model], size) for model, _, size in trees))
+                    (([model or DEFAULT_MODEL], size) for model, _, size in trees))

@@ -44,9 +44,9 @@ class PolicyRegistry:
     def all(self) -> list[Policy]:
         return list(self._by_model.values())
 
-    def cache_trees(self) -> list[tuple[str, float, float]]:
+    def cache_trees(self) -> list[tuple[str | None, float, float]]:
         """(model, hit ratio, tree size) of every cache_aware policy, for the metrics scrape."""
-        return [(model or "default", policy.hit_ratio, float(policy.text_tree.size + policy.token_tree.size))
+        return [(model, policy.hit_ratio, float(policy.text_tree.size + policy.token_tree.size))
                 for model, policy in self._by_model.items() if isinstance(policy, CacheAwarePolicy)]
 
     def by_model(self) -> dict[str | None, Policy]:

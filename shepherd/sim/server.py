@@ -72,6 +72,13 @@ class SimConfig:
     params: EngineParams = field(default_factory=EngineParams)
 
 
+MAX_EMBEDDING_DIMENSIONS = 65536
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
@@ -412,23 +419,37 @@ class SimWorker:
 
     # -- other inference routes ---------------------------------------------------------------
 
-    def _inputs(self, value: Any) -> list[str]:
+    @staticmethod
+    def _inputs(value: Any) -> list[str]:
+        """The texts of an `input`: a string, a list of strings, token ids, or lists of token ids.
+        Anything else (a number, a boolean, a mixed list) is the client's mistake: an empty list."""
         if isinstance(value, str):
             return [value]
-        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        if not isinstance(value, list) or not value:
+            return []
+        if all(_is_token_id(v) for v in value):
             return [" ".join(map(str, value))]
-        if isinstance(value, list):
-            return [v if isinstance(v, str) else " ".join(map(str, v)) for v in value]
-        return []
+        texts: list[str] = []
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, list) and item and all(_is_token_id(v) for v in item):
+                texts.append(" ".join(map(str, item)))
+            else:
+                return []
+        return texts
 
     async def embeddings(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         inputs = self._inputs(body.get("input"))
         if not inputs:
             return self._error(400, "'input' must be a string, a list of strings or a list of token ids")
+        dimensions = body.get("dimensions", self.config.embedding_dim) or self.config.embedding_dim
+        if not _is_token_id(dimensions) or not 0 < dimensions <= MAX_EMBEDDING_DIMENSIONS:
+            return self._error(400, f"'dimensions' must be an integer from 1 to {MAX_EMBEDDING_DIMENSIONS}")
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(inputs):
-            vector = self._vector(text, int(body.get("dimensions") or self.config.embedding_dim))
+            vector = self._vector(text, dimensions)
             embedding: Any = base64.b64encode(array.array("f", vector).tobytes()).decode() if as_base64 else vector
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         tokens = sum(len(tokenize(text)) for text in inputs)
@@ -443,12 +464,12 @@ class SimWorker:
 
     async def rerank(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         query, documents = body.get("query"), body.get("documents")
-        if not isinstance(query, str) or not isinstance(documents, list):
-            return self._error(400, "'query' (string) and 'documents' (list) are required")
+        if not isinstance(query, str) or not isinstance(documents, list) or \
+                not all(isinstance(d, str) for d in documents):
+            return self._error(400, "'query' (a string) and 'documents' (a list of strings) are required")
         query_words = set(query.lower().split())
         results: list[dict[str, Any]] = []
-        for index, document in enumerate(documents):
-            text = document if isinstance(document, str) else orjson.dumps(document).decode()
+        for index, text in enumerate(documents):
             overlap = len(query_words & set(text.lower().split()))
             score = overlap + (request_seed(query, text) % 1000) / 10000
             results.append({"score": score, "document": text, "index": index,

@@ -112,12 +112,20 @@ class Sim(Process):
             httpx.post(url + "/sim/reset", timeout=5)
 
 
+_KEYED_FLAGS = ("--control-plane-api-keys", "--jwt-issuer", "--api-key")  # with these, no open admin API
+
+
 class Gateway(Process):
-    """`shepherd launch` on a free port; waits until `expect_workers` workers are registered."""
+    """`shepherd launch` on a free port; waits until `expect_workers` workers are registered.
+
+    The admin API is closed by default; a gateway started without any key flags gets
+    `--allow-unauthenticated-admin` so tests can call /workers (pass `open_admin=False` to test the
+    closed default)."""
 
     def __init__(self, worker_urls: Sequence[str] = (), *flags: str, expect_workers: int | None = None,
                  admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None,
-                 checkout: str | None = None) -> None:
+                 checkout: str | None = None, open_admin: bool | None = None,
+                 routed_worker_header: str | None = "url") -> None:
         self.port, self.metrics_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -127,11 +135,21 @@ class Gateway(Process):
                 "--shutdown-settle-secs", "0"]  # tests stop gateways often; a test may pass its own
         if worker_urls:
             args += ["--worker-urls", *worker_urls]
+        if open_admin is None:
+            open_admin = not any(flag in _KEYED_FLAGS for flag in flags)
+        if open_admin:
+            args.append("--allow-unauthenticated-admin")
+        if routed_worker_header is not None:  # tests tell workers apart by URL; None: the default (ids)
+            args += ["--routed-worker-header", routed_worker_header]
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         super().__init__([*args, *flags], self.url + "/liveness", env=env, checkout=checkout)
         expected = len(worker_urls) if expect_workers is None else expect_workers
-        wait_until(lambda: len(self.workers()) >= expected, 20, message=f"{expected} workers to register")
+        if open_admin or admin_key:
+            wait_until(lambda: len(self.workers()) >= expected, 20, message=f"{expected} workers to register")
+        elif expected:
+            wait_until(lambda: httpx.get(self.url + "/readiness", timeout=5, verify=False).status_code == 200, 20,
+                       message="a ready worker")
 
     def _ready(self, url: str) -> bool:
         if self.proc.poll() is not None:

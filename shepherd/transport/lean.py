@@ -29,6 +29,14 @@ from shepherd.transport.errors import UpstreamError, UpstreamTimeout
 
 _HIGH_WATER = 1 << 20  # pause reading from the worker when this much body is buffered
 _LOW_WATER = 1 << 18
+# Bounds on a response head, like the server side's (aiohttp: 128 headers): a worker that sends
+# headers forever must not grow the gateway's memory.
+MAX_RESPONSE_HEADERS = 128
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
+
+class _HeadTooLarge(UpstreamError):
+    """The worker's response head is over the bounds."""
 
 
 class _StaleConnection(UpstreamError):
@@ -131,17 +139,25 @@ class UpstreamResponse:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body. With `limit`, stop (and raise ValueError) once more than that arrived."""
-        while not self._complete:
-            if self._error is not None:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if self._chunks:
+                # Move what arrived out of the flow-controlled buffer, which resumes reading:
+                # a body above the high-water mark must not wait for a reader that never comes.
+                data = self._take()
+                parts.append(data)
+                size += len(data)
+                if limit is not None and size > limit:
+                    raise ValueError("response body over the limit")
+            elif self._complete:
+                break
+            elif self._error is not None:
                 raise self._error
-            if limit is not None and self._buffered > limit:
-                raise ValueError("response body over the limit")
-            await self._wait()
-        body = self._take() if self._chunks else b""
+            else:
+                await self._wait()
         self.release()
-        if limit is not None and len(body) > limit:
-            raise ValueError("response body over the limit")
-        return body
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
         """Give the connection back if the response is complete; abort it otherwise."""
@@ -167,7 +183,10 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._header_list: list[tuple[str, str]] = []
         self._bytes_received = 0
+        self._head_bytes = 0  # bytes of the current response before its head was complete
+        self._in_head = False
         self._keep_alive = True
+        self._trailing = False  # bytes after the complete response are being discarded
         self._paused = False
         self._timer: asyncio.TimerHandle | None = None
         self.idle_since = time.monotonic()
@@ -184,10 +203,18 @@ class _Connection(asyncio.Protocol):
         if self.response is None:  # bytes nobody asked for: the connection cannot be trusted
             self.abort()
             return
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"malformed response from the worker: {exc}"))
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, _HeadTooLarge) else
+                       UpstreamError(f"malformed response from the worker: {exc}"))
+            self.abort()
+            return
+        if self._in_head and self._head_bytes > MAX_RESPONSE_HEAD_BYTES:  # still no end of the head
+            self._fail(_HeadTooLarge(f"the worker's response head exceeds {MAX_RESPONSE_HEAD_BYTES} bytes"))
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -216,12 +243,27 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is not None and response.complete:
+            # A second response after the one we asked for: the worker is out of step with us.
+            # None of it is read, and the connection is not reused.
+            self._keep_alive = False
+            self._trailing = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._trailing:
+            return
+        if len(self._header_list) >= MAX_RESPONSE_HEADERS:
+            raise _HeadTooLarge(f"the worker sent more than {MAX_RESPONSE_HEADERS} response headers")
         self._header_list.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
 
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None
+        if self._trailing:
+            return
+        self._in_head = False
         response.status = self._parser.get_status_code()
         headers: CIMultiDict[str] = CIMultiDict(self._header_list)
         response.headers = CIMultiDictProxy(headers)
@@ -233,11 +275,11 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
-        if self.response is not None:
+        if self.response is not None and not self._trailing:
             self.response._feed(body)
 
     def on_message_complete(self) -> None:
-        if self.response is not None:
+        if self.response is not None and not self._trailing:
             self.response._finish()
         self._cancel_timer()
 
@@ -254,6 +296,9 @@ class _Connection(asyncio.Protocol):
         self._head = loop.create_future()
         self._header_list = []
         self._bytes_received = 0
+        self._head_bytes = 0
+        self._in_head = True
+        self._trailing = False
         if deadline is not None:
             self._timer = loop.call_at(deadline, self._on_timeout)
         if body and len(body) > 65536:

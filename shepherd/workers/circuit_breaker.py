@@ -1,7 +1,7 @@
 """A per-worker circuit breaker fed by real request outcomes.
 
 closed --(failure_threshold failures in a row, each within window_secs of the previous)--> open
-open --(timeout_secs elapsed)--> half-open
+open --(timeout_secs elapsed, or a health probe succeeded)--> half-open
 half-open: at most `success_threshold` trial requests at a time; `success_threshold` successes
            --> closed, one failure --> open again.
 
@@ -57,6 +57,13 @@ class CircuitBreaker:
                 return False
             self._move(BreakerState.HALF_OPEN)
         return self.trials < self._config.success_threshold
+
+    def on_healthy_probe(self) -> None:
+        """An active health probe succeeded. An open breaker lets its trial requests through at
+        once: a restarted worker is back within a probe interval instead of waiting out the open
+        timeout (and then for traffic to notice). The trials still decide whether it closes."""
+        if self.state is BreakerState.OPEN and not self._config.disabled:
+            self._move(BreakerState.HALF_OPEN)
 
     def on_dispatch(self) -> None:
         """A request was sent: in half-open it takes one of the trial slots."""

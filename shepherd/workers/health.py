@@ -117,6 +117,8 @@ class HealthChecker:
         for worker in workers:
             if self.on_result is not None:
                 self.on_result(worker, healthy)
+            if healthy and worker.breaker is not None:
+                worker.breaker.on_healthy_probe()
             if worker.status is WorkerStatus.READY and track.failures >= config.failure_threshold:
                 worker.status = WorkerStatus.NOT_READY
                 log.warning("worker %s is unhealthy after %d failed probes; out of rotation", worker.url,

@@ -57,6 +57,10 @@ class WorkerRegistry:
             return workers
         return tuple(w for w in workers if w.worker_type is worker_type)
 
+    def serves(self, model: str) -> bool:
+        """Whether any registered worker serves `model` (by id or alias)."""
+        return model in self._by_model
+
     def models(self) -> list[str]:
         return list(self._by_model)
 

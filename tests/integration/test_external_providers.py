@@ -390,11 +390,13 @@ def test_an_unknown_model_refreshes_the_provider_lists_at_most_once(deployment: 
 def test_a_wrong_provider_key_is_a_clean_error_and_never_logged(deployment: Deployment) -> None:
     wrong = "sk-wrong-key-5eb8d0c3a1f2"
     gateway_key = "gw-serving-key-31c9"  # what clients present to the gateway; must never reach a provider
-    admin = {"Authorization": f"Bearer {gateway_key}"}
+    admin_key = "gw-admin-key-77aa"
+    admin = {"Authorization": f"Bearer {admin_key}"}
     gateway = Gateway((), "--log-level", "debug", "--api-key", gateway_key,
+                      "--control-plane-api-keys", f"ops:Ops:admin:{admin_key}",
                       "--external-provider", f"{deployment.anthropic.urls[0]}=anthropic,key_env=BAD_KEY,"
                                              "model=claude-sim-20250101",
-                      expect_workers=1, admin_key=gateway_key, env={"BAD_KEY": wrong})
+                      expect_workers=1, admin_key=admin_key, env={"BAD_KEY": wrong})
     try:
         added = httpx.post(gateway.url + "/workers", headers=admin, timeout=5, json={
             "url": deployment.openai_a.urls[0], "runtime_type": "external", "provider": "openai", "api_key": wrong})

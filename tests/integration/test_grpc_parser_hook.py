@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -81,11 +80,10 @@ async def gateway(sim: GrpcSim) -> AsyncIterator[tuple[InProcessGateway, Splitte
     assert gateway.context is not None
     factory = SplitterFactory()
     gateway.context.grpc.router.outputs = factory
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            if (await http.get(f"http://127.0.0.1:{gateway.port}/workers")).json()["workers"]:
-                break
-            await asyncio.sleep(0.05)
+    for _ in range(200):  # in process: the registry itself says when the worker is registered
+        if len(gateway.context.registry):
+            break
+        await asyncio.sleep(0.05)
     yield gateway, factory
     await gateway.stop()
 

@@ -103,7 +103,7 @@ class Lifecycle(Generic[C]):
             return
         labels = self.labels
         path = (labels.router_type, labels.backend_type, labels.connection_mode)
-        model_label = model or "default"
+        model_label = metrics.model_label(model)
         streaming = "true" if body and body.get("stream") else "false"
         metrics.router_requests(*path, model_label, endpoint, streaming).inc()
         if status < 400:
@@ -243,7 +243,7 @@ class Execution(Generic[C]):
         if outcome.client_gone:
             status = "client_closed"
         metrics.upstream_responses(self.lifecycle.labels.router_type, status, "").inc()
-        metrics.worker_requests(worker.url, self.model or "default", status).inc()
+        metrics.worker_requests(worker.url, metrics.model_label(self.model), status).inc()
         if outcome.worker_failed or (outcome.status or 0) >= 500:
             kind = "transport" if outcome.status is None else "mid_stream" if outcome.worker_failed else "http_5xx"
             metrics.worker_errors(worker.worker_type.value, worker.connection_mode, kind).inc()

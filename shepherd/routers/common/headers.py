@@ -3,7 +3,7 @@
 Requests: everything end-to-end is forwarded (so engine- and SDK-specific headers keep working),
 minus hop-by-hop headers (RFC 9110 §7.6.1, plus any named in `Connection`), headers that describe
 the client's connection to us, and gateway-only credentials. Responses: the worker's headers minus
-hop-by-hop ones and the ones our own server writes.
+hop-by-hop ones, the ones our own server writes, and Set-Cookie.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ HOP_BY_HOP = frozenset({
 
 # Request headers the gateway sets itself or that only describe the client's hop.
 _NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
-# Response headers that our server writes itself (or that must not be duplicated).
-_NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
+# Response headers that our server writes itself (or that must not be duplicated), and cookies: a
+# worker is not the origin the client talks to, and one worker's cookie would be sent to all.
+_NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server", "set-cookie"}
 
 
 

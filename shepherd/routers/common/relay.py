@@ -93,7 +93,7 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
     chunk = b"\n\n"
     metrics = execution.lifecycle.metrics
-    model = execution.model or "default"
+    model = metrics.model_label(execution.model) if metrics is not None else ""
     dispatched = time.perf_counter()
     previous = 0.0
     chunks = upstream.iter_chunks() if transform is None else whole_events(upstream.iter_chunks(), transform)
