@@ -16,11 +16,14 @@ from collections.abc import Sequence
 
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
+    DISCOVERY_PROVIDERS,
     AdmissionConfig,
     BreakerConfig,
     ConfigError,
+    DiscoveryConfig,
     GatewayConfig,
     HealthConfig,
+    parse_selector,
 )
 from shepherd.middleware.auth import AuthConfig, AuthConfigError, ControlPlaneKey
 from shepherd.observability.logging import setup_logging
@@ -211,9 +214,47 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     admission.add_argument("--shutdown-settle-secs", type=float, default=None,
                            help="how long the listener stays open after SIGTERM (default: min(grace/2, 5))")
 
+    _add_discovery_args(parser)
+
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level)
     logs.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+
+
+def _add_discovery_args(parser: argparse.ArgumentParser) -> None:
+    defaults = DiscoveryConfig()
+    group = parser.add_argument_group("service discovery (never touches workers added by hand or on this command line)")
+    group.add_argument("--service-discovery", action="store_true",
+                       help="discover workers from Kubernetes pods (same as --discovery-provider kubernetes)")
+    group.add_argument("--discovery-provider", choices=DISCOVERY_PROVIDERS, default=None,
+                       help="kubernetes: Running and Ready pods matching the selectors; file: --discovery-file")
+    group.add_argument("--selector", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="labels a regular worker pod must all have")
+    group.add_argument("--prefill-selector", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="labels of prefill pods (with --pd-disaggregation)")
+    group.add_argument("--decode-selector", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="labels of decode pods (with --pd-disaggregation)")
+    group.add_argument("--service-discovery-port", type=int, default=defaults.port,
+                       help="a pod's worker port unless annotated smg.ai/worker-ports (default: %(default)s)")
+    group.add_argument("--service-discovery-namespace", default=None,
+                       help="watch pods in this namespace only (default: all namespaces)")
+    group.add_argument("--model-id-from", default=None, metavar="namespace|label:KEY|annotation:KEY",
+                       help="take each pod's model id from its namespace, a label or an annotation")
+    group.add_argument("--discovery-file", default=None, metavar="PATH",
+                       help="a YAML/JSON list of worker specs, re-read when it changes")
+    group.add_argument("--discovery-check-interval-secs", type=float, default=defaults.check_interval_secs,
+                       help="re-read the discovery file at least this often (default: %(default)s)")
+
+
+def _discovery_config(args: argparse.Namespace) -> DiscoveryConfig:
+    provider = args.discovery_provider or ("kubernetes" if args.service_discovery else None)
+    return DiscoveryConfig(
+        provider=provider, selector=parse_selector(args.selector),
+        prefill_selector=parse_selector(args.prefill_selector), decode_selector=parse_selector(args.decode_selector),
+        port=args.service_discovery_port, namespace=args.service_discovery_namespace,
+        model_id_from=args.model_id_from, file=args.discovery_file,
+        check_interval_secs=args.discovery_check_interval_secs,
+    )
 
 
 # (flag, type, help) for the numeric policy tunables; defaults come from PolicyOptions.
@@ -295,6 +336,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             timeout_secs=args.cb_timeout_duration_secs, window_secs=args.cb_window_duration_secs,
             disabled=args.disable_circuit_breaker,
         ),
+        discovery=_discovery_config(args),
         admission=AdmissionConfig(
             max_concurrent_requests=max(0, args.max_concurrent_requests), queue_size=args.queue_size,
             queue_timeout_secs=args.queue_timeout_secs, rate_limit_tokens_per_second=args.rate_limit_tokens_per_second,
