@@ -56,10 +56,10 @@ def parse_worker_file(text: str, *, pd_disaggregation: bool, api_key: str | None
             want = _parse_entry(entry, pd_disaggregation, api_key)
         except (SpecError, DiscoveryFileError) as exc:
             raise DiscoveryFileError(f"{where}: {exc}") from None
-        if want.source_id in ids:
-            raise DiscoveryFileError(f"{where}: duplicate id {want.source_id!r}")
         if want.spec.url in urls:
             raise DiscoveryFileError(f"{where}: duplicate url {want.spec.url!r}")
+        if want.source_id in ids:
+            raise DiscoveryFileError(f"{where}: duplicate id {want.source_id!r}")
         ids.add(want.source_id)
         urls.add(want.spec.url)
         workers.append(want)
