@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import signal
@@ -12,8 +13,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import shepherd
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
     DISCOVERY_PROVIDERS,
@@ -25,6 +27,7 @@ from shepherd.config import (
     HealthConfig,
     parse_selector,
 )
+from shepherd.config_sources import ENV_PREFIX, ConfigSourceError, add_config_argument, apply_sources
 from shepherd.middleware.auth import AuthConfig, AuthConfigError, ControlPlaneKey
 from shepherd.observability.logging import setup_logging
 from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
@@ -48,6 +51,7 @@ def _size(value: str) -> int:
 
 def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     defaults = GatewayConfig()
+    add_config_argument(parser.add_argument_group("configuration sources"))
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host, help="address to bind (default: %(default)s)")
     server.add_argument("--port", type=int, default=defaults.port, help="port to bind (default: %(default)s)")
@@ -560,10 +564,15 @@ def _run(coro: object) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shepherd", description="Shepherd: an LLM inference gateway")
+    parser.add_argument("--version", action="version", version=f"shepherd {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    launch = commands.add_parser("launch", help="run the gateway in front of existing workers")
+    launch = commands.add_parser(
+        "launch", help="run the gateway in front of existing workers",
+        description=f"Every flag below can also be set in a --config YAML file (key: the flag without --) or as "
+                    f"an environment variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}WORKER_URLS); the command line "
+                    "wins over the environment, which wins over the file.")
     _add_launch_args(launch)
-    launch.set_defaults(run=_run_launch)
+    launch.set_defaults(run=_run_launch, sourced_from=launch)
     mock = commands.add_parser("mock-worker", help="run simulated inference engines")
     _add_mock_worker_args(mock)
     mock.set_defaults(run=_run_mock_worker)
@@ -577,8 +586,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def version() -> str:
+    try:
+        return importlib.metadata.version("shepherd-gateway")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return shepherd.__version__
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """The command line, with `launch` options it leaves out taken from the environment and --config."""
+    argv = list(argv)
     args = build_parser().parse_args(argv)
+    sourced_from = getattr(args, "sourced_from", None)
+    if sourced_from is not None:
+        apply_sources(sourced_from, args, argv[argv.index(args.command) + 1:], environ)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigSourceError as exc:
+        print(f"shepherd: {exc}", file=sys.stderr)
+        return 2
     return int(args.run(args))
 
 
