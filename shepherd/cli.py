@@ -490,6 +490,7 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
 
 def _run_launch(args: argparse.Namespace) -> int:
     from shepherd.app import serve
+    from shepherd.exposure import BindError
 
     try:
         config = config_from_args(args).validate()
@@ -497,7 +498,11 @@ def _run_launch(args: argparse.Namespace) -> int:
         print(f"shepherd: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_json, config.log_dir)
-    _run(serve(config))
+    try:
+        _run(serve(config))
+    except BindError as exc:
+        print(f"shepherd: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -522,7 +527,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         stdout=subprocess.DEVNULL,
     )
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "shepherd", "launch", "--port", str(args.port), "--policy", args.policy,
+        # Loopback only: the demo has no keys, so it must not be reachable from the network.
+        [sys.executable, "-m", "shepherd", "launch", "--host", "127.0.0.1", "--prometheus-host", "127.0.0.1",
+         "--port", str(args.port), "--policy", args.policy,
          "--worker-urls", *(f"http://127.0.0.1:{p}" for p in ports)],
     )
     url = f"http://127.0.0.1:{args.port}"

@@ -67,6 +67,7 @@ class FakeKubeApi:
         app = web.Application()
         app.router.add_get("/api/v1/pods", self._pods_route)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self._pods_route)
+        add_discovery_routes(app)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -224,6 +225,57 @@ class FakeKubeApi:
             "users": [{"name": "test", "user": {"token": TOKEN}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
         }).decode()
+
+
+# API discovery for the kinds deploy/kubernetes uses, so `kubectl --dry-run=client` can map them
+# to resources (it asks the server even in a client-side dry run); every other object is 404.
+_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {  # group/version -> (resource, kind, namespaced)
+    "v1": [("pods", "Pod", True), ("services", "Service", True), ("configmaps", "ConfigMap", True),
+           ("secrets", "Secret", True), ("serviceaccounts", "ServiceAccount", True),
+           ("namespaces", "Namespace", False)],
+    "apps/v1": [("deployments", "Deployment", True)],
+    "rbac.authorization.k8s.io/v1": [("roles", "Role", True), ("rolebindings", "RoleBinding", True),
+                                     ("clusterroles", "ClusterRole", False),
+                                     ("clusterrolebindings", "ClusterRoleBinding", False)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+}
+
+
+def add_discovery_routes(app: web.Application) -> None:
+    def resource_list(group_version: str) -> dict[str, Any]:
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": [
+            {"name": name, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind,
+             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
+            for name, kind, namespaced in _RESOURCES[group_version]]}
+
+    async def core(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}]})
+
+    async def groups(request: web.Request) -> web.Response:
+        entries = []
+        for group_version in _RESOURCES:
+            if "/" in group_version:
+                group, version = group_version.split("/")
+                gv = {"groupVersion": group_version, "version": version}
+                entries.append({"name": group, "versions": [gv], "preferredVersion": gv})
+        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": entries})
+
+    async def group_resources(request: web.Request) -> web.Response:
+        group_version = request.match_info.get("group", "") + "/" + request.match_info["version"]
+        group_version = group_version.removeprefix("/")
+        if group_version not in _RESOURCES:
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        return web.json_response(resource_list(group_version))
+
+    async def not_found(request: web.Request) -> web.Response:
+        return _status(404, "NotFound", f"{request.path} not found")
+
+    app.router.add_get("/api", core)
+    app.router.add_get("/apis", groups)
+    app.router.add_get("/api/{version}", group_resources)
+    app.router.add_get("/apis/{group}/{version}", group_resources)
+    app.router.add_route("*", "/{tail:.*}", not_found)
 
 
 async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
