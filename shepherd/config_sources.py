@@ -52,7 +52,7 @@ def options(parser: argparse.ArgumentParser) -> dict[str, Option]:
     return found
 
 
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
+def add_config_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(CONFIG_FLAG, default=None, metavar="FILE",
                         help=f"read flag values from this YAML file (keys: flag names without --); the environment "
                              f"({ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}WORKER_URLS) overrides it, the command line "

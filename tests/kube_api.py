@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
+import ipaddress
+import ssl
 import threading
 import uuid
 from collections.abc import Callable
@@ -42,8 +45,9 @@ class WatchRequest:
 
 
 class FakeKubeApi:
-    def __init__(self, bookmark_interval_secs: float = 0.3) -> None:
+    def __init__(self, bookmark_interval_secs: float = 0.3, tls: tuple[str, str] | None = None) -> None:
         self.bookmark_interval = bookmark_interval_secs
+        self._tls = tls  # (certificate, key) PEM paths: serve HTTPS, as a real API server does
         self.version = 100
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.history: list[tuple[int, str, dict[str, Any]]] = []  # (resourceVersion, type, pod)
@@ -70,10 +74,14 @@ class FakeKubeApi:
         add_discovery_routes(app)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        context = None
+        if self._tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self._tls)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if context else 'http'}://127.0.0.1:{self.port}"
         self._ready.set()
         self._loop.run_forever()
 
@@ -276,6 +284,31 @@ def add_discovery_routes(app: web.Application) -> None:
     app.router.add_get("/api/{version}", group_resources)
     app.router.add_get("/apis/{group}/{version}", group_resources)
     app.router.add_route("*", "/{tail:.*}", not_found)
+
+
+def self_signed_certificate(directory: str) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (it is its own CA) and its key, as PEM files in `directory`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = f"{directory}/ca.crt", f"{directory}/tls.key"
+    with open(cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:

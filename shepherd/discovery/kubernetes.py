@@ -50,7 +50,9 @@ async def api_client() -> k8s_client.ApiClient:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         k8s_config.load_incluster_config(client_configuration=configuration)
     else:
-        await k8s_config.load_kube_config(client_configuration=configuration, persist_config=False)
+        # Read $KUBECONFIG now: the library reads it once, at import.
+        await k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration,
+                                          persist_config=False)
     return k8s_client.ApiClient(configuration=configuration)
 
 

@@ -122,3 +122,46 @@ def test_discovery_settings_are_validated() -> None:
         with pytest.raises(ConfigError, match=message):
             GatewayConfig(discovery=config, pd_disaggregation=pd).validate()
     GatewayConfig(discovery=DiscoveryConfig(provider="file", file="/x.yaml")).validate()
+
+
+async def test_cluster_config_in_a_pod_and_from_a_kubeconfig(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a pod: the service account's token and CA against https://$KUBERNETES_SERVICE_HOST; elsewhere,
+    or when KUBECONFIG is set: the kubeconfig. Both are used for a real pods list."""
+    from kubernetes_asyncio import client as k8s_client
+    from kubernetes_asyncio.config import incluster_config
+
+    from shepherd.discovery.kubernetes import api_client
+    from tests.kube_api import TOKEN, FakeKubeApi, self_signed_certificate
+
+    async def list_pods() -> list[str]:
+        api = await api_client()
+        try:
+            response = await k8s_client.CoreV1Api(api).list_namespaced_pod("default", _preload_content=False)
+            body = await response.json()
+            return [p["metadata"]["name"] for p in body["items"]]
+        finally:
+            await api.close()
+
+    cert, key = self_signed_certificate(str(tmp_path))
+    in_cluster = FakeKubeApi(tls=(cert, key))
+    plain = FakeKubeApi()
+    try:
+        in_cluster.create_pod("in-cluster", 1, labels={"app": "e"})
+        plain.create_pod("from-kubeconfig", 1, labels={"app": "e"})
+        token = tmp_path / "token"
+        token.write_text(TOKEN)
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", cert)
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(in_cluster.port))
+        monkeypatch.delenv("KUBECONFIG", raising=False)
+        assert await list_pods() == ["in-cluster"]
+
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(plain.kubeconfig())
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # an explicit kubeconfig wins, even inside a pod
+        assert await list_pods() == ["from-kubeconfig"]
+        assert in_cluster.unauthorized == plain.unauthorized == 0
+    finally:
+        in_cluster.close()
+        plain.close()
