@@ -106,6 +106,13 @@ class DiscoveryConfig:
     check_interval_secs: float = 30.0
 
     def validate(self, pd_disaggregation: bool) -> None:
+        kubernetes_flags = bool(self.selector or self.prefill_selector or self.decode_selector or self.namespace
+                                or self.model_id_from)
+        if self.provider != "kubernetes" and kubernetes_flags:
+            raise ConfigError("--selector, --prefill-selector, --decode-selector, --service-discovery-namespace "
+                              "and --model-id-from need --service-discovery")
+        if self.provider != "file" and self.file:
+            raise ConfigError("--discovery-file needs --discovery-provider file")
         if self.provider is None:
             return
         if self.provider not in DISCOVERY_PROVIDERS:

@@ -76,8 +76,10 @@ def apply_sources(parser: argparse.ArgumentParser, args: argparse.Namespace, arg
         if name not in known:
             print(f"shepherd: ignoring {key}: no --{name} flag", file=sys.stderr)
             continue
-        sourced[known[name].action.dest] = _convert(known[name], environ[key], f"environment variable {key}",
-                                                    from_env=True)
+        source = f"environment variable {key}"
+        if environ[key].startswith("tcp://"):  # SHEPHERD_PORT=tcp://10.0.0.1:80 and the like
+            source += " (set by a Kubernetes Service named shepherd? use enableServiceLinks: false)"
+        sourced[known[name].action.dest] = _convert(known[name], environ[key], source, from_env=True)
     for dest, value in sourced.items():
         if dest not in given:
             setattr(args, dest, value)

@@ -121,6 +121,8 @@ def test_manifests_agree_with_the_gateway(tmp_path: Path) -> None:
 
     # The pod runs as the image's non-root user, with what discovery needs and no more.
     assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    # The Service is named shepherd: its links (SHEPHERD_PORT=tcp://...) would read as settings.
+    assert pod["spec"]["enableServiceLinks"] is False
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert f"USER {pod['spec']['securityContext']['runAsUser']}:" in DOCKERFILE.read_text()
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]

@@ -47,6 +47,7 @@ def test_values_are_converted_with_each_flags_own_type(tmp_path: Path) -> None:
         "decode": ["http://127.0.0.1:5"],
         "health-check-interval-secs": 2,
         "selector": ["app=engine"],
+        "service-discovery": True,
     }
     args = _launch(["--pd-disaggregation"], config=config, tmp_path=tmp_path)
     assert args.worker_urls == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
@@ -79,6 +80,7 @@ def test_a_repeatable_flag_on_the_command_line_replaces_the_sourced_list(tmp_pat
 @pytest.mark.parametrize(("env", "config", "message"), [
     ({"SHEPHERD_PORT": "eighty"}, None, "environment variable SHEPHERD_PORT: --port: invalid value 'eighty'"),
     ({"SHEPHERD_POLICY": "fastest"}, None, "--policy: 'fastest' is not one of"),
+    ({"SHEPHERD_PORT": "tcp://10.0.0.1:80"}, None, "enableServiceLinks: false"),
     ({"SHEPHERD_DISABLE_METRICS": "maybe"}, None, "expected true or false"),
     ({}, {"prot": 1}, "unknown settings: prot"),
     ({}, {"port": [1, 2]}, "expected a single value"),

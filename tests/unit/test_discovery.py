@@ -117,6 +117,9 @@ def test_discovery_settings_are_validated() -> None:
          "--model-id-from"),
         (DiscoveryConfig(provider="file"), False, "--discovery-file"),
         (DiscoveryConfig(provider="consul"), False, "--discovery-provider"),
+        (DiscoveryConfig(selector=(("a", "b"),)), False, "need --service-discovery"),
+        (DiscoveryConfig(provider="file", file="/x", namespace="n"), False, "need --service-discovery"),
+        (DiscoveryConfig(file="/x.yaml"), False, "needs --discovery-provider file"),
     ]
     for config, pd, message in bad:
         with pytest.raises(ConfigError, match=message):
