@@ -46,7 +46,8 @@ def test_values_are_converted_with_each_flags_own_type(tmp_path: Path) -> None:
         "prefill": [["http://127.0.0.1:3", 8998], "http://127.0.0.1:4 none"],
         "decode": ["http://127.0.0.1:5"],
         "health-check-interval-secs": 2,
-        "selector": ["app=engine"],
+        "prefill-selector": "app=engine role=prefill",  # a string for a list flag is split like a shell would
+        "decode-selector": ["app=engine", "role=decode"],
         "service-discovery": True,
     }
     args = _launch(["--pd-disaggregation"], config=config, tmp_path=tmp_path)
@@ -57,7 +58,9 @@ def test_values_are_converted_with_each_flags_own_type(tmp_path: Path) -> None:
     gateway = config_from_args(args).validate()
     assert gateway.prefill_urls == (("http://127.0.0.1:3", 8998), ("http://127.0.0.1:4", None))
     assert gateway.decode_urls == ("http://127.0.0.1:5",) and gateway.health.interval_secs == 2.0
-    assert gateway.discovery.selector == (("app", "engine"),)
+    assert gateway.discovery.provider == "kubernetes"
+    assert gateway.discovery.prefill_selector == (("app", "engine"), ("role", "prefill"))
+    assert gateway.discovery.decode_selector == (("app", "engine"), ("role", "decode"))
 
     env = {"SHEPHERD_WORKER_URLS": "http://127.0.0.1:7 http://127.0.0.1:8", "SHEPHERD_DISABLE_HEALTH_CHECK": "yes",
            "SHEPHERD_PREFILL": '"http://127.0.0.1:9 8998" http://127.0.0.1:10', "SHEPHERD_LOG_JSON": "off",
