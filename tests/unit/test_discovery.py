@@ -168,3 +168,46 @@ async def test_cluster_config_in_a_pod_and_from_a_kubeconfig(tmp_path: Any, monk
     finally:
         in_cluster.close()
         plain.close()
+
+
+async def test_a_watch_the_server_ends_resumes_from_its_last_resource_version(tmp_path: Any,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each watch ends after timeoutSeconds; the next one starts where it left off, without a relist."""
+    import asyncio
+
+    from shepherd.discovery.kubernetes import PodWatcher
+    from tests.kube_api import FakeKubeApi
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.urls: list[list[str]] = []
+
+        def set_desired(self, workers: list[Any]) -> None:
+            self.urls.append(sorted(w.spec.url for w in workers))
+
+    async def until(predicate: Any) -> None:
+        for _ in range(400):
+            if predicate():
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError("timed out")
+
+    kube = FakeKubeApi(bookmark_interval_secs=0.2)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(kube.kubeconfig())
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    recorder = Recorder()
+    watcher = PodWatcher(REGULAR, "ns", recorder, watch_timeout_secs=1)  # type: ignore[arg-type]
+    try:
+        kube.create_pod("a", 8000, labels={"app": "e"}, namespace="ns", ready=True)
+        watcher.start()
+        await until(lambda: recorder.urls and recorder.urls[-1] == ["http://127.0.0.1:8000"])
+        await until(lambda: len(kube.watches) >= 3)  # two watches ended on their own
+        kube.create_pod("b", 8001, labels={"app": "e"}, namespace="ns", ready=True)
+        await until(lambda: recorder.urls[-1] == ["http://127.0.0.1:8000", "http://127.0.0.1:8001"])
+        assert kube.lists == 1
+        versions = [int(w.resource_version) for w in kube.watches]
+        assert versions == sorted(versions) and versions[0] >= 102  # moved on with the events and bookmarks
+    finally:
+        await watcher.stop()
+        kube.close()
