@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -14,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import shepherd
 from shepherd.config import (
@@ -297,8 +299,17 @@ def _policy_options(args: argparse.Namespace) -> PolicyOptions:
     )
 
 
+def _same_named(cls: type[GatewayConfig], args: argparse.Namespace, **explicit: Any) -> GatewayConfig:
+    """`cls(**explicit)`, plus every option whose dest is also a field name of `cls` (lists become
+    tuples), so a flag that maps one-to-one onto a config field needs no line of its own here."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
+    return cls(**{**values, **explicit})
+
+
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
-    return GatewayConfig(
+    return _same_named(
+        GatewayConfig, args,
         host=args.host,
         port=args.port,
         worker_urls=tuple(args.worker_urls),

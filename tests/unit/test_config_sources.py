@@ -129,3 +129,14 @@ def test_version_and_bad_source_exit_cleanly(tmp_path: Path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == "shepherd: environment variable SHEPHERD_PORT: --port: invalid value 'x' " \
                                   "(invalid literal for int() with base 10: 'x')"
+
+
+def test_the_flag_defaults_are_the_config_defaults_and_same_named_flags_need_no_mapping() -> None:
+    from shepherd.cli import _same_named
+    from shepherd.config import GatewayConfig
+
+    assert config_from_args(parse_args(["launch"], {})) == GatewayConfig()
+    # A new flag whose dest is a GatewayConfig field reaches the config with no line in config_from_args.
+    built = _same_named(GatewayConfig, argparse.Namespace(port=1234, worker_urls=["http://127.0.0.1:1"], other=1),
+                        host="127.0.0.1")
+    assert (built.port, built.worker_urls, built.host) == (1234, ("http://127.0.0.1:1",), "127.0.0.1")
