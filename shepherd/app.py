@@ -22,6 +22,7 @@ from shepherd.assembly import checked
 from shepherd.config import GatewayConfig
 from shepherd.context import AppContext
 from shepherd.http_server import GatewayRunner
+from shepherd.exposure import bind_error, warn_if_open
 from shepherd.middleware.cors import Cors
 from shepherd.middleware.gateway import gateway_middleware
 from shepherd.middleware.routed_worker import install_routed_worker_header
@@ -103,14 +104,21 @@ class Gateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=4096, reuse_address=True,
                            ssl_context=_ssl_context(self.config))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise bind_error("gateway", self.config.host, self.config.port, exc) from None
         if self.context.metrics is not None:
             self._metrics_runner = GatewayRunner(build_metrics_app(self.context.metrics),
                                                  header_timeout=limits.header_read_timeout_secs,
                                                  idle_timeout=limits.idle_connection_timeout_secs, access_log=None)
             await self._metrics_runner.setup()
-            await web.TCPSite(self._metrics_runner, self.config.prometheus_host, self.config.prometheus_port,
-                              reuse_address=True).start()
+            try:
+                await web.TCPSite(self._metrics_runner, self.config.prometheus_host, self.config.prometheus_port,
+                                  reuse_address=True).start()
+            except OSError as exc:
+                raise bind_error("metrics", self.config.prometheus_host, self.config.prometheus_port, exc) from None
+        warn_if_open(self.config, log)
         self.context.start()
         key = self.config.worker_api_key
         for url in self.config.worker_urls:
@@ -172,7 +180,11 @@ class Gateway:
 async def serve(config: GatewayConfig) -> None:
     """Run until SIGINT or SIGTERM, then drain gracefully (a second signal stops at once)."""
     gateway = Gateway(config)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except BaseException:
+        await gateway.stop()  # a listener could not bind: release what was set up
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

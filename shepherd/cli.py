@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import importlib.metadata
 import json
 import os
 import secrets
@@ -13,11 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import shepherd
 from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
+    DISCOVERY_PROVIDERS,
     ROUTED_WORKER_HEADER_MODES,
     AdmissionConfig,
     AuthConfig,
@@ -25,12 +30,15 @@ from shepherd.config import (
     BreakerConfig,
     ConfigError,
     ControlPlaneKey,
+    DiscoveryConfig,
     GatewayConfig,
     HealthConfig,
     PolicyOptions,
     RetryConfig,
     ServerLimits,
+    parse_selector,
 )
+from shepherd.config_sources import ENV_PREFIX, ConfigSourceError, add_config_argument, apply_sources
 from shepherd.observability.logging import setup_logging
 from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
 from shepherd.parsers.tool import TOOL_PARSER_NAMES
@@ -52,6 +60,7 @@ def _size(value: str) -> int:
 
 def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     defaults = GatewayConfig()
+    add_config_argument(parser.add_argument_group("configuration sources"))
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host, help="address to bind (default: %(default)s)")
     server.add_argument("--port", type=int, default=defaults.port, help="port to bind (default: %(default)s)")
@@ -225,6 +234,8 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     admission.add_argument("--shutdown-settle-secs", type=float, default=None,
                            help="how long the listener stays open after SIGTERM (default: min(grace/2, 5))")
 
+    _add_discovery_args(parser)
+
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level)
     logs.add_argument("--log-json", action="store_true", help="one JSON object per log line")
@@ -259,6 +270,42 @@ def _limits_from_args(args: argparse.Namespace) -> ServerLimits:
                         idle_connection_timeout_secs=args.idle_connection_timeout_secs,
                         body_read_timeout_secs=args.body_read_timeout_secs,
                         max_buffered_request_bytes=args.max_buffered_request_bytes)
+
+
+def _add_discovery_args(parser: argparse.ArgumentParser) -> None:
+    defaults = DiscoveryConfig()
+    group = parser.add_argument_group("service discovery (never touches workers added by hand or on this command line)")
+    group.add_argument("--service-discovery", action="store_true",
+                       help="discover workers from Kubernetes pods (same as --discovery-provider kubernetes)")
+    group.add_argument("--discovery-provider", choices=DISCOVERY_PROVIDERS, default=None,
+                       help="kubernetes: Running and Ready pods matching the selectors; file: --discovery-file")
+    group.add_argument("--selector", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="labels a regular worker pod must all have")
+    group.add_argument("--prefill-selector", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="labels of prefill pods (with --pd-disaggregation)")
+    group.add_argument("--decode-selector", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="labels of decode pods (with --pd-disaggregation)")
+    group.add_argument("--service-discovery-port", type=int, default=defaults.port,
+                       help="a pod's worker port unless annotated smg.ai/worker-ports (default: %(default)s)")
+    group.add_argument("--service-discovery-namespace", default=None,
+                       help="watch pods in this namespace only (default: all namespaces)")
+    group.add_argument("--model-id-from", default=None, metavar="namespace|label:KEY|annotation:KEY",
+                       help="take each pod's model id from its namespace, a label or an annotation")
+    group.add_argument("--discovery-file", default=None, metavar="PATH",
+                       help="a YAML/JSON list of worker specs, re-read when it changes")
+    group.add_argument("--discovery-check-interval-secs", type=float, default=defaults.check_interval_secs,
+                       help="re-read the discovery file at least this often (default: %(default)s)")
+
+
+def _discovery_config(args: argparse.Namespace) -> DiscoveryConfig:
+    provider = args.discovery_provider or ("kubernetes" if args.service_discovery else None)
+    return DiscoveryConfig(
+        provider=provider, selector=parse_selector(args.selector),
+        prefill_selector=parse_selector(args.prefill_selector), decode_selector=parse_selector(args.decode_selector),
+        port=args.service_discovery_port, namespace=args.service_discovery_namespace,
+        model_id_from=args.model_id_from, file=args.discovery_file,
+        check_interval_secs=args.discovery_check_interval_secs,
+    )
 
 
 # (flag, type, help) for the numeric policy tunables; defaults come from PolicyOptions.
@@ -297,8 +344,17 @@ def _policy_options(args: argparse.Namespace) -> PolicyOptions:
     )
 
 
+def _same_named(cls: type[GatewayConfig], args: argparse.Namespace, **explicit: Any) -> GatewayConfig:
+    """`cls(**explicit)`, plus every option whose dest is also a field name of `cls` (lists become
+    tuples), so a flag that maps one-to-one onto a config field needs no line of its own here."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
+    return cls(**{**values, **explicit})
+
+
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
-    return GatewayConfig(
+    return _same_named(
+        GatewayConfig, args,
         host=args.host,
         port=args.port,
         worker_urls=tuple(args.worker_urls),
@@ -340,6 +396,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             timeout_secs=args.cb_timeout_duration_secs, window_secs=args.cb_window_duration_secs,
             disabled=args.disable_circuit_breaker,
         ),
+        discovery=_discovery_config(args),
         admission=AdmissionConfig(
             max_concurrent_requests=max(0, args.max_concurrent_requests), queue_size=args.queue_size,
             queue_timeout_secs=args.queue_timeout_secs, rate_limit_tokens_per_second=args.rate_limit_tokens_per_second,
@@ -495,6 +552,7 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
 
 def _run_launch(args: argparse.Namespace) -> int:
     from shepherd.app import serve
+    from shepherd.exposure import BindError
 
     try:
         config = checked(config_from_args(args))
@@ -502,7 +560,11 @@ def _run_launch(args: argparse.Namespace) -> int:
         print(f"shepherd: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_json, config.log_dir)
-    _run(serve(config))
+    try:
+        _run(serve(config))
+    except BindError as exc:
+        print(f"shepherd: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -528,7 +590,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         stdout=subprocess.DEVNULL,
     )
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "shepherd", "launch", "--port", str(args.port), "--policy", args.policy,
+        # Loopback only: the demo is for this machine, not for the network.
+        [sys.executable, "-m", "shepherd", "launch", "--host", "127.0.0.1", "--prometheus-host", "127.0.0.1",
+         "--port", str(args.port), "--policy", args.policy,
          "--worker-urls", *(f"http://127.0.0.1:{p}" for p in ports),
          "--control-plane-api-keys", f"demo:Demo admin:admin:{admin_key}"],
     )
@@ -573,10 +637,15 @@ def _run(coro: object) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shepherd", description="Shepherd: an LLM inference gateway")
+    parser.add_argument("--version", action="version", version=f"shepherd {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    launch = commands.add_parser("launch", help="run the gateway in front of existing workers")
+    launch = commands.add_parser(
+        "launch", help="run the gateway in front of existing workers",
+        description=f"Every flag below can also be set in a --config YAML file (key: the flag without --) or as "
+                    f"an environment variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}WORKER_URLS); the command line "
+                    "wins over the environment, which wins over the file.")
     _add_launch_args(launch)
-    launch.set_defaults(run=_run_launch)
+    launch.set_defaults(run=_run_launch, sourced_from=launch)
     mock = commands.add_parser("mock-worker", help="run simulated inference engines")
     _add_mock_worker_args(mock)
     mock.set_defaults(run=_run_mock_worker)
@@ -590,8 +659,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def version() -> str:
+    try:
+        return importlib.metadata.version("shepherd-gateway")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return shepherd.__version__
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """The command line, with `launch` options it leaves out taken from the environment and --config."""
+    argv = list(argv)
     args = build_parser().parse_args(argv)
+    sourced_from = getattr(args, "sourced_from", None)
+    if sourced_from is not None:
+        apply_sources(sourced_from, args, argv[argv.index(args.command) + 1:], environ)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigSourceError as exc:
+        print(f"shepherd: {exc}", file=sys.stderr)
+        return 2
     return int(args.run(args))
 
 

@@ -203,6 +203,73 @@ class AdmissionConfig:
             raise ConfigError("rate limits must not be negative")
 
 
+DISCOVERY_PROVIDERS = ("kubernetes", "file")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Where workers are discovered besides the command line and the admin API (None: nowhere)."""
+
+    provider: str | None = None  # kubernetes | file
+    # Kubernetes: each selector is key=value pairs that must all match a pod's labels.
+    selector: tuple[tuple[str, str], ...] = ()
+    prefill_selector: tuple[tuple[str, str], ...] = ()
+    decode_selector: tuple[tuple[str, str], ...] = ()
+    port: int = 80  # a pod's worker port unless its smg.ai/worker-ports annotation says otherwise
+    namespace: str | None = None  # None: every namespace
+    model_id_from: str | None = None  # namespace | label:<key> | annotation:<key>
+    # File: a YAML/JSON list of worker specs, re-read when it changes and every check interval.
+    file: str | None = None
+    check_interval_secs: float = 30.0
+
+    def validate(self, pd_disaggregation: bool) -> None:
+        kubernetes_flags = bool(self.selector or self.prefill_selector or self.decode_selector or self.namespace
+                                or self.model_id_from)
+        if self.provider != "kubernetes" and kubernetes_flags:
+            raise ConfigError("--selector, --prefill-selector, --decode-selector, --service-discovery-namespace "
+                              "and --model-id-from need --service-discovery")
+        if self.provider != "file" and self.file:
+            raise ConfigError("--discovery-file needs --discovery-provider file")
+        if self.provider is None:
+            return
+        if self.provider not in DISCOVERY_PROVIDERS:
+            raise ConfigError(f"--discovery-provider must be one of {', '.join(DISCOVERY_PROVIDERS)}")
+        if self.provider == "file":
+            if not self.file:
+                raise ConfigError("--discovery-provider file needs --discovery-file PATH")
+            if self.check_interval_secs <= 0:
+                raise ConfigError("--discovery-check-interval-secs must be positive")
+            return
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--service-discovery-port must be between 1 and 65535, got {self.port}")
+        if pd_disaggregation:
+            if not (self.prefill_selector and self.decode_selector):
+                raise ConfigError("Kubernetes discovery with --pd-disaggregation needs --prefill-selector "
+                                  "and --decode-selector")
+        elif not self.selector:
+            raise ConfigError("Kubernetes discovery needs --selector KEY=VALUE (an empty selector matches nothing)")
+        elif self.prefill_selector or self.decode_selector:
+            raise ConfigError("--prefill-selector and --decode-selector need --pd-disaggregation")
+        source = self.model_id_from
+        if source is not None and source != "namespace" and not (
+                source.partition(":")[0] in ("label", "annotation") and source.partition(":")[2]):
+            raise ConfigError(f"--model-id-from must be namespace, label:<key> or annotation:<key>, got {source!r}")
+
+
+def parse_selector(entries: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """`key=value` entries (a comma-separated list in one entry is fine) into pairs."""
+    pairs: list[tuple[str, str]] = []
+    for entry in entries:
+        for part in entry.split(","):
+            if not part.strip():
+                continue
+            key, sep, value = part.strip().partition("=")
+            if not sep or not key or "!" in key:
+                raise ConfigError(f"a selector is key=value pairs, got {part.strip()!r}")
+            pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class RetryConfig:
     """A request that failed before any byte reached the client moves to another worker, after a backoff."""
@@ -288,6 +355,7 @@ class GatewayConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     limits: ServerLimits = field(default_factory=ServerLimits)
     routed_worker_header: str = "id"  # x-smg-routed-worker-id: id | url | none (see ROUTED_WORKER_HEADER_MODES)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     # Shutdown: on SIGTERM, /readiness turns 503 at once; the listener stays open for the settle
     # window (so load balancers notice), then closes; in-flight requests get the rest of the grace.
@@ -384,6 +452,7 @@ class GatewayConfig:
             raise ConfigError(f"--routed-worker-header must be one of {', '.join(ROUTED_WORKER_HEADER_MODES)}")
         if self.limits.max_buffered_request_bytes < self.max_payload_size:
             raise ConfigError("--max-buffered-request-bytes must be at least --max-payload-size")
+        self.discovery.validate(self.pd_disaggregation)
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

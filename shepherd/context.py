@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from shepherd.config import GatewayConfig
+from shepherd.discovery import Discovery
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
@@ -76,6 +77,7 @@ class AppContext:
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
     bodies: BodyBudget  # request-body bytes held across all requests
+    discovery: Discovery | None = None  # Kubernetes or file discovery, when configured
     in_flight: int = 0  # requests being handled, for graceful shutdown
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
@@ -132,6 +134,7 @@ class AppContext:
                                         metrics, tracing),
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
         )
+        context.discovery = Discovery.from_config(config, manager, registry)
         context.health.register_probe("grpc", context.grpc.health)
         context.load_monitor.register_source("grpc", context.grpc.load_rows)
         if metrics is not None:
@@ -148,8 +151,12 @@ class AppContext:
         config = self.config
         if not config.disable_load_monitoring or config.policy in LOAD_AWARE_POLICIES:
             self.load_monitor.start()
+        if self.discovery is not None:
+            self.discovery.start()
 
     async def close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
         await self.health.stop()
         await self.load_monitor.stop()
         await self.policies.stop()
