@@ -21,8 +21,8 @@ from shepherd.api.utility import add_utility_routes
 from shepherd.assembly import checked
 from shepherd.config import GatewayConfig
 from shepherd.context import AppContext
-from shepherd.http_server import GatewayRunner
 from shepherd.exposure import bind_error, warn_if_open
+from shepherd.http_server import GatewayRunner
 from shepherd.middleware.cors import Cors
 from shepherd.middleware.gateway import gateway_middleware
 from shepherd.middleware.routed_worker import install_routed_worker_header

@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from shepherd.cli import config_from_args, parse_args
-from tests.kube_api import FakeKubeApi
-from shepherd.testing.processes import ROOT
 from shepherd.testing import Process, Sim, free_ports, wait_until
+from shepherd.testing.processes import ROOT
+from tests.kube_api import FakeKubeApi
 
 MANIFESTS = Path(ROOT) / "deploy" / "kubernetes"
 DOCKERFILE = Path(ROOT) / "deploy" / "Dockerfile"

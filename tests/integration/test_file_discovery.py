@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import yaml
 
-from tests.integration.test_kubernetes_discovery import Load
 from shepherd.testing import Gateway, Sim, wait_until
+from tests.integration.test_kubernetes_discovery import Load
 
 
 def _write(path: Path, text: str) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.kube_api import FakeKubeApi
 from shepherd.testing import Gateway, Sim, wait_until
+from tests.kube_api import FakeKubeApi
 
 LABELS = {"app": "engine", "tier": "inference"}
 
