@@ -21,6 +21,7 @@ from shepherd.config import (
     ConfigError,
     GatewayConfig,
     HealthConfig,
+    RecordingConfig,
 )
 from shepherd.middleware.auth import AuthConfig, AuthConfigError, ControlPlaneKey
 from shepherd.observability.logging import setup_logging
@@ -237,6 +238,24 @@ _POLICY_FLAGS: tuple[tuple[str, type, str], ...] = (
 )
 
 
+def _add_recording_args(parser: argparse.ArgumentParser) -> None:
+    defaults = RecordingConfig()
+    group = parser.add_argument_group("traffic recording (for `shepherd replay`)")
+    group.add_argument("--record-traffic", metavar="DIR", default=None,
+                       help="write one JSON line per inference request to rotated files in DIR (default: off)")
+    group.add_argument("--record-prompts", action="store_true",
+                       help="also record the prompt text (by default only a salted hash chain of its blocks)")
+    group.add_argument("--record-max-file-size", type=_size, default=defaults.max_file_bytes,
+                       help="start a new file past this size, e.g. 64M (default: 64 MiB)")
+    group.add_argument("--record-max-files", type=int, default=defaults.max_files,
+                       help="keep at most this many files, deleting the oldest (default: %(default)s)")
+
+
+def _recording_config(args: argparse.Namespace) -> RecordingConfig:
+    return RecordingConfig(directory=args.record_traffic, prompts=args.record_prompts,
+                           max_file_bytes=args.record_max_file_size, max_files=args.record_max_files)
+
+
 def _int_list(value: str) -> tuple[int, ...]:
     return tuple(int(part) for part in value.split(",") if part.strip())
 
@@ -330,6 +349,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_l0_max_entries=args.tokenizer_cache_l0_max_entries,
         tokenizer_cache_enable_l1=args.tokenizer_cache_enable_l1,
         tokenizer_cache_l1_max_memory=args.tokenizer_cache_l1_max_memory,
+        recording=_recording_config(args),
     )
 
 
@@ -521,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     launch = commands.add_parser("launch", help="run the gateway in front of existing workers")
     _add_launch_args(launch)
+    _add_recording_args(launch)
     launch.set_defaults(run=_run_launch)
     mock = commands.add_parser("mock-worker", help="run simulated inference engines")
     _add_mock_worker_args(mock)

@@ -87,6 +87,24 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """Traffic recording for `shepherd replay`: off unless `directory` is set."""
+
+    directory: str | None = None
+    prompts: bool = False  # also write the prompt text (private: off by default)
+    max_file_bytes: int = 64 * 1024 * 1024  # a file past this size is closed and a new one started
+    max_files: int = 8  # the oldest files beyond this many are deleted
+    max_buffer_bytes: int = 8 * 1024 * 1024  # records waiting for the writer; beyond it they are dropped (counted)
+
+    def validate(self) -> None:
+        if self.max_file_bytes < 4096 or self.max_files < 1 or self.max_buffer_bytes < 4096:
+            raise ConfigError("--record-max-file-size and the record buffer must be at least 4K, "
+                              "--record-max-files at least 1")
+        if self.prompts and not self.directory:
+            raise ConfigError("--record-prompts needs --record-traffic DIR")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
@@ -133,6 +151,7 @@ class GatewayConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
     # Shutdown: on SIGTERM, /readiness turns 503 at once; the listener stays open for the settle
     # window (so load balancers notice), then closes; in-flight requests get the rest of the grace.
@@ -235,6 +254,7 @@ class GatewayConfig:
         self.health.validate()
         self.breaker.validate()
         self.admission.validate()
+        self.recording.validate()
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

@@ -9,11 +9,13 @@ import aiohttp
 from shepherd.config import GatewayConfig
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
+from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.refresh import ModelRefresher
+from shepherd.recording.recorder import TrafficRecorder
 from shepherd.routers.base import Router
 from shepherd.routers.external.router import ExternalRouter
 from shepherd.routers.grpc.parsed_output import ParserOutputFactory
@@ -48,6 +50,8 @@ class AppContext:
     metrics: Metrics | None
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
+    live_stats: LiveStats = field(default_factory=LiveStats)  # the status page's last minutes
+    recorder: TrafficRecorder | None = None  # --record-traffic
     in_flight: int = 0  # requests being handled, for graceful shutdown
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
@@ -99,6 +103,8 @@ class AppContext:
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
                                         ParserOutputFactory(config.tool_call_parser, config.reasoning_parser)),
         )
+        if config.recording.directory:
+            context.recorder = TrafficRecorder(config.recording, config.policy_options.routing_key_headers)
         context.health.register_probe("grpc", context.grpc.health)
         context.load_monitor.register_source("grpc", context.grpc.load_rows)
         if metrics is not None:
@@ -109,11 +115,15 @@ class AppContext:
         """Start the control plane's background tasks."""
         self.policies.start()
         self.health.start()
+        if self.recorder is not None:
+            self.recorder.start()
         config = self.config
         if not config.disable_load_monitoring or config.policy in LOAD_AWARE_POLICIES:
             self.load_monitor.start()
 
     async def close(self) -> None:
+        if self.recorder is not None:
+            await self.recorder.close()
         await self.health.stop()
         await self.load_monitor.stop()
         await self.policies.stop()

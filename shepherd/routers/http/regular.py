@@ -24,7 +24,7 @@ from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
-from shepherd.request_keys import MODEL, REQUEST_ID, SPAN, USAGE, WORKER
+from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WANT_USAGE, WORKER
 from shepherd.routers.attempt import Attempt, Outcome, count_attempt, count_request
 from shepherd.routers.http.headers import (
     REQUEST_ID_HEADER,
@@ -85,12 +85,17 @@ def _stream_usage(last_chunk: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _token_pair(usage: Any) -> tuple[int, int] | None:
+def _token_pair(usage: Any) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached prompt) tokens; cached is 0 when the worker does not say."""
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (prompt, completion) if isinstance(prompt, int) and isinstance(completion, int) else None
+    if not (isinstance(prompt, int) and isinstance(completion, int)):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else usage.get("cache_read_input_tokens")
+    return prompt, completion, cached if isinstance(cached, int) else 0
 
 
 class HttpRouter:
@@ -311,7 +316,7 @@ class HttpRouter:
             raise too_large from None
         if transform is not None:
             payload = transform(payload)
-        if b"\"usage\"" in payload[-1024:] and access_log.isEnabledFor(logging.INFO):
+        if b"\"usage\"" in payload[-1024:] and (WANT_USAGE in request or access_log.isEnabledFor(logging.INFO)):
             request[USAGE] = _usage(payload)
         headers = client_response_headers(upstream.headers)
         headers[REQUEST_ID_HEADER] = request_id
@@ -338,6 +343,8 @@ class HttpRouter:
         chunks = upstream.iter_chunks() if transform is None else _sse_events(upstream.iter_chunks(), transform)
         try:
             async for chunk in chunks:
+                if FIRST_CHUNK not in request:
+                    request[FIRST_CHUNK] = time.perf_counter()
                 if metrics is not None:
                     now = time.perf_counter()
                     if previous:
@@ -346,7 +353,7 @@ class HttpRouter:
                         metrics.ttfb(request.path, model, worker.url).observe(now - dispatched)
                     previous = now
                 await response.write(chunk)
-            if b'"usage"' in chunk and access_log.isEnabledFor(logging.INFO):
+            if b'"usage"' in chunk and (WANT_USAGE in request or access_log.isEnabledFor(logging.INFO)):
                 request[USAGE] = _stream_usage(chunk)
         except ConnectionError as exc:
             if request.transport is None or request.transport.is_closing():
