@@ -1,4 +1,4 @@
-"""`shepherd launch | mock-worker | demo`. Gateway flags follow `smg launch` names."""
+"""`shepherd launch | mock-worker | replay | demo`. Gateway flags follow `smg launch` names."""
 
 from __future__ import annotations
 
@@ -546,6 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     mock = commands.add_parser("mock-worker", help="run simulated inference engines")
     _add_mock_worker_args(mock)
     mock.set_defaults(run=_run_mock_worker)
+    from shepherd.replay.command import add_replay_args
+
+    replay = commands.add_parser("replay", help="which routing policy suits a recorded (or synthetic) trace")
+    add_replay_args(replay)
     demo = commands.add_parser("demo", help="a gateway in front of simulated engines, for a first try")
     demo.add_argument("--port", type=int, default=30000)
     demo.add_argument("--worker-port", type=int, default=31001)
