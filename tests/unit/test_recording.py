@@ -6,7 +6,8 @@ import os
 
 import orjson
 
-from shepherd.config import RecordingConfig
+from shepherd.cli import build_parser, config_from_args
+from shepherd.config import ConfigError, RecordingConfig
 from shepherd.recording.blocks import BLOCK_BYTES, block_chain
 from shepherd.recording.recorder import TrafficRecorder
 
@@ -87,3 +88,17 @@ async def test_a_full_buffer_drops_and_counts(tmp_path) -> None:
         _record(recorder, f"question {i}")
     assert recorder.dropped > 0
     assert sum(len(line) for line in recorder._buffer) <= 4096
+
+
+def test_recording_is_off_by_default_and_flags_are_validated(tmp_path) -> None:
+    assert config_from_args(build_parser().parse_args(["launch"])).recording.directory is None
+    config = config_from_args(build_parser().parse_args(
+        ["launch", "--record-traffic", str(tmp_path), "--record-prompts", "--record-max-file-size", "1M",
+         "--record-max-files", "3"])).validate()
+    assert config.recording == RecordingConfig(str(tmp_path), True, 1024 * 1024, 3)
+    for bad in (["--record-prompts"], ["--record-traffic", str(tmp_path), "--record-max-files", "0"]):
+        try:
+            config_from_args(build_parser().parse_args(["launch", *bad])).validate()
+        except ConfigError:
+            continue
+        raise AssertionError(f"{bad} was accepted")
