@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -50,6 +51,7 @@ class AppContext:
     metrics: Metrics | None
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
+    started_at: float = field(default_factory=time.time)
     live_stats: LiveStats = field(default_factory=LiveStats)  # the status page's last minutes
     recorder: TrafficRecorder | None = None  # --record-traffic
     in_flight: int = 0  # requests being handled, for graceful shutdown

@@ -94,7 +94,8 @@ class LiveStats:
             errors = sum(s.errors for s in chunk)
             histogram = [sum(column) for column in zip(*(s.ttft for s in chunk), strict=True)] if chunk else []
             series["t"].append(start)
-            series["rps"].append(round(requests / step_secs, 3))
+            elapsed = min(step_secs, now - start + 1)  # the newest point covers only the seconds so far
+            series["rps"].append(round(requests / elapsed, 3))
             series["error_rate"].append(round(errors / requests, 4) if requests else 0.0)
             series["ttft_p50_ms"].append(_quantile_ms(histogram, 0.5))
             series["ttft_p99_ms"].append(_quantile_ms(histogram, 0.99))
