@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-setup clean
+.PHONY: run test browser lint typecheck bench bench-setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/shepherd demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The status-page test drives the distribution's Chromium over the DevTools protocol; install it when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && { apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; }; } || \
+	  echo "chromium is missing: tests/integration/test_dashboard.py will fail until it is installed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check shepherd tests bench

@@ -11,5 +11,5 @@ SPAN: web.RequestKey[Any] = web.RequestKey("shepherd_span", object)  # the reque
 MODEL: web.RequestKey[str] = web.RequestKey("shepherd_model", str)  # the body's model, once parsed
 WORKER: web.RequestKey[str] = web.RequestKey("shepherd_worker", str)  # the worker that served it
 USAGE: web.RequestKey[Any] = web.RequestKey("shepherd_usage", object)  # (prompt, completion) tokens, when known
-FIRST_CHUNK: web.RequestKey[float] = web.RequestKey("shepherd_first_chunk", float)  # perf_counter of the first relayed chunk
+FIRST_CHUNK: web.RequestKey[float] = web.RequestKey("shepherd_first_chunk", float)  # perf_counter: first chunk relayed
 WANT_USAGE: web.RequestKey[bool] = web.RequestKey("shepherd_want_usage", bool)  # recorder/status page: read usage

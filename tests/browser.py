@@ -70,6 +70,12 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def _write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
 class Page:
     def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._session = session
@@ -102,10 +108,12 @@ class Page:
 
     def _on_event(self, method: str, params: dict[str, Any]) -> None:
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            self.errors.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            words = (str(a.get("value", a.get("description"))) for a in params["args"])
+            self.errors.append("console: " + " ".join(words))
         elif method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
-            self.errors.append("exception: " + str(details.get("exception", {}).get("description", details.get("text"))))
+            description = details.get("exception", {}).get("description", details.get("text"))
+            self.errors.append(f"exception: {description}")
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             entry = params["entry"]
             self.errors.append(f"log: {entry.get('text')} {entry.get('url', '')}".strip())
@@ -126,22 +134,23 @@ class Page:
             raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float, message: str) -> Any:
-        """Poll a JavaScript expression until it is truthy (bounded)."""
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for(self, expression: str, within: float, message: str) -> Any:
+        """Poll a JavaScript expression until it is truthy, for at most `within` seconds."""
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             value = await self.evaluate(expression)
             if value:
                 return value
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {message}; last value {value!r}")
+                raise AssertionError(f"timed out after {within}s waiting for {message}; last value {value!r}")
             await asyncio.sleep(0.1)
 
-    async def screenshot(self, path: str) -> None:
+    async def screenshot(self, path: str) -> int:
+        """Write a PNG of the whole page to `path`; returns its size in bytes."""
         result = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(base64.b64decode(result["data"]))
+        data = base64.b64decode(result["data"])
+        await asyncio.to_thread(_write, path, data)
+        return len(data)
 
     async def close(self) -> None:
         self._reader.cancel()

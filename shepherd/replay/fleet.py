@@ -14,6 +14,7 @@ import heapq
 import math
 import random
 import statistics
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -120,7 +121,7 @@ def simulate(
         elif kind == _STEP_DONE:
             sim = fleet[index]
             sim.stepping = False
-            decoded, finished = payload  # type: ignore[misc]
+            decoded, finished = typing.cast(tuple[list[SimRequest], list[SimRequest]], payload)
             for request_ in decoded:
                 if request_.first_token_at is None:
                     request_.first_token_at = now

@@ -118,7 +118,8 @@ def load_trace(path: str, max_requests: int | None = None) -> Trace:
         raise TraceError(f"{path} holds no replayable requests")
     # One token count per block for the whole trace, from the ratio the workers reported.
     known = [(r["prompt_tokens"], r.get("prompt_bytes")) for r in rows
-             if isinstance(r.get("prompt_tokens"), int) and isinstance(r.get("prompt_bytes"), int) and r["prompt_bytes"]]
+             if isinstance(r.get("prompt_tokens"), int) and isinstance(r.get("prompt_bytes"), int)
+             and r["prompt_bytes"]]
     block_bytes = int(rows[0].get("block_bytes") or BLOCK_BYTES)  # type: ignore[call-overload]
     if known:
         ratio = sum(t for t, _ in known) / sum(b for _, b in known)  # type: ignore[misc]

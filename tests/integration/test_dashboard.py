@@ -126,16 +126,16 @@ async def test_dashboard_in_a_real_browser(fleet: tuple[list[Sim], Gateway]) -> 
 
         # A worker that never answers: its failed job and the reason appear on the page.
         dead = f"http://127.0.0.1:{free_ports(1)[0]}"
-        added = httpx.post(gateway.url + "/workers", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                           json={"url": dead}, timeout=5)
+        async with httpx.AsyncClient(timeout=5) as admin:
+            added = await admin.post(gateway.url + "/workers", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                                     json={"url": dead})
         assert added.status_code == 202
         reason = await page.wait_for(
             "(() => { const r = document.querySelector('#jobs tr[data-job-status=\"failed\"]'); "
             "return r && r.textContent; })()", 10, "the failed job")
         assert dead in reason and len(reason) > len(dead) + len("addfailed")
 
-        await page.screenshot(os.path.join(ARTIFACTS, "dashboard.png"))
-        assert os.path.getsize(os.path.join(ARTIFACTS, "dashboard.png")) > 10_000
+        assert await page.screenshot(os.path.join(ARTIFACTS, "dashboard.png")) > 10_000
         assert page.errors == [], page.errors
     finally:
         stop.set()

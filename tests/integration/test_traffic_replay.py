@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -43,7 +44,7 @@ def _record(engines: Sim, directory: str, drive: Any) -> list[dict[str, Any]]:
     finally:
         gateway.stop()  # a clean stop flushes what is buffered
     lines = [orjson.loads(line) for name in sorted(os.listdir(directory))
-             for line in open(os.path.join(directory, name), "rb")]
+             for line in Path(directory, name).read_bytes().splitlines()]
     assert len(lines) == expected
     return lines
 
@@ -100,7 +101,7 @@ def _replay(directory: str, *flags: str) -> tuple[dict[str, Any], str]:
 def test_advisor_prefers_cache_affinity_on_recorded_multi_turn_chat(engines: Sim, tmp_path) -> None:
     directory = str(tmp_path / "trace")
     records = _record(engines, directory, _multi_turn)
-    raw = b"".join(open(os.path.join(directory, n), "rb").read() for n in os.listdir(directory))
+    raw = b"".join(Path(directory, n).read_bytes() for n in os.listdir(directory))
     assert SECRET.encode() not in raw  # the prompts are hash chains, never text
     assert all(r["status"] == 200 and r["worker"] in engines.urls for r in records)
     streamed = [r for r in records if r["stream"]]

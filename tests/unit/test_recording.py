@@ -70,7 +70,7 @@ async def test_files_rotate_and_the_oldest_are_deleted(tmp_path) -> None:
     await recorder.close()
     names = sorted(os.listdir(tmp_path))
     assert len(names) == 3
-    assert all(os.path.getsize(tmp_path / n) <= 4096 for n in names)
+    assert all(len((tmp_path / n).read_bytes()) <= 4096 for n in names)
     assert names[-1] > "traffic-000003.jsonl"  # older files were removed, not overwritten
     lines = [orjson.loads(line) for n in names for line in (tmp_path / n).read_bytes().splitlines()]
     assert lines and recorder.written == 200 and recorder.dropped == 0

@@ -65,8 +65,8 @@ async def _sse_events(chunks: AsyncIterator[bytes], transform: Callable[[bytes],
         yield transform(pending)
 
 
-def _usage(payload: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from an OpenAI or Anthropic JSON answer, for the access log."""
+def _usage(payload: bytes) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached) tokens from an OpenAI or Anthropic JSON answer (access log, recorder)."""
     try:
         usage = orjson.loads(payload).get("usage")
     except (orjson.JSONDecodeError, AttributeError):
@@ -74,7 +74,7 @@ def _usage(payload: bytes) -> tuple[int, int] | None:
     return _token_pair(usage)
 
 
-def _stream_usage(last_chunk: bytes) -> tuple[int, int] | None:
+def _stream_usage(last_chunk: bytes) -> tuple[int, int, int] | None:
     """Usage from the final usage event of a stream, if the last chunk carries one."""
     for line in reversed(last_chunk.split(b"\n")):
         if line.startswith(b"data: {") and b'"usage"' in line:

@@ -1,0 +1,94 @@
+"""What traffic recording costs: gateway throughput with --record-traffic on, as a ratio to off, same run.
+
+    python bench/recording_overhead.py [--seconds 8] [--rounds 3] [--concurrency 32] [--prompt-kb 4]
+
+The backend is the simulator's canned engine (instant answers), so the gateway's own cost is what
+shows. Every request carries a system prompt of --prompt-kb KB, which the recorder hashes block by
+block. Variants run interleaved, --rounds times each, and the median is reported. At the end the
+recorded files are counted, to show that every request was written (none dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.loadgen import have_wrk, run_load  # noqa: E402
+from tests.support import Gateway, Sim  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--prompt-kb", type=float, default=4)
+    parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if have_wrk() else "python")
+    args = parser.parse_args()
+
+    system = ("You are a helpful assistant for the fleet operators. " * 100)[:int(args.prompt_kb * 1024)]
+    bodies = {
+        "chat": json.dumps({"model": "mock-model", "max_tokens": 16, "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": "hello"}]}).encode(),
+    }
+    bodies["stream"] = json.dumps({**json.loads(bodies["chat"]), "stream": True,
+                                   "stream_options": {"include_usage": True}}).encode()
+    scratch = tempfile.mkdtemp(prefix="shepherd-recording-bench-")
+    variants = {
+        "recording off (baseline)": [],
+        "recording on": ["--record-traffic", os.path.join(scratch, "hashes")],
+        "recording on + prompts": ["--record-traffic", os.path.join(scratch, "prompts"), "--record-prompts"],
+    }
+    sim = Sim(1, "--engine", "canned", "--record-requests", "0")
+    gateways = {name: Gateway(sim.urls, "--log-level", "warn", *flags) for name, flags in variants.items()}
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    sent: dict[str, int] = dict.fromkeys(variants, 0)
+    try:
+        for _ in range(args.rounds):
+            for scenario, body in bodies.items():
+                for name, gateway in gateways.items():
+                    result = run_load(gateway.url + "/v1/chat/completions", body, args.concurrency, args.seconds,
+                                      use_wrk=args.loadgen == "wrk")
+                    runs.setdefault((scenario, name), []).append((result.requests_per_sec, result.p50_ms))
+                    sent[name] += round(result.requests_per_sec * args.seconds)
+                    time.sleep(0.5)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+        sim.stop()
+
+    print(f"load generator: {args.loadgen}; concurrency {args.concurrency}; {args.prompt_kb:g} KB prompts; "
+          f"median of {args.rounds} rounds x {args.seconds:g}s")
+    print(f"{'scenario':<8} {'variant':<26} {'req/s':>9} {'p50 ms':>8} {'throughput vs off':>18}")
+    for scenario in bodies:
+        baseline = statistics.median(r for r, _ in runs[(scenario, "recording off (baseline)")])
+        for name in variants:
+            values = runs[(scenario, name)]
+            rate = statistics.median(r for r, _ in values)
+            p50 = statistics.median(p for _, p in values)
+            print(f"{scenario:<8} {name:<26} {rate:>9,.0f} {p50:>8.2f} {rate / baseline:>18.3f}")
+    for name, flags in variants.items():
+        if not flags:
+            continue
+        directory = flags[1]
+        files = sorted(os.listdir(directory))
+        lines = sum(_count_lines(os.path.join(directory, f)) for f in files)
+        size = sum(os.path.getsize(os.path.join(directory, f)) for f in files)
+        print(f"{name}: {lines:,} records in {len(files)} file(s), {size / max(lines, 1):,.0f} bytes per record "
+              f"(about {sent[name]:,} requests sent)")
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+if __name__ == "__main__":
+    main()
