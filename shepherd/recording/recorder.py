@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ import orjson
 
 from shepherd.config import RecordingConfig
 from shepherd.policies.base import RoutingRequest
-from shepherd.recording.blocks import BLOCK_BYTES, block_chain, key_digest
+from shepherd.recording.blocks import BlockHasher
 
 log = logging.getLogger("shepherd.recording")
 
@@ -42,7 +41,7 @@ class TrafficRecorder:
         self._config = config
         self._dir = config.directory
         self._key_headers = tuple(routing_key_headers)
-        self._salt = secrets.token_bytes(16)  # never written: the hashes cannot be matched to guessed text
+        self._hasher = BlockHasher()  # its keys are never written: hashes cannot be matched to guessed text
         self._buffer: list[bytes] = []
         self._buffered = 0
         self.dropped = 0
@@ -75,14 +74,14 @@ class TrafficRecorder:
             "t": round(arrived, 6),
             "model": body.get("model") if isinstance(body.get("model"), str) else None,
             "api": api,
-            "block_bytes": BLOCK_BYTES,
-            "blocks": block_chain(text, self._salt),
+            "block_bytes": self._hasher.block_bytes,
+            "blocks": self._hasher.chain(text),
             "prompt_bytes": len(text.encode("utf-8", "surrogatepass")),
             "prompt_tokens": usage[0] if usage else None,
             "output_tokens": usage[1] if usage else None,
             "max_tokens": max_tokens if isinstance(max_tokens, int) else None,
             "stream": bool(body.get("stream")),
-            "routing_key": key_digest(key, self._salt) if key is not None else None,
+            "routing_key": self._hasher.key(key) if key is not None else None,
             "worker": worker,
             "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
             "duration_ms": round(duration * 1000, 3),

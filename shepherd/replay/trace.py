@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from shepherd.recording.blocks import BLOCK_BYTES
+from shepherd.recording.blocks import BLOCK_BYTES, split_chain
 
 _TRACE_FILE = re.compile(r"^traffic-\d+\.jsonl$")
 DEFAULT_OUTPUT_TOKENS = 128  # when neither the usage nor max_tokens says
@@ -104,7 +104,7 @@ def load_trace(path: str, max_requests: int | None = None) -> Trace:
                     skipped += 1  # e.g. a line cut short by a crash
                     continue
                 if not isinstance(row, dict) or not isinstance(row.get("t"), (int, float)) \
-                        or not isinstance(row.get("blocks"), list):
+                        or not isinstance(row.get("blocks"), str):
                     skipped += 1
                     continue
                 status = row.get("status")
@@ -132,7 +132,10 @@ def load_trace(path: str, max_requests: int | None = None) -> Trace:
 
 
 def _request(row: dict[str, object], start: float, per_block: int, block_bytes: int) -> TraceRequest:
-    blocks = tuple(int(str(b), 16) for b in row["blocks"] if isinstance(b, str))  # type: ignore[attr-defined]
+    try:
+        blocks = tuple(split_chain(str(row["blocks"])))
+    except ValueError:  # not hex: treat the prompt as sharing nothing
+        blocks = ()
     prompt = row.get("prompt_tokens")
     if not isinstance(prompt, int) or prompt <= 0:
         size = row.get("prompt_bytes")

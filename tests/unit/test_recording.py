@@ -8,10 +8,12 @@ import orjson
 
 from shepherd.cli import build_parser, config_from_args
 from shepherd.config import ConfigError, RecordingConfig
-from shepherd.recording.blocks import BLOCK_BYTES, block_chain
+import pytest
+
+from shepherd.recording.blocks import BLOCK_BYTES, BlockHasher, split_chain
 from shepherd.recording.recorder import TrafficRecorder
 
-SYSTEM = "You are a careful assistant that answers questions about the fleet. " * 4
+SYSTEM = "You are a careful assistant that answers questions about the fleet. " * 8
 
 
 def _record(recorder: TrafficRecorder, content: str, **headers: str) -> None:
@@ -21,15 +23,21 @@ def _record(recorder: TrafficRecorder, content: str, **headers: str) -> None:
                     worker="http://127.0.0.1:1", usage=(40, 7, 16), ttft=0.0123, duration=0.5)
 
 
-def test_block_chain_shares_exactly_the_common_prefix() -> None:
-    salt = b"s" * 16
-    a = block_chain(SYSTEM + " first question that is long enough to fill a block or two " * 2, salt)
-    b = block_chain(SYSTEM + " another question entirely, also long enough to fill blocks " * 2, salt)
+@pytest.mark.parametrize("by_process", [True, False])
+def test_block_chain_shares_exactly_the_common_prefix(by_process: bool) -> None:
+    hasher = BlockHasher(keyed_by_process=by_process)
+    a = split_chain(hasher.chain(SYSTEM + " first question that is long enough to fill a block or two " * 6))
+    b = split_chain(hasher.chain(SYSTEM + " another question entirely, also long enough to fill blocks " * 6))
     shared = len(SYSTEM.encode()) // BLOCK_BYTES
-    assert a[:shared] == b[:shared]
+    assert shared >= 1 and a[:shared] == b[:shared]
     assert a[shared] != b[shared]
-    assert len(block_chain("x" * (BLOCK_BYTES - 1), salt)) == 0  # a partial block is not hashed
-    assert block_chain(SYSTEM, b"t" * 16)[0] != block_chain(SYSTEM, salt)[0]  # keyed by the salt
+    assert len(a) == len((SYSTEM + " first question that is long enough to fill a block or two " * 6).encode()) \
+        // BLOCK_BYTES
+    assert hasher.chain("x" * (BLOCK_BYTES - 1)) == ""  # a partial block is not hashed
+    # A block that repeats later in another prompt does not look shared: each hash covers the prefix.
+    assert split_chain(hasher.chain("y" * BLOCK_BYTES + SYSTEM))[1] != split_chain(hasher.chain(SYSTEM))[0]
+    other = BlockHasher(keyed_by_process=by_process)
+    assert other.chain(SYSTEM)[:16] != hasher.chain(SYSTEM)[:16]  # keyed by secrets of its own
 
 
 async def test_records_carry_features_but_no_text(tmp_path) -> None:
@@ -46,7 +54,7 @@ async def test_records_carry_features_but_no_text(tmp_path) -> None:
     assert first["prompt_tokens"] == 40 and first["output_tokens"] == 7 and first["max_tokens"] == 7
     assert first["stream"] is True and first["status"] == 200 and first["ttft_ms"] == 12.3
     assert first["routing_key"] == second["routing_key"] is not None
-    assert first["blocks"][:4] == second["blocks"][:4]
+    assert split_chain(first["blocks"])[:4] == split_chain(second["blocks"])[:4]
     assert "prompt" not in first
 
 
