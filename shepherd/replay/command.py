@@ -41,6 +41,7 @@ def add_replay_args(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--time-scale", type=float, default=1.0,
                      help="multiply the trace's arrival gaps (0.5 replays it at twice the rate)")
     run.add_argument("--max-requests", type=int, default=None, help="replay only the first N requests")
+    run.add_argument("--model", default=None, help="replay only this model's requests (a fleet serves one model)")
     run.add_argument("--target-ttft-p99-ms", type=float, default=None,
                      help="also find the fewest workers that keep TTFT p99 under this")
     run.add_argument("--max-workers", type=int, default=None,
@@ -71,6 +72,11 @@ def run_replay(args: argparse.Namespace) -> int:
             trace = synthetic_trace(args.workload, args.max_requests or args.requests, args.rate, args.seed)
     except (TraceError, ValueError, OSError) as exc:
         return _fail(str(exc))
+    if args.model is not None:
+        try:
+            trace = trace.for_model(args.model)
+        except TraceError as exc:
+            return _fail(str(exc))
     if args.time_scale != 1.0:
         trace = trace.scaled(args.time_scale)
     params = EngineParams(prefill_tps=args.prefill_tps, decode_base_ms=args.decode_base_ms,

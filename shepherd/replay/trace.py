@@ -68,6 +68,14 @@ class Trace:
         ids.extend((filler ^ (j * 0x85EBCA77)) & 0x7FFFFFFF for j in range(request.prompt_tokens - len(ids)))
         return tuple(ids)
 
+    def for_model(self, model: str) -> Trace:
+        """Only the requests for `model`, their arrivals still measured from the trace's start."""
+        requests = [r for r in self.requests if r.model == model]
+        if not requests:
+            known = sorted({r.model or "(none)" for r in self.requests})
+            raise TraceError(f"the trace has no requests for model {model!r} (it has: {', '.join(known)})")
+        return Trace(requests, self.tokens_per_block, f"{self.source}, model {model}", self.skipped, list(self.notes))
+
     def scaled(self, time_scale: float) -> Trace:
         """The same requests with arrival gaps multiplied by `time_scale` (0.5: twice the rate)."""
         requests = [TraceRequest(r.arrival * time_scale, r.blocks, r.prompt_tokens, r.output_tokens, r.model,
