@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 
 import orjson
+import pytest
 
 from shepherd.cli import build_parser, config_from_args
 from shepherd.config import ConfigError, RecordingConfig
-import pytest
-
 from shepherd.recording.blocks import BLOCK_BYTES, BlockHasher, split_chain
 from shepherd.recording.recorder import TrafficRecorder
 
