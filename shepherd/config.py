@@ -102,6 +102,14 @@ class RecordingConfig:
                               "--record-max-files at least 1")
         if self.prompts and not self.directory:
             raise ConfigError("--record-prompts needs --record-traffic DIR")
+        if self.directory:
+            if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+                raise ConfigError(f"--record-traffic {self.directory} exists and is not a directory")
+            existing = self.directory
+            while not os.path.exists(existing):  # it will be created: its nearest existing parent must be writable
+                existing = os.path.dirname(os.path.abspath(existing))
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"--record-traffic {self.directory} is not writable")
 
 
 @dataclass(frozen=True)

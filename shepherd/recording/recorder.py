@@ -49,6 +49,7 @@ class TrafficRecorder:
         self._index = 0
         self._file_bytes = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -104,12 +105,18 @@ class TrafficRecorder:
         self._index = max(existing, default=0) + 1  # a restart appends a new file, never overwrites
         self._file_bytes = 0
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._stopping = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(self._stopping))
 
-    async def _run(self) -> None:
+    async def _run(self, stopping: asyncio.Event) -> None:
+        # Never cancelled mid-write: a write runs in a thread, which a cancel would leave running
+        # while the next flush starts another.
         while True:
-            await asyncio.sleep(_FLUSH_SECS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), _FLUSH_SECS)
             await self.flush()
+            if stopping.is_set():
+                return
 
     async def flush(self) -> None:
         if not self._buffer:
@@ -153,12 +160,13 @@ class TrafficRecorder:
                 os.remove(self._path(index))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Write what is buffered and stop."""
+        if self._task is not None and self._stopping is not None:
+            self._stopping.set()
+            await self._task  # its last round flushes
             self._task = None
-        await self.flush()
+        else:
+            await self.flush()
 
     def info(self) -> dict[str, Any]:
         return {"directory": self._dir, "written": self.written, "dropped": self.dropped,

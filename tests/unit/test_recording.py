@@ -103,7 +103,9 @@ def test_recording_is_off_by_default_and_flags_are_validated(tmp_path) -> None:
         ["launch", "--record-traffic", str(tmp_path), "--record-prompts", "--record-max-file-size", "1M",
          "--record-max-files", "3"])).validate()
     assert config.recording == RecordingConfig(str(tmp_path), True, 1024 * 1024, 3)
-    for bad in (["--record-prompts"], ["--record-traffic", str(tmp_path), "--record-max-files", "0"]):
+    (tmp_path / "a-file").write_text("")
+    for bad in (["--record-prompts"], ["--record-traffic", str(tmp_path), "--record-max-files", "0"],
+                ["--record-traffic", str(tmp_path / "a-file")]):
         try:
             config_from_args(build_parser().parse_args(["launch", *bad])).validate()
         except ConfigError:
