@@ -24,7 +24,7 @@ from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.kinds import api_path, provider_kind
 from shepherd.providers.refresh import ModelRefresher
-from shepherd.request_keys import MODEL, REQUEST_ID
+from shepherd.request_keys import MODEL, REQUEST_ID, WORKER
 from shepherd.routers.attempt import Attempt, count_attempt, count_request
 from shepherd.routers.external.errors import AUTH_FAILED_CODE, provider_error_response
 from shepherd.routers.external.headers import client_response_headers, provider_request_headers
@@ -129,6 +129,7 @@ class ExternalRouter:
             if worker is None:
                 break
             tried.add(worker)
+            request[WORKER] = worker.url  # for the access log, the status page and the traffic recorder
             if self._metrics is not None:
                 self._metrics.selections(worker.worker_type.value, worker.connection_mode, model, policy.name,
                                          worker.url).inc()

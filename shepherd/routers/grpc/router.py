@@ -18,7 +18,7 @@ from shepherd.api.errors import GatewayError
 from shepherd.config import GatewayConfig
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
-from shepherd.request_keys import REQUEST_ID
+from shepherd.request_keys import REQUEST_ID, WORKER
 from shepherd.routers.grpc.chat_response import ChatResponder
 from shepherd.routers.grpc.completion_response import CompletionResponder
 from shepherd.routers.grpc.execution import GrpcExecutor
@@ -76,6 +76,7 @@ class GrpcRouter:
         engine, first = await self.executor.start(model, routing, engine_id, prepared.input_ids, prepared.text,
                                                   prepared.sampling)
         meta.fingerprint = engine.client.weight_version
+        request[WORKER] = engine.worker.url  # for the access log, the status page and the traffic recorder
         try:
             return await self._respond(request, upstream_path, prepared, meta, engine, first, engine_id)
         finally:
