@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit ci lint typecheck bench bench-setup clean test-tools
+.PHONY: run test test-unit ci lint typecheck bench bench-setup clean test-tools browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/shepherd demo
 
-test: $(STAMP) test-tools
+test: $(STAMP) test-tools browser
 	$(BIN)/python -m pytest
 
 # The fast in-process tests only (no processes, no sockets beyond loopback test servers).
@@ -23,13 +23,19 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
 # What CI runs: the pinned linters, then the whole suite with a coverage report.
-ci: lint typecheck test-tools
+ci: lint typecheck test-tools browser
 	$(BIN)/python -m pytest --cov --cov-report=term
 # Debian packages tests use when present; a test that needs a missing one skips and says why.
 test-tools:
 	@command -v kubectl >/dev/null || { command -v apt-get >/dev/null && \
 		{ apt-get install -y kubernetes-client || { apt-get update && apt-get install -y kubernetes-client; }; }; } \
 		|| echo "kubectl could not be installed: the manifest check will be skipped"
+
+# The status-page test drives the distribution's Chromium over the DevTools protocol; install it when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && { apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; }; } || \
+	  echo "chromium is missing: tests/integration/test_dashboard.py will fail until it is installed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check shepherd tests bench

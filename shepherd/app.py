@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shepherd.api.admin import add_admin_routes
+from shepherd.api.dashboard import add_dashboard_routes
 from shepherd.api.inference import add_inference_routes
 from shepherd.api.keys import CONTEXT
 from shepherd.api.parse import add_parse_routes
@@ -48,6 +49,7 @@ def build_app(context: AppContext) -> web.Application:
     add_inference_routes(app)
     add_utility_routes(app)
     add_admin_routes(app)
+    add_dashboard_routes(app)
     add_parse_routes(app)
     add_tokenizer_routes(app)
     return app

@@ -1,4 +1,4 @@
-"""`shepherd launch | mock-worker | demo`. Gateway flags follow `smg launch` names."""
+"""`shepherd launch | mock-worker | replay | demo`. Gateway flags follow `smg launch` names."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from shepherd.config import (
     GatewayConfig,
     HealthConfig,
     PolicyOptions,
+    RecordingConfig,
     RetryConfig,
     ServerLimits,
     parse_selector,
@@ -329,6 +330,24 @@ _POLICY_FLAGS: tuple[tuple[str, type, str], ...] = (
 )
 
 
+def _add_recording_args(parser: argparse.ArgumentParser) -> None:
+    defaults = RecordingConfig()
+    group = parser.add_argument_group("traffic recording (for `shepherd replay`)")
+    group.add_argument("--record-traffic", metavar="DIR", default=None,
+                       help="write one JSON line per inference request to rotated files in DIR (default: off)")
+    group.add_argument("--record-prompts", action="store_true",
+                       help="also record the prompt text (by default only a salted hash chain of its blocks)")
+    group.add_argument("--record-max-file-size", type=_size, default=defaults.max_file_bytes,
+                       help="start a new file past this size, e.g. 64M (default: 64 MiB)")
+    group.add_argument("--record-max-files", type=int, default=defaults.max_files,
+                       help="keep at most this many files, deleting the oldest (default: %(default)s)")
+
+
+def _recording_config(args: argparse.Namespace) -> RecordingConfig:
+    return RecordingConfig(directory=args.record_traffic, prompts=args.record_prompts,
+                           max_file_bytes=args.record_max_file_size, max_files=args.record_max_files)
+
+
 def _int_list(value: str) -> tuple[int, ...]:
     return tuple(int(part) for part in value.split(",") if part.strip())
 
@@ -438,6 +457,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_l0_max_entries=args.tokenizer_cache_l0_max_entries,
         tokenizer_cache_enable_l1=args.tokenizer_cache_enable_l1,
         tokenizer_cache_l1_max_memory=args.tokenizer_cache_l1_max_memory,
+        recording=_recording_config(args),
     )
 
 
@@ -645,10 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
                     f"an environment variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}WORKER_URLS); the command line "
                     "wins over the environment, which wins over the file.")
     _add_launch_args(launch)
+    _add_recording_args(launch)
     launch.set_defaults(run=_run_launch, sourced_from=launch)
     mock = commands.add_parser("mock-worker", help="run simulated inference engines")
     _add_mock_worker_args(mock)
     mock.set_defaults(run=_run_mock_worker)
+    from shepherd.replay.command import add_replay_args
+
+    replay = commands.add_parser("replay", help="which routing policy suits a recorded (or synthetic) trace")
+    add_replay_args(replay)
     demo = commands.add_parser("demo", help="a gateway in front of simulated engines, for a first try")
     demo.add_argument("--port", type=int, default=30000)
     demo.add_argument("--worker-port", type=int, default=31001)

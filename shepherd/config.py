@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 
@@ -312,6 +313,32 @@ class ServerLimits:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """Traffic recording for `shepherd replay`: off unless `directory` is set."""
+
+    directory: str | None = None
+    prompts: bool = False  # also write the prompt text (private: off by default)
+    max_file_bytes: int = 64 * 1024 * 1024  # a file past this size is closed and a new one started
+    max_files: int = 8  # the oldest files beyond this many are deleted
+    max_buffer_bytes: int = 8 * 1024 * 1024  # records waiting for the writer; beyond it they are dropped (counted)
+
+    def validate(self) -> None:
+        if self.max_file_bytes < 4096 or self.max_files < 1 or self.max_buffer_bytes < 4096:
+            raise ConfigError("--record-max-file-size and the record buffer must be at least 4K, "
+                              "--record-max-files at least 1")
+        if self.prompts and not self.directory:
+            raise ConfigError("--record-prompts needs --record-traffic DIR")
+        if self.directory:
+            if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+                raise ConfigError(f"--record-traffic {self.directory} exists and is not a directory")
+            existing = self.directory
+            while not os.path.exists(existing):  # it will be created: its nearest existing parent must be writable
+                existing = os.path.dirname(os.path.abspath(existing))
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"--record-traffic {self.directory} is not writable")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
@@ -356,6 +383,7 @@ class GatewayConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     routed_worker_header: str = "id"  # x-smg-routed-worker-id: id | url | none (see ROUTED_WORKER_HEADER_MODES)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
     # Shutdown: on SIGTERM, /readiness turns 503 at once; the listener stays open for the settle
     # window (so load balancers notice), then closes; in-flight requests get the rest of the grace.
@@ -453,6 +481,7 @@ class GatewayConfig:
         if self.limits.max_buffered_request_bytes < self.max_payload_size:
             raise ConfigError("--max-buffered-request-bytes must be at least --max-payload-size")
         self.discovery.validate(self.pd_disaggregation)
+        self.recording.validate()
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

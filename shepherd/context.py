@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,11 +13,13 @@ from shepherd.discovery import Discovery
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
+from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import LiveState, Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.refresh import ModelRefresher
+from shepherd.recording.recorder import TrafficRecorder
 from shepherd.routers.base import Router
 from shepherd.routers.external.router import ExternalRouter
 from shepherd.routers.grpc.parsed_output import ParserOutputFactory
@@ -78,6 +81,9 @@ class AppContext:
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
     bodies: BodyBudget  # request-body bytes held across all requests
     discovery: Discovery | None = None  # Kubernetes or file discovery, when configured
+    started_at: float = field(default_factory=time.time)
+    live_stats: LiveStats = field(default_factory=LiveStats)  # the status page's last minutes
+    recorder: TrafficRecorder | None = None  # --record-traffic
     in_flight: int = 0  # requests being handled, for graceful shutdown
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
@@ -135,6 +141,8 @@ class AppContext:
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
         )
         context.discovery = Discovery.from_config(config, manager, registry)
+        if config.recording.directory:
+            context.recorder = TrafficRecorder(config.recording, config.policy_options.routing_key_headers)
         context.health.register_probe("grpc", context.grpc.health)
         context.load_monitor.register_source("grpc", context.grpc.load_rows)
         if metrics is not None:
@@ -148,6 +156,8 @@ class AppContext:
         """Start the control plane's background tasks."""
         self.policies.start()
         self.health.start()
+        if self.recorder is not None:
+            self.recorder.start()
         config = self.config
         if not config.disable_load_monitoring or config.policy in LOAD_AWARE_POLICIES:
             self.load_monitor.start()
@@ -157,6 +167,8 @@ class AppContext:
     async def close(self) -> None:
         if self.discovery is not None:
             await self.discovery.stop()
+        if self.recorder is not None:
+            await self.recorder.close()
         await self.health.stop()
         await self.load_monitor.stop()
         await self.policies.stop()

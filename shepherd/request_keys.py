@@ -12,3 +12,5 @@ MODEL: web.RequestKey[str] = web.RequestKey("shepherd_model", str)  # the body's
 WORKER: web.RequestKey[str] = web.RequestKey("shepherd_worker", str)  # the worker that served it
 USAGE: web.RequestKey[Any] = web.RequestKey("shepherd_usage", object)  # (prompt, completion) tokens, when known
 BODY_BYTES: web.RequestKey[int] = web.RequestKey("shepherd_body_bytes", int)  # reserved from the body budget
+FIRST_CHUNK: web.RequestKey[float] = web.RequestKey("shepherd_first_chunk", float)  # perf_counter: first chunk relayed
+WANT_USAGE: web.RequestKey[bool] = web.RequestKey("shepherd_want_usage", bool)  # recorder/status page: read usage

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
 from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.keys import CONTEXT
+from shepherd.context import AppContext
 from shepherd.errors import GatewayError
 from shepherd.headers import presented_key
+from shepherd.request_keys import FIRST_CHUNK, USAGE, WANT_USAGE, WORKER
 
 # gateway path -> the worker path it is forwarded to
 INFERENCE_ROUTES: dict[str, str] = {
@@ -40,12 +45,43 @@ def _inference_handler(upstream_path: str) -> Handler:
             raise GatewayError(400, "invalid_type", "'model' must be a string", param="model")
         ticket = await admission.acquire(presented_key(request.headers)) if admission else None
         try:
-            return await context.router.route(request, upstream_path, raw, body)
+            arrived, started = time.time(), time.perf_counter()
+            request[WANT_USAGE] = True
+            status = 500
+            try:
+                response = await context.router.route(request, upstream_path, raw, body)
+                status = response.status
+                return response
+            except GatewayError as exc:
+                status = exc.status
+                raise
+            except asyncio.CancelledError:
+                status = 499  # the client went away first
+                raise
+            finally:
+                _observe(context, request, upstream_path, body, status, arrived, started)
         finally:
             if ticket is not None and admission is not None:
                 admission.release(ticket)
 
     return handle
+
+
+def _observe(context: AppContext, request: web.Request, api: str, body: Mapping[str, Any], status: int,
+             arrived: float, started: float) -> None:
+    """The one place a finished inference request is told to the status page and the traffic recorder."""
+    duration = time.perf_counter() - started
+    first_chunk = request.get(FIRST_CHUNK)
+    ttft = first_chunk - started if first_chunk is not None else None
+    usage = request.get(USAGE)
+    worker = request.get(WORKER)
+    model = body.get("model")
+    context.live_stats.observe(worker, model if isinstance(model, str) else None, status,
+                               ttft if ttft is not None else duration,
+                               usage[0] if usage else 0, usage[2] if usage and len(usage) > 2 else 0)
+    if context.recorder is not None:
+        context.recorder.record(arrived=arrived, api=api, body=body, headers=request.headers, status=status,
+                                worker=worker, usage=usage, ttft=ttft, duration=duration)
 
 
 def add_inference_routes(app: web.Application) -> None:

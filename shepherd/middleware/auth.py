@@ -17,6 +17,8 @@ Keys are kept only as SHA-256 digests, compared in constant time, and never logg
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -36,8 +38,11 @@ log = logging.getLogger("shepherd.auth")
 
 PUBLIC_PATHS = frozenset({"/health", "/liveness", "/readiness", "/health_generate", "/v1/models", "/get_model_info",
                           "/get_server_info", "/engine_metrics"})
+DASHBOARD_PREFIX = "/dashboard"
 CONTROL_PLANE_PREFIXES = ("/workers", "/flush_cache", "/get_loads", "/v1/tokenizers", "/parse/", "/wasm",
-                          "/start_profile", "/stop_profile")
+                          "/start_profile", "/stop_profile", DASHBOARD_PREFIX)
+# A browser opening the status page can only be asked for credentials through Basic auth.
+_DASHBOARD_CHALLENGE = {"WWW-Authenticate": 'Basic realm="shepherd dashboard", charset="UTF-8"'}
 _JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 _JWKS_REFRESH_SECS = 30.0
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="control-plane"'}
@@ -53,6 +58,21 @@ def reject_duplicate_credentials(headers: CIMultiDictProxy[str]) -> None:
     for name in ("authorization", "x-api-key"):
         if name in headers and len(headers.getall(name)) > 1:
             raise GatewayError(400, "duplicate_credentials", f"The request has more than one {name} header")
+
+
+def _basic_as_bearer(headers: Mapping[str, str]) -> Mapping[str, str]:
+    value = headers.get("authorization")
+    if not value:
+        return headers
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return headers
+    try:
+        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return {}
+    token = password or user  # any user name; the key goes in the password (or alone in the user name)
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 class Authenticator:
@@ -71,7 +91,9 @@ class Authenticator:
         """Raise a 401/403 GatewayError unless the request may go on."""
         if path in PUBLIC_PATHS:
             return
-        if path.startswith(CONTROL_PLANE_PREFIXES):
+        if path.startswith(DASHBOARD_PREFIX):
+            await self._check_dashboard(headers)
+        elif path.startswith(CONTROL_PLANE_PREFIXES):
             await self._check_control_plane(headers)
         elif self._serving:
             self._check_serving(headers)
@@ -100,6 +122,16 @@ class Authenticator:
             role = self._control_key_role(token)
         if role != "admin":
             raise GatewayError(403, "insufficient_role", "This route needs the admin role")
+
+    async def _check_dashboard(self, headers: Mapping[str, str]) -> None:
+        """Admin credentials as for any control-plane route, also accepted as a Basic-auth password
+        (what a browser sends after its login prompt)."""
+        try:
+            await self._check_control_plane(_basic_as_bearer(headers))
+        except GatewayError as exc:
+            if exc.status != 401:
+                raise
+            raise GatewayError(401, exc.code, exc.message, headers=_DASHBOARD_CHALLENGE) from None
 
     def _control_key_role(self, token: str) -> str:
         digest = _digest(token)

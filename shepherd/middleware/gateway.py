@@ -109,7 +109,7 @@ def _log_request(request: web.Request, status: int, elapsed: float, error_code: 
             fields[name] = request[key]
     usage = request.get(USAGE)
     if usage:
-        fields["prompt_tokens"], fields["completion_tokens"] = usage
+        fields["prompt_tokens"], fields["completion_tokens"] = usage[0], usage[1]
     if error_code:
         fields["error_code"] = error_code
     text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "path", "status", "duration_ms"))

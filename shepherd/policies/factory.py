@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from shepherd.config import PolicyOptions
@@ -17,17 +18,18 @@ from shepherd.policies.prefix_hash import PrefixHashPolicy
 from shepherd.policies.random import RandomPolicy
 from shepherd.policies.round_robin import RoundRobinPolicy
 
-_FACTORIES: dict[str, Callable[[PolicyOptions], Policy]] = {
-    RandomPolicy.name: lambda options: RandomPolicy(),
-    RoundRobinPolicy.name: lambda options: RoundRobinPolicy(),
-    PassthroughPolicy.name: lambda options: PassthroughPolicy(),
-    PowerOfTwoPolicy.name: PowerOfTwoPolicy,
-    LeastLoadPolicy.name: LeastLoadPolicy,
-    CacheAwarePolicy.name: CacheAwarePolicy,
-    ConsistentHashingPolicy.name: lambda options: ConsistentHashingPolicy(),
-    PrefixHashPolicy.name: PrefixHashPolicy,
-    ManualPolicy.name: ManualPolicy,
-    BucketPolicy.name: BucketPolicy,
+# Each factory takes the options and an optional random source (a seeded one makes replays repeatable).
+_FACTORIES: dict[str, Callable[[PolicyOptions, random.Random | None], Policy]] = {
+    RandomPolicy.name: lambda options, rng: RandomPolicy(rng),
+    RoundRobinPolicy.name: lambda options, rng: RoundRobinPolicy(),
+    PassthroughPolicy.name: lambda options, rng: PassthroughPolicy(),
+    PowerOfTwoPolicy.name: lambda options, rng: PowerOfTwoPolicy(options, rng),
+    LeastLoadPolicy.name: lambda options, rng: LeastLoadPolicy(options, rng),
+    CacheAwarePolicy.name: lambda options, rng: CacheAwarePolicy(options, rng),
+    ConsistentHashingPolicy.name: lambda options, rng: ConsistentHashingPolicy(),
+    PrefixHashPolicy.name: lambda options, rng: PrefixHashPolicy(options),
+    ManualPolicy.name: lambda options, rng: ManualPolicy(options, rng),
+    BucketPolicy.name: lambda options, rng: BucketPolicy(options, rng),
 }
 
 POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
@@ -35,9 +37,9 @@ POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 LOAD_AWARE_POLICIES = frozenset({LeastLoadPolicy.name, PowerOfTwoPolicy.name, CacheAwarePolicy.name})
 
 
-def create_policy(name: str, options: PolicyOptions | None = None) -> Policy:
+def create_policy(name: str, options: PolicyOptions | None = None, rng: random.Random | None = None) -> Policy:
     try:
         factory = _FACTORIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}") from None
-    return factory(options or PolicyOptions())
+    return factory(options or PolicyOptions(), rng)

@@ -132,6 +132,14 @@ class Engine:
     def submit(self, prompt_ids: Sequence[int], max_new: int, output_ids: Sequence[int],
                prefilled: bool = False) -> SimRequest:
         """Queue a sequence. `prefilled`: its KV arrived from a prefill worker, so no prefill is run."""
+        request = self.enqueue(prompt_ids, max_new, output_ids, prefilled)
+        self.start()
+        return request
+
+    def enqueue(self, prompt_ids: Sequence[int], max_new: int, output_ids: Sequence[int],
+                prefilled: bool = False) -> SimRequest:
+        """Queue a sequence without starting the step loop: for a caller that drives `step()` on a
+        simulated clock (shepherd replay)."""
         request = SimRequest(prompt_ids, max_new, output_ids)
         request.prefilled = prefilled
         if self.params.prefix_cache:
@@ -141,8 +149,16 @@ class Engine:
             request.uncached_tokens = request.prompt_tokens - request.cached_tokens
         self._waiting.append(request)
         self._wake.set()
-        self.start()
         return request
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def step(self) -> tuple[list[SimRequest], list[SimRequest], float]:
+        """Run one step's bookkeeping: (decoded, finished, duration in seconds). The caller delivers the
+        tokens `duration` later, as `_run` does after its sleep."""
+        return self._step()
 
     def flush_cache(self) -> None:
         self._blocks.clear()

@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from shepherd.errors import GatewayError, flavor_for_path
-from shepherd.request_keys import USAGE
+from shepherd.request_keys import FIRST_CHUNK, USAGE, WANT_USAGE
 from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.execution import Execution
 from shepherd.routers.common.retry import RetryableFailure
@@ -78,7 +78,7 @@ async def relay_whole(execution: Execution[Any], attempt: Attempt, headers: CIMu
     payload = await read_answer(attempt, execution.lifecycle.max_response_bytes, who(attempt), final)
     if transform is not None:
         payload = transform(payload)
-    if b'"usage"' in payload[-1024:] and access_log.isEnabledFor(logging.INFO):
+    if b'"usage"' in payload[-1024:] and _wants_usage(execution.request):
         execution.request[USAGE] = _usage(payload)
     return web.Response(status=response_of(attempt).status, body=payload, headers=headers)
 
@@ -99,6 +99,8 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     chunks = upstream.iter_chunks() if transform is None else whole_events(upstream.iter_chunks(), transform)
     try:
         async for chunk in chunks:
+            if FIRST_CHUNK not in request:
+                request[FIRST_CHUNK] = time.perf_counter()
             if metrics is not None:
                 now = time.perf_counter()
                 if previous:
@@ -108,7 +110,7 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
                 previous = now
             await response.write(chunk)
         attempt.outcome.complete = True
-        if b'"usage"' in chunk and access_log.isEnabledFor(logging.INFO):
+        if b'"usage"' in chunk and _wants_usage(request):
             request[USAGE] = _stream_usage(chunk)
     except ConnectionError as exc:
         if request.transport is None or request.transport.is_closing():
@@ -140,6 +142,11 @@ async def _broke_off(execution: Execution[Any], attempt: Attempt, response: web.
     await end_stream(response, frame)
 
 
+def _wants_usage(request: web.Request) -> bool:
+    """Token counts are parsed only for someone who reads them: the access log or the traffic recorder."""
+    return WANT_USAGE in request or access_log.isEnabledFor(logging.INFO)
+
+
 def who(attempt: Attempt) -> str:
     """How messages name the attempt's worker (providers by kind: their URL may carry an account)."""
     worker = attempt.worker
@@ -148,8 +155,8 @@ def who(attempt: Attempt) -> str:
     return f"worker {worker.url}"
 
 
-def _usage(payload: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from an OpenAI or Anthropic JSON answer, for the access log."""
+def _usage(payload: bytes) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached) tokens from an OpenAI or Anthropic JSON answer (access log, recorder)."""
     try:
         usage = orjson.loads(payload).get("usage")
     except (orjson.JSONDecodeError, AttributeError):
@@ -157,7 +164,7 @@ def _usage(payload: bytes) -> tuple[int, int] | None:
     return _token_pair(usage)
 
 
-def _stream_usage(last_chunk: bytes) -> tuple[int, int] | None:
+def _stream_usage(last_chunk: bytes) -> tuple[int, int, int] | None:
     """Usage from the final usage event of a stream, if the last chunk carries one."""
     for line in reversed(last_chunk.split(b"\n")):
         if line.startswith(b"data: {") and b'"usage"' in line:
@@ -168,9 +175,14 @@ def _stream_usage(last_chunk: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _token_pair(usage: Any) -> tuple[int, int] | None:
+def _token_pair(usage: Any) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached prompt) tokens; cached is 0 when the worker does not say."""
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (prompt, completion) if isinstance(prompt, int) and isinstance(completion, int) else None
+    if not (isinstance(prompt, int) and isinstance(completion, int)):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else usage.get("cache_read_input_tokens")
+    return prompt, completion, cached if isinstance(cached, int) else 0

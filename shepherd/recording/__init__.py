@@ -1,0 +1,1 @@
+"""Traffic recording (`--record-traffic DIR`) and the trace format `shepherd replay` reads."""

@@ -1,0 +1,1 @@
+"""`shepherd replay`: which routing policy suits a trace, answered on a simulated fleet."""
