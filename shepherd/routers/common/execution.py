@@ -165,13 +165,11 @@ class Execution(Generic[C]):
                 try:
                     candidate = self._select(select)
                 except GatewayError as exc:
-                    if exc.status != 503 or last is not None:
-                        if last is None:
-                            raise
+                    if last is not None:
                         break  # nobody left to try: the last worker's failure is the answer
-                    if final:
+                    if exc.status != 503 or final:
                         raise
-                    unselectable = exc  # wait (backoff) for a worker to become available
+                    unselectable = exc  # none available yet: wait (backoff) for one
                     continue
                 try:
                     return await attempt(self, candidate, final)
@@ -185,11 +183,9 @@ class Execution(Generic[C]):
                         break
             if metrics is not None and attempts > 1 and not self.poisoned:
                 metrics.retries_exhausted(labels.backend_type, endpoint).inc()
-            if last is None:
-                if unselectable is not None:
-                    raise unselectable
-                raise GatewayError(504, "request_timeout",
-                                   f"No worker answered within {lifecycle.request_timeout:g}s")
+            if last is None:  # no attempt was made: no worker became available in time
+                assert unselectable is not None
+                raise unselectable
             if last.response is not None:
                 return last.response
             raise last.error

@@ -33,9 +33,9 @@ access_log = logging.getLogger("shepherd.access")
 Transform = Callable[[bytes], bytes]
 
 
-def failure(final: bool, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Exception:
+def failure(final: bool, status: int, code: str, message: str) -> Exception:
     """The error for a failure before the first byte: retryable unless this was the last attempt."""
-    error = GatewayError(status, code, message, headers=headers)
+    error = GatewayError(status, code, message)
     return error if final else RetryableFailure(error)
 
 
