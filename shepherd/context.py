@@ -12,6 +12,7 @@ from shepherd.middleware.auth import Authenticator
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
+from shepherd.plugins.registry import PluginRegistry
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.refresh import ModelRefresher
 from shepherd.routers.base import Router
@@ -51,6 +52,7 @@ class AppContext:
     in_flight: int = 0  # requests being handled, for graceful shutdown
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
+    plugins: PluginRegistry | None = None  # WASM plugins, with --enable-wasm
 
     @classmethod
     def create(cls, config: GatewayConfig) -> AppContext:
@@ -98,6 +100,7 @@ class AppContext:
             tracing=tracing,
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
                                         ParserOutputFactory(config.tool_call_parser, config.reasoning_parser)),
+            plugins=PluginRegistry(config.wasm, metrics) if config.wasm.enabled else None,
         )
         context.health.register_probe("grpc", context.grpc.health)
         context.load_monitor.register_source("grpc", context.grpc.load_rows)
@@ -120,6 +123,8 @@ class AppContext:
         await self.manager.close()
         await self.grpc.close()
         await self.refresher.close()
+        if self.plugins is not None:
+            self.plugins.close()
         if self.tracing is not None:
             self.tracing.shutdown()
         await self.upstream.close()

@@ -1,0 +1,186 @@
+"""The plugin ABI (wit/plugin.wit) on the host side: values in, validated actions out.
+
+wasmtime's Python bindings have no generated bindings for a WIT world, so records and variants
+are built and read by hand here, in one place. Everything a guest returns is checked before it
+touches a request: an action that breaks a rule raises InvalidAction, which the caller handles
+like any other plugin failure (by the plugin's failure mode).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from wasmtime.component import Record, Variant
+
+WIT_PACKAGE = "shepherd:plugin"
+ABI_VERSIONS = ("0.1.0",)  # the versions of wit/plugin.wit this host accepts
+HOOKS_INTERFACE = "hooks"
+REQUEST_HOOK = "on-request"
+RESPONSE_HOOK = "on-response"
+
+# Credentials are the gateway's: plugins neither see nor set them. Framing headers belong to the
+# gateway too (a body replacement re-computes Content-Length).
+HIDDEN_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization"})
+PROTECTED_HEADERS = HIDDEN_HEADERS | frozenset({"content-length", "transfer-encoding", "host", "connection",
+                                                "keep-alive", "upgrade", "te", "trailer"})
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")
+_MAX_HEADERS = 256  # per list in one action
+
+
+def export_names() -> list[str]:
+    """The component export names of the hooks interface, newest ABI first."""
+    return [f"{WIT_PACKAGE}/{HOOKS_INTERFACE}@{version}" for version in ABI_VERSIONS]
+
+
+class InvalidAction(ValueError):
+    """A guest returned something the ABI does not allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class HookRequest:
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HookResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Modification:
+    status: int | None = None
+    set_headers: tuple[tuple[str, str], ...] = ()
+    add_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What a plugin answered: continue (both None), modify, or reject."""
+
+    modify: Modification | None = None
+    reject: Rejection | None = None
+    kind: str = field(default="continue")
+
+
+CONTINUE = Action()
+
+
+def _header_records(headers: tuple[tuple[str, str], ...]) -> list[Record]:
+    records = []
+    for name, value in headers:
+        record = Record()
+        record.name = name
+        record.value = value
+        records.append(record)
+    return records
+
+
+def request_value(request: HookRequest) -> Record:
+    value = Record()
+    value.method = request.method
+    value.path = request.path
+    value.query = request.query
+    value.headers = _header_records(request.headers)
+    value.body = request.body
+    setattr(value, "request-id", request.request_id)
+    return value
+
+
+def response_value(response: HookResponse) -> Record:
+    value = Record()
+    value.status = response.status
+    value.headers = _header_records(response.headers)
+    value.body = response.body
+    setattr(value, "request-id", response.request_id)
+    return value
+
+
+def visible_headers(pairs: Any) -> tuple[tuple[str, str], ...]:
+    """(lower-case name, value) pairs a plugin may see: everything but credentials."""
+    out = []
+    for name, value in pairs:
+        lower = name.lower()
+        if lower not in HIDDEN_HEADERS:
+            out.append((lower, value))
+    return tuple(out)
+
+
+def parse_action(value: Any, hook: str) -> Action:
+    """Validate what the guest returned from `hook` and turn it into an Action."""
+    if not isinstance(value, Variant):
+        raise InvalidAction(f"expected an action variant, got {type(value).__name__}")
+    if value.tag == "continue":
+        return CONTINUE
+    if value.tag == "modify":
+        return Action(modify=_modification(value.payload, hook), kind="modify")
+    if value.tag == "reject":
+        return Action(reject=_rejection(value.payload), kind="reject")
+    raise InvalidAction(f"unknown action {value.tag!r}")
+
+
+def _modification(payload: Any, hook: str) -> Modification:
+    status = payload.status
+    if status is not None:
+        if hook == REQUEST_HOOK:
+            raise InvalidAction("on-request may not set a status (reject instead)")
+        if not 100 <= status <= 599:
+            raise InvalidAction(f"status {status} is not an HTTP status")
+    removed = tuple(_header_name(name) for name in _bounded(getattr(payload, "remove-headers"), "remove-headers"))
+    return Modification(
+        status=status,
+        set_headers=_headers(getattr(payload, "set-headers"), "set-headers"),
+        add_headers=_headers(getattr(payload, "add-headers"), "add-headers"),
+        remove_headers=removed,
+        body=payload.body,
+    )
+
+
+def _rejection(payload: Any) -> Rejection:
+    if not 400 <= payload.status <= 599:
+        raise InvalidAction(f"a rejection needs a 4xx or 5xx status, got {payload.status}")
+    return Rejection(status=payload.status, headers=_headers(payload.headers, "headers"), body=payload.body)
+
+
+def _bounded(items: list[Any], what: str) -> list[Any]:
+    if len(items) > _MAX_HEADERS:
+        raise InvalidAction(f"{what} has {len(items)} entries; at most {_MAX_HEADERS} are allowed")
+    return items
+
+
+def _headers(records: list[Any], what: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for record in _bounded(records, what):
+        name = _header_name(record.name)
+        value = record.value
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise InvalidAction(f"the value of header {name!r} contains CR, LF or NUL")
+        out.append((name, value))
+    return tuple(out)
+
+
+def _header_name(name: str) -> str:
+    if not _TOKEN.match(name):
+        raise InvalidAction(f"{name!r} is not a valid header name")
+    lower = name.lower()
+    if lower in PROTECTED_HEADERS:
+        raise InvalidAction(f"plugins may not change the {lower} header")
+    return lower
