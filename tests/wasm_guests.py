@@ -276,3 +276,20 @@ def credential_setter() -> bytes:
     data = Data()
     action = modify_action(data, set_=[("authorization", "Bearer stolen")])
     return component(f"(i32.const {action})", CONTINUE, data)
+
+
+def python_guest(name: str, out_dir: str) -> bytes:
+    """Build tests/plugin_guests/NAME/app.py into a component with componentize-py (tens of seconds:
+    it bundles a Python interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugin_guests", name)
+    wit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shepherd", "plugins", "wit")
+    out = os.path.join(out_dir, f"{name}.wasm")
+    tool = os.path.join(os.path.dirname(sys.executable), "componentize-py")
+    subprocess.run([tool, "-d", wit, "-w", "plugin", "componentize", "--stub-wasi", "-p", source, "app", "-o", out],
+                   check=True, capture_output=True, timeout=600)
+    with open(out, "rb") as handle:
+        return handle.read()

@@ -133,8 +133,10 @@ def test_infinite_loop_is_stopped_by_its_time_limit(gw: Gateway, guest_dir: Path
 
     thread = threading.Thread(target=slow)
     thread.start()
-    wait_until(lambda: plugin_stats(gw, plugin["id"])["calls"] == 0 and thread.is_alive(), 5,
-               message="the spinning request to start")
+    # The call took the plugin's only pooled instance: the guest is spinning now.
+    wait_until(lambda: httpx.get(f"{gw.url}/wasm/{plugin['id']}", headers=AUTH, timeout=5).json()["idle_instances"]
+               == 0, 10, message="the spinning call to start")
+    assert thread.is_alive()
     # While the guest spins (1 s limit), the gateway goes on serving on its event loop.
     assert httpx.get(gw.url + "/v1/models", headers=AUTH, timeout=5).status_code == 200
     finished.append("models")
@@ -262,3 +264,32 @@ def test_a_bad_plugins_file_stops_the_gateway_from_starting(sim: Sim, tmp_path: 
 def test_wasm_routes_without_enable_wasm(gateway: Gateway) -> None:
     response = httpx.get(gateway.url + "/wasm", timeout=5)
     assert response.status_code == 404 and response.json()["error"]["code"] == "wasm_disabled"
+
+
+@pytest.mark.timeout(600)  # componentize-py bundles an interpreter: building and compiling take a while
+def test_python_guest_built_with_componentize_py(gw: Gateway, sim: Sim, tmp_path: Path) -> None:
+    wasm = guests.python_guest("tenant_router", str(tmp_path))
+    spec = {"name": "tenant-router", "sha256": guests.sha256(wasm), "attach": ["on-request"],
+            "path": str(tmp_path / "tenant_router.wasm"), "failure_mode": "fail-closed"}
+    added: list[httpx.Response] = []
+    adding = threading.Thread(target=lambda: added.append(
+        httpx.post(gw.url + "/wasm", json=spec, headers=AUTH, timeout=300)))
+    adding.start()
+    # Compiling an 18 MB component takes seconds, on the compile thread: the gateway keeps serving.
+    served_while_compiling = 0
+    while adding.is_alive():
+        assert httpx.get(gw.url + "/v1/models", headers=AUTH, timeout=5).status_code == 200
+        served_while_compiling += 1
+    adding.join()
+    assert added[0].status_code == 201, added[0].text
+    assert served_while_compiling > 1
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(gw).chat.completions.create(model="mock-model", messages=MESSAGES, max_tokens=50)
+    assert caught.value.body["code"] == "missing_tenant"  # type: ignore[index]
+    completion = client(gw).chat.completions.create(model="mock-model", messages=MESSAGES, max_tokens=50,
+                                                    extra_headers={"x-tenant": "acme"})
+    assert completion.choices[0].message.content
+    seen = sim.requests()[-1]
+    assert seen["headers"]["x-tenant-route"] == "tenant-acme"
+    assert json.loads(seen["body"])["max_tokens"] == 3
