@@ -11,8 +11,8 @@ from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
-from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.plugins.registry import PluginRegistry
+from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.refresh import ModelRefresher
 from shepherd.routers.base import Router

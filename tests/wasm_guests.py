@@ -258,7 +258,7 @@ def spinner() -> bytes:
 
 def memory_hog() -> bytes:
     """Grows its memory 1 MiB at a time until the host refuses, then fails like an allocator would."""
-    return component(f"""
+    return component("""
       (block $refused
         (loop $more
           (br_if $refused (i32.eq (memory.grow (i32.const 16)) (i32.const -1)))

@@ -84,34 +84,26 @@ class Action:
 CONTINUE = Action()
 
 
+def _record(**fields: Any) -> Record:
+    """A WIT record value; field names use WIT's kebab-case (request_id -> request-id)."""
+    record = Record()
+    for name, value in fields.items():
+        setattr(record, name.replace("_", "-"), value)
+    return record
+
+
 def _header_records(headers: tuple[tuple[str, str], ...]) -> list[Record]:
-    records = []
-    for name, value in headers:
-        record = Record()
-        record.name = name
-        record.value = value
-        records.append(record)
-    return records
+    return [_record(name=name, value=value) for name, value in headers]
 
 
 def request_value(request: HookRequest) -> Record:
-    value = Record()
-    value.method = request.method
-    value.path = request.path
-    value.query = request.query
-    value.headers = _header_records(request.headers)
-    value.body = request.body
-    setattr(value, "request-id", request.request_id)
-    return value
+    return _record(method=request.method, path=request.path, query=request.query,
+                   headers=_header_records(request.headers), body=request.body, request_id=request.request_id)
 
 
 def response_value(response: HookResponse) -> Record:
-    value = Record()
-    value.status = response.status
-    value.headers = _header_records(response.headers)
-    value.body = response.body
-    setattr(value, "request-id", response.request_id)
-    return value
+    return _record(status=response.status, headers=_header_records(response.headers), body=response.body,
+                   request_id=response.request_id)
 
 
 def visible_headers(pairs: Any) -> tuple[tuple[str, str], ...]:

@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -185,7 +185,7 @@ class Plugin:
     source: str  # "api" or "file"
     seq: int  # registration order, the tie-break for equal `order`
     stats: PluginStats
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def info(self) -> dict[str, Any]:
         spec = self.spec
