@@ -1,7 +1,7 @@
 """The plugin ABI (wit/plugin.wit) on the host side: values in, validated actions out.
 
-wasmtime's Python bindings have no generated bindings for a WIT world, so records and variants
-are built and read by hand here, in one place. Everything a guest returns is checked before it
+wasmtime's Python bindings have no generated bindings for a WIT world: marshal.py builds and reads
+the values; this module says what they mean. Everything a guest returns is checked before it
 touches a request: an action that breaks a rule raises InvalidAction, which the caller handles
 like any other plugin failure (by the plugin's failure mode).
 """
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from wasmtime.component import Record, Variant
+from wasmtime.component import Variant
 
 WIT_PACKAGE = "shepherd:plugin"
 ABI_VERSIONS = ("0.1.0",)  # the versions of wit/plugin.wit this host accepts
@@ -82,28 +82,6 @@ class Action:
 
 
 CONTINUE = Action()
-
-
-def _record(**fields: Any) -> Record:
-    """A WIT record value; field names use WIT's kebab-case (request_id -> request-id)."""
-    record = Record()
-    for name, value in fields.items():
-        setattr(record, name.replace("_", "-"), value)
-    return record
-
-
-def _header_records(headers: tuple[tuple[str, str], ...]) -> list[Record]:
-    return [_record(name=name, value=value) for name, value in headers]
-
-
-def request_value(request: HookRequest) -> Record:
-    return _record(method=request.method, path=request.path, query=request.query,
-                   headers=_header_records(request.headers), body=request.body, request_id=request.request_id)
-
-
-def response_value(response: HookResponse) -> Record:
-    return _record(status=response.status, headers=_header_records(response.headers), body=response.body,
-                   request_id=response.request_id)
 
 
 def visible_headers(pairs: Any) -> tuple[tuple[str, str], ...]:

@@ -25,8 +25,6 @@ from shepherd.plugins.abi import (
     Modification,
     Rejection,
     parse_action,
-    request_value,
-    response_value,
     visible_headers,
 )
 from shepherd.plugins.runtime import PluginFailure
@@ -66,7 +64,7 @@ def _apply(result: ChainResult, change: Modification) -> None:
     result.changed = True
 
 
-def _call(plugin: Plugin, hook: str, value: object) -> Action | PluginFailure:
+def _call(plugin: Plugin, hook: str, value: HookRequest | HookResponse) -> Action | PluginFailure:
     started = time.perf_counter()
     try:
         action = parse_action(plugin.compiled.call(hook, value), hook)
@@ -94,8 +92,7 @@ def run_request_chain(plugins: Sequence[Plugin], method: str, path: str, query: 
                       headers: CIMultiDict[str], body: str, request_id: str) -> ChainResult:
     result = ChainResult(headers=headers, body=body)
     for plugin in plugins:
-        value = request_value(HookRequest(method, path, query, visible_headers(result.headers.items()),
-                                          result.body, request_id))
+        value = HookRequest(method, path, query, visible_headers(result.headers.items()), result.body, request_id)
         outcome = _call(plugin, REQUEST_HOOK, value)
         if isinstance(outcome, PluginFailure):
             if _failed(result, plugin, REQUEST_HOOK, outcome, request_id):
@@ -120,8 +117,7 @@ def run_response_chain(plugins: Sequence[Plugin], status: int, headers: CIMultiD
             if _failed(result, plugin, RESPONSE_HOOK, unreadable, request_id):
                 return result
             continue
-        value = response_value(HookResponse(result.status, visible_headers(result.headers.items()), result.body,
-                                            request_id))
+        value = HookResponse(result.status, visible_headers(result.headers.items()), result.body, request_id)
         outcome = _call(plugin, RESPONSE_HOOK, value)
         if isinstance(outcome, PluginFailure):
             if _failed(result, plugin, RESPONSE_HOOK, outcome, request_id):

@@ -28,7 +28,8 @@ import wasmtime
 from wasmtime import component
 
 from shepherd.config import WasmConfig
-from shepherd.plugins.abi import REQUEST_HOOK, RESPONSE_HOOK, export_names
+from shepherd.plugins.abi import REQUEST_HOOK, RESPONSE_HOOK, HookRequest, HookResponse, export_names
+from shepherd.plugins.marshal import call_request, call_response
 from shepherd.plugins.shape import check_hook_type
 
 TICK_SECS = 0.01
@@ -118,7 +119,7 @@ class CompiledPlugin:
             hooks[hook] = func
         return _Instance(store, hooks)
 
-    def call(self, hook: str, value: Any) -> Any:
+    def call(self, hook: str, value: HookRequest | HookResponse) -> Any:
         """Run one hook on a pooled instance (blocking: call it on the runtime's pool)."""
         try:
             instance = self._idle.pop()
@@ -126,7 +127,10 @@ class CompiledPlugin:
             instance = self._instantiate()
         instance.store.set_epoch_deadline(self._runtime.deadline_ticks)
         try:
-            result = instance.hooks[hook](instance.store, value)
+            if isinstance(value, HookRequest):
+                result = call_request(instance.hooks[REQUEST_HOOK], instance.store, value)
+            else:
+                result = call_response(instance.hooks[RESPONSE_HOOK], instance.store, value)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise classify(exc) from None  # the instance is dropped with the exception
         self._idle.append(instance)

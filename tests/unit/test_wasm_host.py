@@ -247,3 +247,37 @@ def test_plugin_paths_are_checked_before_reading(tmp_path: Path) -> None:
     with pytest.raises(PluginError) as caught:
         read_plugin_file(str(good), 2)
     assert caught.value.status == 413
+
+
+# -- the direct C-value path matches wasmtime's generic conversion ---------------------------------
+
+def _public_record(**fields: Any) -> Record:
+    record = Record()
+    for name, value in fields.items():
+        setattr(record, name.replace("_", "-"), value)
+    return record
+
+
+@pytest.mark.parametrize("guest", ["noop", "header_adder", "header_rewriter", "rejecter", "redactor"])
+def test_direct_marshalling_matches_the_public_api(runtime: WasmRuntime, guest: str) -> None:
+    from shepherd.plugins.abi import HookRequest, HookResponse
+    from shepherd.plugins.marshal import call_request, call_response
+
+    compiled = runtime.compile(getattr(guests, guest)())
+    instance = compiled._idle[0]
+    headers = (("content-type", "application/json"), ("x-tenant", "t\u00e9"), ("x-debug", "1"))
+    request = HookRequest("POST", "/v1/chat/completions", "a=1", headers, '{"q": "secret \u2603"}', "rid-1")
+    response = HookResponse(201, headers, '{"secret": true}', "rid-1")
+    public_headers = [_public_record(name=n, value=v) for n, v in headers]
+    for hook, direct, public in (
+        (REQUEST_HOOK, lambda: call_request(instance.hooks[REQUEST_HOOK], instance.store, request),
+         _public_record(method="POST", path="/v1/chat/completions", query="a=1", headers=public_headers,
+                        body=request.body, request_id="rid-1")),
+        (RESPONSE_HOOK, lambda: call_response(instance.hooks[RESPONSE_HOOK], instance.store, response),
+         _public_record(status=201, headers=public_headers, body=response.body, request_id="rid-1")),
+    ):
+        instance.store.set_epoch_deadline(runtime.deadline_ticks)
+        fast = parse_action(direct(), hook)
+        instance.store.set_epoch_deadline(runtime.deadline_ticks)
+        slow = parse_action(instance.hooks[hook](instance.store, public), hook)
+        assert fast == slow
