@@ -1,12 +1,14 @@
 """What a WASM plugin adds to a request: latency through one gateway with no plugin, a no-op plugin
 and a header-rewriting plugin, as ratios to no plugin, same run.
 
-    python bench/wasm_plugins.py [--requests 400] [--rounds 3] [--concurrency 1,16]
+    python bench/wasm_plugins.py [--requests 100] [--rounds 10] [--concurrency 1,16]
 
 The backend is the simulator's canned engine (instant answers). The no-op plugin is attached to
 both hooks (continue on each); the header rewriter replaces one request header and removes another
-on every request. Guests are built from WAT by tests/wasm_guests.py. Variants interleave, `--rounds`
-times, on one gateway (plugins are attached and detached between runs), and medians are reported.
+on every request. Guests are built from WAT by tests/wasm_guests.py. Each variant has its own
+gateway process (same flags, plugins attached over the admin API); short runs of `--requests`
+interleave across the variants `--rounds` times, so drift on a shared machine hits all of them
+alike, and the medians over rounds are reported.
 At concurrency 1 the numbers are per-request latency; at higher concurrency, throughput shows what
 the plugin costs the gateway's CPU.
 """
@@ -72,8 +74,8 @@ def _attach(gateway: Gateway, name: str, wasm: bytes, attach: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=400, help="requests per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=100, help="requests per run")
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--concurrency", default="1,16", help="comma-separated concurrency levels")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -84,22 +86,24 @@ def main() -> None:
         "header-rewriting plugin": (guests.header_rewriter(), ["on-request"]),
     }
     sim = Sim(1, "--engine", "canned", "--record-requests", "1")
-    gateway = Gateway(sim.urls, "--log-level", "warn", "--enable-wasm")
-    url = gateway.url + "/v1/chat/completions"
+    gateways: dict[str, Gateway] = {}
     runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     try:
+        for name, variant in variants.items():
+            gateways[name] = Gateway(sim.urls, "--log-level", "warn", "--enable-wasm")
+            if variant:
+                _attach(gateways[name], name.split()[0], *variant)
         for _ in range(args.rounds):
-            for name, variant in variants.items():
-                plugin_id = _attach(gateway, name.split()[0], *variant) if variant else None
-                for level in levels:
-                    runs.setdefault((name, level), []).append(asyncio.run(_load(url, args.requests, level)))
-                if plugin_id:
-                    httpx.delete(f"{gateway.url}/wasm/{plugin_id}", timeout=10).raise_for_status()
+            for level in levels:
+                for name, gateway in gateways.items():
+                    result = asyncio.run(_load(gateway.url + "/v1/chat/completions", args.requests, level))
+                    runs.setdefault((name, level), []).append(result)
     finally:
-        gateway.stop()
+        for gateway in gateways.values():
+            gateway.stop()
         sim.stop()
 
-    print(f"{args.requests} requests per run, median of {args.rounds} rounds; client: httpx (same machine)")
+    print(f"{args.requests} requests per run, {args.rounds} interleaved rounds, medians; client: httpx, same machine")
     for level in levels:
         base = [statistics.median(v[i] for v in runs[("no plugin (baseline)", level)]) for i in range(3)]
         print(f"\nconcurrency {level}")
