@@ -115,13 +115,15 @@ class Data:
 
 
 def modify_action(data: Data, *, add: list[tuple[str, str]] = (), set_: list[tuple[str, str]] = (),  # type: ignore[assignment]
-                  remove: list[str] = (), status: int | None = None) -> int:  # type: ignore[assignment]
-    """A static modify action (no body change); returns its offset."""
+                  remove: list[str] = (), status: int | None = None,  # type: ignore[assignment]
+                  body: str | None = None) -> int:
+    """A static modify action; returns its offset."""
     removed = b"".join(struct.pack("<II", *data.string(name)) for name in remove)
     remove_at = data.put(removed) if removed else 0
     action = struct.pack("<BxxxBxH", 1, 0 if status is None else 1, status or 0)
     action += struct.pack("<II", *data.headers(list(set_))) + struct.pack("<II", *data.headers(list(add)))
-    action += struct.pack("<II", remove_at, len(remove)) + struct.pack("<BxxxII", 0, 0, 0)
+    new_body = struct.pack("<BxxxII", 1, *data.string(body)) if body is not None else struct.pack("<BxxxII", 0, 0, 0)
+    action += struct.pack("<II", remove_at, len(remove)) + new_body
     return data.put(action)
 
 
@@ -269,6 +271,13 @@ def memory_hog() -> bytes:
 def big_initial_memory(pages: int) -> bytes:
     """Asks for more memory up front than a store allows: refused when it is added."""
     return component(CONTINUE, CONTINUE, memory_pages=pages)
+
+
+def response_replacer(body: str, status: int) -> bytes:
+    """Answers every buffered response with its own status and body (of another length)."""
+    data = Data()
+    action = modify_action(data, status=status, body=body, set_=[("content-type", "application/json")])
+    return component(CONTINUE, f"(i32.const {action})", data)
 
 
 def credential_setter() -> bytes:

@@ -120,8 +120,10 @@ async def _on_response(plugins: PluginRegistry, request: web.Request, response: 
         return _rejection_response(request.path, *result.rejection)
     if not result.changed:
         return response
-    replaced = web.Response(status=result.status, body=result.body.encode(), headers=result.headers)
-    return replaced
+    headers = result.headers
+    for name in ("Content-Length", "Transfer-Encoding"):  # the new body gets its own framing
+        headers.popall(name, None)
+    return web.Response(status=result.status, body=result.body.encode(), headers=headers)
 
 
 def _rejection_response(path: str, plugin: Plugin, rejection: Rejection) -> web.Response:
@@ -143,6 +145,7 @@ def _rebuilt(request: web.Request, headers: CIMultiDict[str], body: bytes) -> we
     aiohttp's clone() refuses a request whose body was read, and a clone's read() would find the
     payload stream drained; so the read marker is lifted for the clone and the new body installed
     as the clone's already-read body (the one place the gateway touches aiohttp internals)."""
+    headers.popall("Transfer-Encoding", None)
     headers["Content-Length"] = str(len(body))
     saved = request._read_bytes
     request._read_bytes = None

@@ -116,6 +116,22 @@ def test_response_hook_rewrites_a_buffered_answer(gw: Gateway, guest_dir: Path) 
     assert int(raw.headers["content-length"]) == len(raw.http_response.content)
 
 
+def test_response_hook_replaces_status_and_body(gw: Gateway, tmp_path: Path) -> None:
+    replacement = '{"notice": "replaced by the response plugin"}'
+    path = tmp_path / "replacer.wasm"
+    path.write_bytes(guests.response_replacer(replacement, 203))
+    attach(gw, path, ("on-response",))
+    response = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=10,
+                          json={"model": "mock-model", "messages": MESSAGES, "max_tokens": 2})
+    assert response.status_code == 203
+    assert response.json() == {"notice": "replaced by the response plugin"}
+    assert int(response.headers["content-length"]) == len(replacement)
+    assert response.headers["x-request-id"]
+    # Paths no route matches are not hooked: they keep their 404.
+    missing = httpx.post(gw.url + "/v1/nothing-here", headers=AUTH, json={}, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
+
+
 def test_streamed_answers_pass_response_hooks_untouched(gw: Gateway, guest_dir: Path) -> None:
     plugin = attach(gw, guest_dir / "header_adder.wasm", ("on-response",))
     stream = client(gw).chat.completions.create(model="mock-model", messages=MESSAGES, max_tokens=4, stream=True)
