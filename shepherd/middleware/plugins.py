@@ -22,10 +22,10 @@ from shepherd.api.body import read_body
 from shepherd.api.errors import GatewayError, error_response, flavor_for_path
 from shepherd.context import AppContext
 from shepherd.middleware.auth import CONTROL_PLANE_PREFIXES, PUBLIC_PATHS
-from shepherd.plugins.abi import Rejection
-from shepherd.plugins.chain import ChainResult, run_request_chain, run_response_chain
+from shepherd.plugins.abi import REQUEST_HOOK, RESPONSE_HOOK, Rejection
+from shepherd.plugins.chain import ChainResult, run_request_chain, run_response_chain, skip_chain
 from shepherd.plugins.registry import Plugin, PluginRegistry
-from shepherd.plugins.runtime import PluginFailure
+from shepherd.plugins.runtime import PluginFailure, RuntimeBusy
 from shepherd.request_keys import REQUEST_ID
 
 _STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
@@ -49,8 +49,13 @@ def plugin_middleware(context: AppContext) -> Any:
         if not (request_chain or response_chain) or not hooks_route(request):
             return await handler(request)
         routed = request
+        result: ChainResult | None = None
         if request_chain:
-            result = await _on_request(plugins, request, request_chain, max_body)
+            try:
+                result = await _on_request(plugins, request, request_chain, max_body)
+            except RuntimeBusy:
+                _busy(request_chain, REQUEST_HOOK)
+        if result is not None:
             if result.failure is not None:
                 plugin, failure = result.failure
                 raise GatewayError(503, "plugin_failed",
@@ -66,7 +71,10 @@ def plugin_middleware(context: AppContext) -> Any:
                 for key, value in routed.items():  # what the router noted (model, worker) is logged outside
                     request[key] = value
         if response_chain and _hookable(response):
-            return await _on_response(plugins, request, response, response_chain, max_body)
+            try:
+                return await _on_response(plugins, request, response, response_chain, max_body)
+            except RuntimeBusy:
+                _busy(response_chain, RESPONSE_HOOK)
         return response
 
     return middleware
@@ -86,6 +94,13 @@ async def _on_request(plugins: PluginRegistry, request: web.Request, chain: tupl
     method, path, query, request_id = request.method, request.path, request.query_string, request[REQUEST_ID]
     return await plugins.runtime.run(
         lambda: run_request_chain(chain, method, path, query, headers, body, request_id))
+
+
+def _busy(chain: tuple[Plugin, ...], hook: str) -> None:
+    blocker = skip_chain(chain, hook)
+    if blocker is not None:
+        raise GatewayError(503, "plugin_busy", f"Plugin {blocker.spec.name!r} could not run: every plugin thread is "
+                           "busy", headers={"Retry-After": "1"})
 
 
 def _hookable(response: web.StreamResponse) -> bool:

@@ -88,6 +88,14 @@ def _failed(result: ChainResult, plugin: Plugin, hook: str, failure: PluginFailu
     return False
 
 
+def skip_chain(plugins: Sequence[Plugin], hook: str) -> Plugin | None:
+    """The chain could not run (the pool is saturated): count it as a `busy` failure of each plugin
+    and return the first fail-closed one, which makes the request fail."""
+    for plugin in plugins:
+        plugin.stats.record(hook, "busy", 0.0)
+    return next((p for p in plugins if p.spec.failure_mode == "fail-closed"), None)
+
+
 def run_request_chain(plugins: Sequence[Plugin], method: str, path: str, query: str,
                       headers: CIMultiDict[str], body: str, request_id: str) -> ChainResult:
     result = ChainResult(headers=headers, body=body)

@@ -42,6 +42,10 @@ class PluginLoadError(ValueError):
     """The bytes are not a component this host can run (the message says why)."""
 
 
+class RuntimeBusy(Exception):
+    """Too many hook chains are waiting for a pool thread; the caller skips or refuses."""
+
+
 class PluginFailure(Exception):
     """One call of a plugin failed. `kind` is a metric label: timeout, trap, stack_overflow,
     memory_limit, invalid_action, body_too_large, body_not_utf8."""
@@ -150,6 +154,10 @@ class WasmRuntime:
         # +1: the tick in progress when the call starts may end at once.
         self.deadline_ticks = math.ceil(config.max_execution_time_ms / 1000 / TICK_SECS) + 1
         self._calls = ThreadPoolExecutor(config.thread_pool_size, thread_name_prefix="wasm-call")
+        # Chains queued or running; past this, requests do not wait for a thread (bounded memory
+        # and wait when every pool thread is held by slow guests).
+        self.max_pending = config.thread_pool_size * 64
+        self.pending = 0
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="wasm-compile")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
@@ -181,11 +189,20 @@ class WasmRuntime:
         return await asyncio.get_running_loop().run_in_executor(self._compiler, self.compile, wasm)
 
     async def run(self, work: Callable[[], T]) -> T:
-        """Run plugin calls on the call pool."""
-        return await asyncio.get_running_loop().run_in_executor(self._calls, work)
+        """Run plugin calls on the call pool; RuntimeBusy when max_pending chains already wait."""
+        if self.pending >= self.max_pending:
+            raise RuntimeBusy()
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._calls, work)
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         self._stop.set()
+        self._ticker.join()
+        for _ in range(self.deadline_ticks + 1):  # interrupt every guest still running, so its thread ends
+            self.engine.increment_epoch()
         self._calls.shutdown(wait=False, cancel_futures=True)
         self._compiler.shutdown(wait=False, cancel_futures=True)
 

@@ -281,3 +281,40 @@ def test_direct_marshalling_matches_the_public_api(runtime: WasmRuntime, guest: 
         instance.store.set_epoch_deadline(runtime.deadline_ticks)
         slow = parse_action(instance.hooks[hook](instance.store, public), hook)
         assert fast == slow
+
+
+async def test_a_saturated_pool_refuses_new_chains_instead_of_queueing_them() -> None:
+    import asyncio
+
+    from shepherd.plugins.chain import skip_chain
+    from shepherd.plugins.runtime import RuntimeBusy
+
+    runtime = WasmRuntime(WasmConfig(enabled=True, max_execution_time_ms=200, thread_pool_size=1))
+    try:
+        runtime.max_pending = 1
+        spinner = _plugin(runtime, guests.spinner(), "spinner")
+        closed = _plugin(runtime, guests.noop(), "closed", mode="fail-closed")
+        first = asyncio.ensure_future(runtime.run(lambda: _request_chain([spinner])))
+        await asyncio.sleep(0)  # the first chain now holds the only slot
+        with pytest.raises(RuntimeBusy):
+            await runtime.run(lambda: _request_chain([closed]))
+        assert (await first).failure is None  # fail-open spinner: timed out, request went on
+        assert skip_chain([spinner, closed], REQUEST_HOOK) is closed
+        assert closed.stats.info()["outcomes"] == {"busy": 1}
+        assert runtime.pending == 0
+    finally:
+        runtime.close()
+
+
+def test_closing_the_runtime_interrupts_running_guests() -> None:
+    runtime = WasmRuntime(WasmConfig(enabled=True, max_execution_time_ms=300_000, thread_pool_size=1))
+    spinner = _plugin(runtime, guests.spinner(), "spinner")
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(_request_chain([spinner])))
+    thread.start()
+    from tests.support import wait_until
+
+    wait_until(lambda: spinner.compiled.idle_instances == 0, 10, message="the guest to start spinning")
+    runtime.close()
+    thread.join(30)
+    assert not thread.is_alive() and spinner.stats.info()["outcomes"] == {"timeout": 1}
