@@ -27,6 +27,7 @@ PROTECTED_HEADERS = HIDDEN_HEADERS | frozenset({"content-length", "transfer-enco
                                                 "keep-alive", "upgrade", "te", "trailer"})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")
 _MAX_HEADERS = 256  # per list in one action
+MAX_HEADER_VALUE = 8192  # bytes; what HTTP servers commonly accept per field
 
 
 def export_names() -> list[str]:
@@ -94,17 +95,28 @@ def visible_headers(pairs: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def parse_action(value: Any, hook: str) -> Action:
-    """Validate what the guest returned from `hook` and turn it into an Action."""
+def parse_action(value: Any, hook: str, max_body: int = 1 << 62) -> Action:
+    """Validate what the guest returned from `hook` and turn it into an Action. A body it
+    returns is held to `max_body` bytes, like the bodies it is shown."""
     if not isinstance(value, Variant):
         raise InvalidAction(f"expected an action variant, got {type(value).__name__}")
     if value.tag == "continue":
         return CONTINUE
     if value.tag == "modify":
-        return Action(modify=_modification(value.payload, hook), kind="modify")
+        change = _modification(value.payload, hook)
+        _check_body(change.body, max_body)
+        return Action(modify=change, kind="modify")
     if value.tag == "reject":
-        return Action(reject=_rejection(value.payload), kind="reject")
+        rejection = _rejection(value.payload)
+        _check_body(rejection.body, max_body)
+        return Action(reject=rejection, kind="reject")
     raise InvalidAction(f"unknown action {value.tag!r}")
+
+
+def _check_body(body: str | None, max_body: int) -> None:
+    # len() of the text is a lower bound on its UTF-8 size: encode only when it might be too big.
+    if body is not None and len(body) * 4 > max_body and len(body.encode()) > max_body:
+        raise InvalidAction(f"the body it returned exceeds the {max_body}-byte limit")
 
 
 def _modification(payload: Any, hook: str) -> Modification:
@@ -143,6 +155,8 @@ def _headers(records: list[Any], what: str) -> tuple[tuple[str, str], ...]:
         value = record.value
         if "\r" in value or "\n" in value or "\0" in value:
             raise InvalidAction(f"the value of header {name!r} contains CR, LF or NUL")
+        if len(value) > MAX_HEADER_VALUE:
+            raise InvalidAction(f"the value of header {name!r} is longer than {MAX_HEADER_VALUE} characters")
         out.append((name, value))
     return tuple(out)
 

@@ -67,7 +67,7 @@ def _apply(result: ChainResult, change: Modification) -> None:
 def _call(plugin: Plugin, hook: str, value: HookRequest | HookResponse) -> Action | PluginFailure:
     started = time.perf_counter()
     try:
-        action = parse_action(plugin.compiled.call(hook, value), hook)
+        action = parse_action(plugin.compiled.call(hook, value), hook, plugin.compiled.max_body_size)
     except PluginFailure as failure:
         plugin.stats.record(hook, failure.kind, time.perf_counter() - started)
         return failure

@@ -85,6 +85,7 @@ class CompiledPlugin:
         self._component = compiled
         self.export = export
         self.abi_version = export.rsplit("@", 1)[1]
+        self.max_body_size = runtime.config.max_body_size
         hooks_index = compiled.get_export_index(export)
         assert hooks_index is not None
         self._indexes = {}

@@ -89,11 +89,24 @@ def _reject(status: int) -> Variant:
     (_modify(remove=["authorization"]), REQUEST_HOOK, "authorization"),
     (_modify(set_=[_header("x-many", "v")] * 300), REQUEST_HOOK, "at most 256"),
     (_reject(200), REQUEST_HOOK, "4xx or 5xx"),
+    (_modify(set_=[_header("x-long", "v" * 8193)]), REQUEST_HOOK, "longer than 8192"),
     (Variant("explode", None), REQUEST_HOOK, "unknown action"),
 ])
 def test_actions_that_break_the_abi_are_refused(action: Variant, hook: str, message: str) -> None:
     with pytest.raises(InvalidAction, match=message):
         parse_action(action, hook)
+
+
+def test_a_returned_body_is_held_to_the_body_limit() -> None:
+    change = _modify()
+    change.payload.body = "\u00e9" * 6  # 12 bytes of UTF-8
+    assert parse_action(change, REQUEST_HOOK, max_body=12).modify is not None
+    with pytest.raises(InvalidAction, match="11-byte limit"):
+        parse_action(change, REQUEST_HOOK, max_body=11)
+    rejection = _reject(403)
+    rejection.payload.body = "x" * 20
+    with pytest.raises(InvalidAction, match="exceeds"):
+        parse_action(rejection, REQUEST_HOOK, max_body=10)
 
 
 def test_a_response_status_change_is_allowed() -> None:
