@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -43,9 +44,11 @@ def _plugin_or_404(registry: PluginRegistry, request: web.Request) -> Plugin:
 async def add_plugin(request: web.Request) -> web.Response:
     registry = _registry(request)
     limit = registry.config.max_module_size * 4 // 3 + 64 * 1024  # base64 plus the other fields
+    raw = await read_body(request, limit)
     try:
-        spec = PluginSpec.from_json(parse_json_object(await read_body(request, limit)),
-                                    registry.config.max_module_size)
+        # An upload is tens of MB of base64: parse and decode it off the event loop.
+        spec = await asyncio.to_thread(
+            lambda: PluginSpec.from_json(parse_json_object(raw), registry.config.max_module_size))
         plugin = await registry.add(spec)
     except PluginError as exc:
         raise GatewayError(exc.status, exc.code, exc.message) from None
