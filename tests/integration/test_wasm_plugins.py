@@ -41,8 +41,9 @@ def sim() -> Iterator[Sim]:
 
 @pytest.fixture(scope="module")
 def gw(sim: Sim) -> Iterator[Gateway]:
+    # A 3 s time limit leaves the spinning-guest test a wide margin to see the gateway serve meanwhile.
     g = Gateway(sim.urls, "--api-key", KEY, "--enable-wasm", "--wasm-max-memory-pages", "256",
-                "--wasm-thread-pool-size", "2", admin_key=KEY)
+                "--wasm-thread-pool-size", "2", "--wasm-max-execution-time-ms", "3000", admin_key=KEY)
     yield g
     g.stop()
 
@@ -153,7 +154,7 @@ def test_infinite_loop_is_stopped_by_its_time_limit(gw: Gateway, guest_dir: Path
     wait_until(lambda: httpx.get(f"{gw.url}/wasm/{plugin['id']}", headers=AUTH, timeout=5).json()["idle_instances"]
                == 0, 10, message="the spinning call to start")
     assert thread.is_alive()
-    # While the guest spins (1 s limit), the gateway goes on serving on its event loop.
+    # While the guest spins (3 s limit), the gateway goes on serving on its event loop.
     assert httpx.get(gw.url + "/v1/models", headers=AUTH, timeout=5).status_code == 200
     finished.append("models")
     thread.join(30)
@@ -224,7 +225,7 @@ def test_management_api(gw: Gateway, guest_dir: Path) -> None:
     assert post({**spec, "name": "noop-again"}).status_code == 409  # same bytes twice
     listing = httpx.get(gw.url + "/wasm", headers=AUTH, timeout=5).json()
     assert [p["name"] for p in listing["plugins"]] == ["header_adder", "noop-upload"]  # run order
-    assert listing["limits"]["max_memory_pages"] == 256 and listing["limits"]["max_execution_time_ms"] == 1000
+    assert listing["limits"]["max_memory_pages"] == 256 and listing["limits"]["max_execution_time_ms"] == 3000
     assert listing["abi_versions"] == ["0.1.0"]
 
     removed = httpx.delete(f"{gw.url}/wasm/{second['id']}", headers=AUTH, timeout=5)
