@@ -210,11 +210,12 @@ def header_rewriter() -> bytes:
     return component(f"(i32.const {on_request})", CONTINUE, data)
 
 
-def rejecter(status: int = 403, message: str = "blocked by the policy plugin") -> bytes:
-    """Rejects every request with an OpenAI-style error body."""
+def rejecter(status: int = 403, message: str | None = "blocked by the policy plugin") -> bytes:
+    """Rejects every request with an OpenAI-style error body (message None: an empty body, which the
+    gateway fills in)."""
     data = Data()
-    body = ('{"error":{"message":"' + message + '","type":"permission_error","param":null,'
-            '"code":"policy_blocked"}}')
+    body = "" if message is None else ('{"error":{"message":"' + message + '","type":"permission_error",'
+                                       '"param":null,"code":"policy_blocked"}}')
     action = reject_action(data, status, body, [("x-rejected-by", "policy-plugin")])
     return component(f"(i32.const {action})", CONTINUE, data)
 

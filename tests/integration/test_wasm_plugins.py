@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -97,6 +98,19 @@ def test_rejecting_plugin_answers_without_reaching_the_worker(gw: Gateway, sim: 
     assert caught.value.response.headers["x-rejected-by"] == "policy-plugin"
     assert caught.value.body["message"] == "blocked by the policy plugin"  # type: ignore[index]
     assert len(sim.requests()) == before
+
+
+def test_an_empty_rejection_gets_the_error_shape_of_the_clients_api(gw: Gateway, tmp_path: Path) -> None:
+    path = tmp_path / "quota.wasm"
+    path.write_bytes(guests.rejecter(429, message=None))
+    attach(gw, path)
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        anthropic.Anthropic(base_url=gw.url, api_key=KEY, max_retries=0).messages.create(
+            model="mock-model", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["error"]["message"] == "The request was rejected by plugin 'quota'"  # type: ignore[index]
+    with pytest.raises(openai.RateLimitError) as rejected:
+        client(gw).chat.completions.create(model="mock-model", messages=MESSAGES, max_tokens=2)
+    assert rejected.value.body["code"] == "plugin_rejected"  # type: ignore[index]
 
 
 def test_body_rewriting_plugin_redacts_what_the_worker_sees(gw: Gateway, sim: Sim, guest_dir: Path) -> None:
