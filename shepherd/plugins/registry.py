@@ -293,6 +293,10 @@ class PluginRegistry:
                 except PluginError as exc:
                     errors.append({"index": index, "code": exc.code, "message": exc.message})
                     continue
+                if spec.name in wanted:
+                    errors.append({"index": index, "code": "duplicate_name",
+                                   "message": f"the file names {spec.name!r} twice; the first entry is used"})
+                    continue
                 wanted[spec.name] = spec
             current = {p.spec.name: p for p in self._plugins.values() if p.source == "file"}
             for name, plugin in current.items():

@@ -275,9 +275,10 @@ def test_plugins_file_is_loaded_at_start_and_survives_reloads(sim: Sim, guest_di
         assert by_name["header_adder"]["stats"]["calls"] == 1
         assert by_name["noop"]["id"] != ids["noop"]  # its order changed
 
-        plugins_file.write_text(json.dumps([entry("noop", order=-1), {"name": "broken"}]))
+        plugins_file.write_text(json.dumps([entry("noop", order=-1), {"name": "broken"}, entry("noop")]))
         partial = httpx.post(g.url + "/wasm/reload", timeout=30)
         assert partial.status_code == 207
+        assert [e["code"] for e in partial.json()["errors"]] == ["invalid_plugin_spec", "duplicate_name"]
         assert sorted(p["name"] for p in httpx.get(g.url + "/wasm", timeout=5).json()["plugins"]) == ["noop"]
     finally:
         g.stop()
