@@ -74,6 +74,10 @@ def _call(plugin: Plugin, hook: str, value: HookRequest | HookResponse) -> Actio
     except InvalidAction as exc:
         plugin.stats.record(hook, "invalid_action", time.perf_counter() - started)
         return PluginFailure("invalid_action", str(exc))
+    except Exception as exc:  # a host-side surprise is still this plugin's failure, not the gateway's
+        log.exception("plugin %s (%s): unexpected error on %s", plugin.spec.name, plugin.id, hook)
+        plugin.stats.record(hook, "host_error", time.perf_counter() - started)
+        return PluginFailure("host_error", f"{exc.__class__.__name__} in the plugin host")
     plugin.stats.record(hook, action.kind, time.perf_counter() - started)
     return action
 

@@ -48,7 +48,7 @@ class RuntimeBusy(Exception):
 
 class PluginFailure(Exception):
     """One call of a plugin failed. `kind` is a metric label: timeout, trap, stack_overflow,
-    memory_limit, invalid_action, body_too_large, body_not_utf8."""
+    memory_limit, invalid_action, body_too_large, body_not_utf8, busy, host_error."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

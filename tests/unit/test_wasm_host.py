@@ -331,3 +331,18 @@ def test_closing_the_runtime_interrupts_running_guests() -> None:
     runtime.close()
     thread.join(30)
     assert not thread.is_alive() and spinner.stats.info()["outcomes"] == {"timeout": 1}
+
+
+def test_a_host_side_error_is_the_plugins_failure_not_the_gateways(runtime: WasmRuntime) -> None:
+    broken = _plugin(runtime, guests.noop(), "broken")
+
+    class _Exploding:
+        max_body_size = 1024
+
+        def call(self, hook: str, value: Any) -> Any:
+            raise RuntimeError("surprise")
+
+    broken.compiled = _Exploding()  # type: ignore[assignment]
+    result = _request_chain([broken])
+    assert result.failure is None and not result.changed  # fail-open
+    assert broken.stats.info()["outcomes"] == {"host_error": 1}
