@@ -19,15 +19,18 @@ from shepherd.api.keys import CONTEXT
 from shepherd.api.parse import add_parse_routes
 from shepherd.api.tokenize import add_tokenizer_routes
 from shepherd.api.utility import add_utility_routes
+from shepherd.api.wasm import add_wasm_routes
 from shepherd.assembly import checked
-from shepherd.config import GatewayConfig
+from shepherd.config import ConfigError, GatewayConfig
 from shepherd.context import AppContext
 from shepherd.exposure import bind_error, warn_if_open
 from shepherd.http_server import GatewayRunner
 from shepherd.middleware.cors import Cors
 from shepherd.middleware.gateway import gateway_middleware
+from shepherd.middleware.plugins import plugin_middleware
 from shepherd.middleware.routed_worker import install_routed_worker_header
 from shepherd.observability.metrics import Metrics
+from shepherd.plugins.registry import PluginError
 from shepherd.providers.startup import parse_external_provider
 from shepherd.workers.spec import WorkerSpec, normalize_url
 from shepherd.workers.worker import WorkerType
@@ -39,6 +42,8 @@ def build_app(context: AppContext) -> web.Application:
     config = context.config
     cors = Cors(config.cors_allowed_origins) if config.cors_allowed_origins else None
     middlewares = [gateway_middleware(context)]
+    if context.plugins is not None:
+        middlewares.append(plugin_middleware(context))  # inside: after auth, around the handler
     if cors is not None:
         middlewares.insert(0, cors.preflight)
     app = web.Application(middlewares=middlewares, client_max_size=config.max_payload_size)
@@ -50,6 +55,7 @@ def build_app(context: AppContext) -> web.Application:
     add_utility_routes(app)
     add_admin_routes(app)
     add_dashboard_routes(app)
+    add_wasm_routes(app)
     add_parse_routes(app)
     add_tokenizer_routes(app)
     return app
@@ -96,6 +102,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.context = AppContext.create(self.config)
+        await self._load_plugins_file()
         app = build_app(self.context)
         # handler_cancellation: a client that disconnects cancels its handler at once, which
         # closes the upstream request so the engine stops generating for nobody.
@@ -138,6 +145,21 @@ class Gateway:
                  + len(self.config.external_providers))
         log.info("shepherd listening on %s://%s:%d with %d startup workers", scheme, self.config.host, self.port,
                  count)
+
+    async def _load_plugins_file(self) -> None:
+        """Attach the plugins file's plugins before the port opens: no request is served without
+        the plugins the operator configured (compiling still happens off the event loop)."""
+        plugins = self.context.plugins if self.context is not None else None
+        if plugins is None or plugins.config.plugins_file is None:
+            return
+        try:
+            summary = await plugins.reload_file()
+        except PluginError as exc:
+            raise ConfigError(f"--wasm-plugins-file: {exc.message}") from None
+        if summary["errors"]:
+            problems = "; ".join(f"{e.get('name', e.get('index'))}: {e['message']}" for e in summary["errors"])
+            raise ConfigError(f"--wasm-plugins-file: {problems}")
+        log.info("attached %d plugins from %s", len(summary["added"]), plugins.config.plugins_file)
 
     async def drain(self) -> None:
         """Graceful shutdown: fail readiness, keep serving through the settle window, stop accepting,

@@ -37,6 +37,7 @@ from shepherd.config import (
     RecordingConfig,
     RetryConfig,
     ServerLimits,
+    WasmConfig,
     parse_selector,
 )
 from shepherd.config_sources import ENV_PREFIX, ConfigSourceError, add_config_argument, apply_sources
@@ -236,6 +237,7 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                            help="how long the listener stays open after SIGTERM (default: min(grace/2, 5))")
 
     _add_discovery_args(parser)
+    _add_wasm_args(parser)
 
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level)
@@ -306,6 +308,38 @@ def _discovery_config(args: argparse.Namespace) -> DiscoveryConfig:
         port=args.service_discovery_port, namespace=args.service_discovery_namespace,
         model_id_from=args.model_id_from, file=args.discovery_file,
         check_interval_secs=args.discovery_check_interval_secs,
+    )
+
+
+def _add_wasm_args(parser: argparse.ArgumentParser) -> None:
+    wc = WasmConfig()
+    wasm = parser.add_argument_group("WASM plugins (managed with POST/GET/DELETE /wasm)")
+    wasm.add_argument("--enable-wasm", action="store_true", help="run WebAssembly plugins on serving routes")
+    wasm.add_argument("--wasm-plugins-file", default=None, metavar="PATH",
+                      help="JSON list of plugins attached at start and re-read by POST /wasm/reload")
+    wasm.add_argument("--wasm-max-memory-pages", type=int, default=wc.max_memory_pages,
+                      help="64 KiB pages of memory per plugin instance, 1..65536 (default: %(default)s)")
+    wasm.add_argument("--wasm-max-execution-time-ms", type=int, default=wc.max_execution_time_ms,
+                      help="time limit of one hook call, 1..300000 (default: %(default)s)")
+    wasm.add_argument("--wasm-max-stack-size", type=_size, default=wc.max_stack_size,
+                      help="guest stack, 64K..16M (default: 1M)")
+    wasm.add_argument("--wasm-thread-pool-size", type=int, default=wc.thread_pool_size,
+                      help="threads that run plugin calls, 1..128 (default: min(cpus, 4))")
+    wasm.add_argument("--wasm-max-plugins", type=int, default=wc.max_plugins,
+                      help="plugins attached at once, 1..1000 (default: %(default)s)")
+    wasm.add_argument("--wasm-max-body-size", type=_size, default=wc.max_body_size,
+                      help="largest body shown to plugins; larger requests get 413 (default: 10M)")
+    wasm.add_argument("--wasm-max-module-size", type=_size, default=wc.max_module_size,
+                      help="largest component accepted (default: 64M)")
+
+
+def _wasm_config(args: argparse.Namespace) -> WasmConfig:
+    return WasmConfig(
+        enabled=args.enable_wasm, plugins_file=args.wasm_plugins_file,
+        max_memory_pages=args.wasm_max_memory_pages, max_execution_time_ms=args.wasm_max_execution_time_ms,
+        max_stack_size=args.wasm_max_stack_size, thread_pool_size=args.wasm_thread_pool_size,
+        max_plugins=args.wasm_max_plugins, max_body_size=args.wasm_max_body_size,
+        max_module_size=args.wasm_max_module_size,
     )
 
 
@@ -424,6 +458,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         ),
         shutdown_grace_period_secs=args.shutdown_grace_period_secs,
         shutdown_settle_secs=args.shutdown_settle_secs,
+        wasm=_wasm_config(args),
         auth=AuthConfig(
             api_keys=(args.api_key,) if args.api_key else (),
             control_plane_keys=tuple(ControlPlaneKey.parse(spec) for spec in args.control_plane_api_keys),
@@ -585,6 +620,9 @@ def _run_launch(args: argparse.Namespace) -> int:
     except BindError as exc:
         print(f"shepherd: {exc.strerror}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # found while starting (e.g. a bad --wasm-plugins-file)
+        print(f"shepherd: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

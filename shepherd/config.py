@@ -339,6 +339,39 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True)
+class WasmConfig:
+    """WebAssembly plugins (--enable-wasm): SMG's limits, defaults and allowed ranges."""
+
+    enabled: bool = False
+    max_memory_pages: int = 1024  # 64 KiB pages of linear memory per instance (64 MiB)
+    max_execution_time_ms: int = 1000  # per hook call (epoch deadline)
+    max_stack_size: int = 1024 * 1024  # guest stack bytes
+    thread_pool_size: int = field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)))
+    max_plugins: int = 10  # plugins attached at once (SMG's compiled-module cache size)
+    max_body_size: int = 10 * 1024 * 1024  # request/response bodies shown to plugins
+    max_module_size: int = 64 * 1024 * 1024  # bytes of one component (ours: SMG sets none)
+    plugins_file: str | None = None  # JSON list of plugins loaded at start and on POST /wasm/reload
+
+    _RANGES = (  # (field, flag, low, high)
+        ("max_memory_pages", "--wasm-max-memory-pages", 1, 65536),
+        ("max_execution_time_ms", "--wasm-max-execution-time-ms", 1, 300_000),
+        ("max_stack_size", "--wasm-max-stack-size", 64 * 1024, 16 * 1024 * 1024),
+        ("thread_pool_size", "--wasm-thread-pool-size", 1, 128),
+        ("max_plugins", "--wasm-max-plugins", 1, 1000),
+        ("max_body_size", "--wasm-max-body-size", 1, 100 * 1024 * 1024),
+        ("max_module_size", "--wasm-max-module-size", 1024, 1024 * 1024 * 1024),
+    )
+
+    def validate(self) -> None:
+        for name, flag, low, high in self._RANGES:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"{flag} must be between {low} and {high}, got {value}")
+        if self.plugins_file is not None and not self.enabled:
+            raise ConfigError("--wasm-plugins-file needs --enable-wasm")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
@@ -384,6 +417,7 @@ class GatewayConfig:
     routed_worker_header: str = "id"  # x-smg-routed-worker-id: id | url | none (see ROUTED_WORKER_HEADER_MODES)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    wasm: WasmConfig = field(default_factory=WasmConfig)
 
     # Shutdown: on SIGTERM, /readiness turns 503 at once; the listener stays open for the settle
     # window (so load balancers notice), then closes; in-flight requests get the rest of the grace.
@@ -482,6 +516,7 @@ class GatewayConfig:
             raise ConfigError("--max-buffered-request-bytes must be at least --max-payload-size")
         self.discovery.validate(self.pd_disaggregation)
         self.recording.validate()
+        self.wasm.validate()
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

@@ -16,6 +16,7 @@ from shepherd.middleware.body_budget import BodyBudget
 from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import LiveState, Metrics
 from shepherd.observability.tracing import Tracing
+from shepherd.plugins.registry import PluginRegistry
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.refresh import ModelRefresher
@@ -87,6 +88,7 @@ class AppContext:
     in_flight: int = 0  # requests being handled, for graceful shutdown
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
+    plugins: PluginRegistry | None = None  # WASM plugins, with --enable-wasm
 
     @classmethod
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
@@ -139,6 +141,7 @@ class AppContext:
                                         ParserOutputFactory(config.tool_call_parser, config.reasoning_parser),
                                         metrics, tracing),
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
+            plugins=PluginRegistry(config.wasm, metrics) if config.wasm.enabled else None,
         )
         context.discovery = Discovery.from_config(config, manager, registry)
         if config.recording.directory:
@@ -175,6 +178,8 @@ class AppContext:
         await self.manager.close()
         await self.grpc.close()
         await self.refresher.close()
+        if self.plugins is not None:
+            self.plugins.close()
         if self.tracing is not None:
             self.tracing.shutdown()
         await self.transports.close()

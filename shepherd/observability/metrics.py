@@ -111,6 +111,14 @@ class Metrics:
             "smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
         self.admission_rejected = _Cached(Counter(
             "smg_admission_queue_rejected_total", "Requests rejected by admission control", ["reason"], registry=r))
+        self.wasm_calls = _Cached(Counter(
+            "smg_wasm_plugin_executions_total",
+            "WASM plugin hook calls by outcome (continue, modify, reject, or a failure kind)",
+            ["plugin", "hook", "outcome"], registry=r))
+        self.wasm_duration = _Cached(Histogram(
+            "smg_wasm_plugin_duration_seconds", "Time in one WASM plugin hook call", ["plugin", "hook"],
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                     2.5, 5), registry=r))
 
     def attach(self, state: LiveState) -> None:
         """Expose the gateway's live state (workers, admission, cache trees) at scrape time."""
