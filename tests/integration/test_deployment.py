@@ -205,7 +205,8 @@ def test_launch_from_a_config_file_and_the_environment(tmp_path: Path) -> None:
     port, metrics = free_ports(2)
     config = tmp_path / "shepherd.yaml"
     config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": 1, "prometheus-host": "127.0.0.1",
-                                      "worker-urls": sim.urls, "policy": "cache_aware"}))
+                                      "worker-urls": sim.urls, "policy": "cache_aware",
+                                      "allow-unauthenticated-admin": True}))  # a switch from the file too
     gateway = Process(["launch", "--config", str(config), "--prometheus-port", str(metrics)],
                       f"http://127.0.0.1:{port}/liveness",
                       env={"SHEPHERD_PORT": str(port)})
