@@ -1,6 +1,6 @@
 """The four routing paths, each as a small fleet of real simulator processes behind a real gateway.
 
-Every path is driven through the same `Path` handle (fault a worker, count what it received, read
+Every path is driven through the same `RoutingPath` handle (fault a worker, count what it received, read
 what credentials it saw, add a spare worker and kill it), so one test body checks all four paths.
 The simulators live for the module; each test gets a fresh gateway (breaker state never leaks).
 """
@@ -49,7 +49,7 @@ class Fleet:
             process.stop()
 
 
-class Path:
+class RoutingPath:
     """One path's fleet behind a fresh gateway, with the same handles for every path."""
 
     def __init__(self, fleet: Fleet, gateway: Gateway) -> None:
@@ -201,12 +201,12 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 
 
 @contextlib.contextmanager
-def path_with(fleet: Fleet, *flags: str) -> Iterator[Path]:
+def path_with(fleet: Fleet, *flags: str) -> Iterator[RoutingPath]:
     """The fleet behind a fresh gateway started with the contract's flags (then `flags`, which win)."""
     gateway = Gateway([], *fleet.gateway_args, *GATEWAY_FLAGS, *flags, expect_workers=fleet.expect_workers,
                       admin_key=ADMIN_KEY, env=fleet.env)
     try:
-        yield Path(fleet, gateway)
+        yield RoutingPath(fleet, gateway)
     finally:
         gateway.stop()
         for process in fleet.processes:
@@ -214,6 +214,6 @@ def path_with(fleet: Fleet, *flags: str) -> Iterator[Path]:
 
 
 @pytest.fixture
-def path(fleet: Fleet) -> Iterator[Path]:
+def path(fleet: Fleet) -> Iterator[RoutingPath]:
     with path_with(fleet) as handle:
         yield handle

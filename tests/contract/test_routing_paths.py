@@ -8,24 +8,25 @@ per-attempt metrics behave the same wherever a request goes.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
 from shepherd.testing import wait_until
-from tests.contract.conftest import GATEWAY_KEY, WORKER_KEY, Fleet, Path, path_with
+from tests.contract.conftest import GATEWAY_KEY, WORKER_KEY, Fleet, RoutingPath, path_with
 
 LABELS = {"http": ("http", "regular"), "pd": ("http", "pd"), "grpc": ("grpc", "regular"),
           "external": ("external", "external")}
 
 
-def _router_labels(path: Path) -> dict[str, str]:
+def _router_labels(path: RoutingPath) -> dict[str, str]:
     router_type, backend_type = LABELS[path.name]
     return {"router_type": router_type, "backend_type": backend_type}
 
 
-def test_a_worker_down_before_the_first_byte_is_retried_elsewhere_with_backoff(path: Path) -> None:
+def test_a_worker_down_before_the_first_byte_is_retried_elsewhere_with_backoff(path: RoutingPath) -> None:
     with path.spare_worker() as (url, process):
         process.kill()  # registered and in rotation, but nothing listens any more
         with path.client() as client:
@@ -37,7 +38,7 @@ def test_a_worker_down_before_the_first_byte_is_retried_elsewhere_with_backoff(p
     assert path.breaker(url)["consecutive_failures"] >= 1  # the dead worker was charged
 
 
-def test_a_burst_of_5xx_opens_that_workers_breaker_and_traffic_shifts(path: Path) -> None:
+def test_a_burst_of_5xx_opens_that_workers_breaker_and_traffic_shifts(path: RoutingPath) -> None:
     bad = path.worker_url(0)
     path.fail_with_500(0)
     with path.client() as client:
@@ -52,7 +53,7 @@ def test_a_burst_of_5xx_opens_that_workers_breaker_and_traffic_shifts(path: Path
     assert path.metric("smg_worker_cb_transitions_total", worker=bad, to="open") == 1
 
 
-def test_a_request_every_worker_fails_with_500_is_not_charged_to_the_breakers(path: Path) -> None:
+def test_a_request_every_worker_fails_with_500_is_not_charged_to_the_breakers(path: RoutingPath) -> None:
     # A "poison" request: the engine fails on the request itself, wherever it goes. Two workers giving
     # the same 500 is proof enough; the client gets the engine's answer and no worker is taken out.
     path.fail_with_500(0)
@@ -72,7 +73,7 @@ def _stream_events(response: httpx.Response) -> list[bytes]:
     return [line for line in response.read().split(b"\n") if line.startswith((b"data:", b"event:"))]
 
 
-def test_a_stream_broken_midway_ends_with_the_apis_error_frame(path: Path) -> None:
+def test_a_stream_broken_midway_ends_with_the_apis_error_frame(path: RoutingPath) -> None:
     path.break_streams()
     body = path.chat(stream=True, max_tokens=16)
     with path.client() as client, client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -85,7 +86,7 @@ def test_a_stream_broken_midway_ends_with_the_apis_error_frame(path: Path) -> No
     assert path.metric("smg_worker_errors_total", error_type="mid_stream") >= 1
 
 
-def test_a_stream_broken_midway_ends_with_anthropics_error_event_on_messages(path: Path) -> None:
+def test_a_stream_broken_midway_ends_with_anthropics_error_event_on_messages(path: RoutingPath) -> None:
     if path.name == "grpc":
         pytest.skip("gRPC workers do not serve /v1/messages yet (the Responses/Messages issue adds it)")
     path.break_streams()
@@ -99,7 +100,7 @@ def test_a_stream_broken_midway_ends_with_anthropics_error_event_on_messages(pat
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
 
 
-def test_a_client_that_disconnects_aborts_the_upstream_request(path: Path) -> None:
+def test_a_client_that_disconnects_aborts_the_upstream_request(path: RoutingPath) -> None:
     path.hang()
     body = orjson.dumps(path.chat(stream=True))
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -112,7 +113,7 @@ def test_a_client_that_disconnects_aborts_the_upstream_request(path: Path) -> No
                message="the attempt counted as client_closed")
 
 
-def test_the_worker_key_is_sent_and_the_gateway_key_never(path: Path) -> None:
+def test_the_worker_key_is_sent_and_the_gateway_key_never(path: RoutingPath) -> None:
     with path.client() as client:
         assert client.post("/v1/chat/completions", json=path.chat()).status_code == 200
         with client.stream("POST", "/v1/chat/completions", json=path.chat(stream=True)) as response:
@@ -125,7 +126,7 @@ def test_the_worker_key_is_sent_and_the_gateway_key_never(path: Path) -> None:
     assert not any(GATEWAY_KEY in value for value in seen)
 
 
-def test_every_attempt_is_counted(path: Path) -> None:
+def test_every_attempt_is_counted(path: RoutingPath) -> None:
     path.fail_with_500(0)
     with path.client() as client:
         for _ in range(2):
@@ -163,3 +164,21 @@ def test_one_deadline_bounds_every_attempt_together(fleet: Fleet) -> None:
             answer = client.post("/v1/chat/completions", json=path.chat())
         assert answer.status_code == 504
         assert path.received(0) + path.received(1) == 1  # the deadline left no time for a second attempt
+
+
+def test_the_traffic_recorder_sees_the_worker_and_time_to_first_token(fleet: Fleet, tmp_path: Path) -> None:
+    with path_with(fleet, "--record-traffic", str(tmp_path)) as path, path.client() as client:
+        with client.stream("POST", "/v1/chat/completions", json=path.chat(stream=True)) as response:
+            assert response.status_code == 200
+            response.read()
+        assert client.post("/v1/chat/completions", json=path.chat()).status_code == 200
+
+        def records() -> list[dict[str, object]]:
+            return [orjson.loads(line) for file in tmp_path.glob("traffic-*.jsonl")
+                    for line in file.read_bytes().splitlines() if line]
+
+        recorded = wait_until(lambda: len(records()) == 2 and records(), 10, message="two records")
+    streamed, whole = sorted(recorded, key=lambda r: not r["stream"])
+    served_by = {path.worker_url(0), path.worker_url(1)}
+    assert streamed["worker"] in served_by and whole["worker"] in served_by
+    assert streamed["status"] == 200 and isinstance(streamed["ttft_ms"], float) and streamed["ttft_ms"] > 0

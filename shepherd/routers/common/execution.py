@@ -29,7 +29,7 @@ from shepherd.config import GatewayConfig, RetryConfig
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
-from shepherd.request_keys import MODEL, REQUEST_ID, SPAN, WORKER
+from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, WORKER
 from shepherd.routers.common.attempt import Attempt, give_verdict
 from shepherd.routers.common.retry import Backoff, RetryableFailure
 from shepherd.workers.worker import Worker
@@ -133,6 +133,11 @@ class Execution(Generic[C]):
         self.tried.add(worker)
         self.request[WORKER] = worker.url
         return Attempt(worker, self, busy_statuses)
+
+    def first_byte(self) -> None:
+        """The answer's first bytes are on their way to the client (time to first token, once)."""
+        if FIRST_CHUNK not in self.request:
+            self.request[FIRST_CHUNK] = time.perf_counter()
 
     def remaining(self) -> float:
         """Seconds left until the request's deadline (what the next send may take at most)."""

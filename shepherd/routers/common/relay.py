@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from shepherd.errors import GatewayError, flavor_for_path
-from shepherd.request_keys import FIRST_CHUNK, USAGE, WANT_USAGE
+from shepherd.request_keys import USAGE, WANT_USAGE
 from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.execution import Execution
 from shepherd.routers.common.retry import RetryableFailure
@@ -99,8 +99,7 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     chunks = upstream.iter_chunks() if transform is None else whole_events(upstream.iter_chunks(), transform)
     try:
         async for chunk in chunks:
-            if FIRST_CHUNK not in request:
-                request[FIRST_CHUNK] = time.perf_counter()
+            execution.first_byte()
             if metrics is not None:
                 now = time.perf_counter()
                 if previous:

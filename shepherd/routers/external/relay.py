@@ -49,6 +49,7 @@ async def translate_stream(execution: Execution[Any], attempt: Attempt, translat
         async for chunk in upstream.iter_chunks():
             out = b"".join(translator.feed(event) for event in decoder.feed(chunk))
             if out:
+                execution.first_byte()
                 await response.write(out)
             if translator.done:
                 break

@@ -92,6 +92,8 @@ class GrpcRouter:
 
         async def attempt(execution: Execution[Worker], worker: Worker, final: bool) -> web.StreamResponse:
             engine, first = await self.executor.open(execution, worker, engine_id, prepared, final)
+            if prepared.sampling.stream:
+                execution.first_byte()  # the engine's first tokens: the stream's first frame follows at once
             meta.fingerprint = engine.client.weight_version
             try:
                 return await self._respond(request, upstream_path, prepared, meta, engine, first, engine_id)
