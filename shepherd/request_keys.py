@@ -14,3 +14,4 @@ USAGE: web.RequestKey[Any] = web.RequestKey("shepherd_usage", object)  # (prompt
 BODY_BYTES: web.RequestKey[int] = web.RequestKey("shepherd_body_bytes", int)  # reserved from the body budget
 FIRST_CHUNK: web.RequestKey[float] = web.RequestKey("shepherd_first_chunk", float)  # perf_counter: first chunk relayed
 WANT_USAGE: web.RequestKey[bool] = web.RequestKey("shepherd_want_usage", bool)  # recorder/status page: read usage
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("shepherd_raw_body", bytes)  # read once (api/body.py), then reused

@@ -11,13 +11,17 @@ from aiohttp import web
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
 from shepherd.middleware.body_budget import BodyBudget
-from shepherd.request_keys import BODY_BYTES
+from shepherd.request_keys import BODY_BYTES, RAW_BODY
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, read within `--body-read-timeout-secs` (408) and the gateway-wide body budget
     (503); 413 before reading anything when Content-Length already says it is over `limit`. The
-    bytes stay reserved until the request is done (the gateway middleware gives them back)."""
+    bytes stay reserved until the request is done (the gateway middleware gives them back). A body
+    read before (by a plugin hook) is not read again: every reader gets the same bytes."""
+    cached = request.get(RAW_BODY)
+    if cached is not None:
+        return cached
     length = request.content_length
     if length is not None and length > limit:
         raise GatewayError(413, "request_body_too_large",
@@ -26,7 +30,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     timeout = context.config.limits.body_read_timeout_secs
     try:
         async with asyncio.timeout(timeout):
-            return await _read(request, limit, length, context.bodies)
+            body = await _read(request, limit, length, context.bodies)
+            request[RAW_BODY] = body
+            return body
     except TimeoutError:
         raise GatewayError(408, "request_body_timeout",
                            f"The request body did not arrive within {timeout:g}s",

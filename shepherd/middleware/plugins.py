@@ -26,7 +26,7 @@ from shepherd.plugins.abi import REQUEST_HOOK, RESPONSE_HOOK, Rejection
 from shepherd.plugins.chain import ChainResult, run_request_chain, run_response_chain, skip_chain
 from shepherd.plugins.registry import Plugin, PluginRegistry
 from shepherd.plugins.runtime import PluginFailure, RuntimeBusy
-from shepherd.request_keys import REQUEST_ID
+from shepherd.request_keys import RAW_BODY, REQUEST_ID
 
 _STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 
@@ -169,4 +169,5 @@ def _rebuilt(request: web.Request, headers: CIMultiDict[str], body: bytes) -> we
     finally:
         request._read_bytes = saved
     clone._read_bytes = body
+    clone[RAW_BODY] = body  # what read_body() hands the handler
     return clone

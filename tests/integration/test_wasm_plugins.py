@@ -43,8 +43,10 @@ def sim() -> Iterator[Sim]:
 @pytest.fixture(scope="module")
 def gw(sim: Sim) -> Iterator[Gateway]:
     # A 3 s time limit leaves the spinning-guest test a wide margin to see the gateway serve meanwhile.
-    g = Gateway(sim.urls, "--api-key", KEY, "--enable-wasm", "--wasm-max-memory-pages", "256",
-                "--wasm-thread-pool-size", "2", "--wasm-max-execution-time-ms", "3000", admin_key=KEY)
+    # One key serves and administers here (the admin role comes from --control-plane-api-keys).
+    g = Gateway(sim.urls, "--api-key", KEY, "--control-plane-api-keys", f"wasm:ops:admin:{KEY}", "--enable-wasm",
+                "--wasm-max-memory-pages", "256", "--wasm-thread-pool-size", "2",
+                "--wasm-max-execution-time-ms", "3000", admin_key=KEY)
     yield g
     g.stop()
 
