@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
+    HISTORY_BACKENDS,
     AdmissionConfig,
     AuthConfig,
     AuthConfigError,
@@ -25,6 +26,7 @@ from shepherd.config import (
     ControlPlaneKey,
     GatewayConfig,
     HealthConfig,
+    HistoryConfig,
     PolicyOptions,
     RetryConfig,
 )
@@ -36,6 +38,7 @@ from shepherd.sim.engine import EngineParams
 from shepherd.sim.faults import Faults
 from shepherd.sim.provider import PROVIDER_APIS
 from shepherd.sim.server import SimConfig
+from shepherd.storage.base import StorageError
 
 
 def _size(value: str) -> int:
@@ -225,6 +228,48 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level)
     logs.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    _add_history_args(parser)
+
+
+def _add_history_args(parser: argparse.ArgumentParser) -> None:
+    defaults = HistoryConfig()
+    history = parser.add_argument_group("chat history (stored responses, conversations)")
+    history.add_argument("--history-backend", choices=HISTORY_BACKENDS, default=defaults.backend,
+                         help="where history is kept (default: %(default)s, a file under --history-data-dir)")
+    history.add_argument("--history-data-dir", default=None,
+                         help="sqlite: folder of history.sqlite3 (default: $XDG_DATA_HOME/shepherd, "
+                              "else ~/.local/share/shepherd)")
+    history.add_argument("--history-memory-max-responses", type=int, default=defaults.memory_max_responses,
+                         help="memory: stored responses kept (default: %(default)s)")
+    history.add_argument("--history-memory-max-items", type=int, default=defaults.memory_max_items,
+                         help="memory: conversation items (and conversations) kept (default: %(default)s)")
+    history.add_argument("--history-memory-retention-secs", type=float, default=defaults.memory_retention_secs,
+                         help="memory: age at which records go; 0: count bounds only (default: %(default)s)")
+    history.add_argument("--postgres-db-url", default=None, help="postgres: postgresql://user:pass@host:port/db")
+    history.add_argument("--postgres-pool-max", type=int, default=defaults.postgres_pool_max,
+                         help="postgres: most pooled connections (default: %(default)s)")
+    history.add_argument("--postgres-op-timeout-secs", type=float, default=defaults.postgres_op_timeout_secs,
+                         help="postgres: bound on one operation; beyond it: 503 storage_unavailable "
+                              "(default: %(default)s)")
+    history.add_argument("--redis-url", default=None, help="redis: redis:// or rediss:// URL")
+    history.add_argument("--redis-pool-max", type=int, default=defaults.redis_pool_max,
+                         help="redis: most pooled connections (default: %(default)s)")
+    history.add_argument("--redis-retention-days", type=int, default=defaults.redis_retention_days,
+                         help="redis: TTL of every history key; -1: never expire (default: %(default)s)")
+    history.add_argument("--redis-op-timeout-secs", type=float, default=defaults.redis_op_timeout_secs,
+                         help="redis: bound on one operation; beyond it: 503 storage_unavailable "
+                              "(default: %(default)s)")
+
+
+def _history_config(args: argparse.Namespace) -> HistoryConfig:
+    return HistoryConfig(
+        backend=args.history_backend, data_dir=args.history_data_dir,
+        memory_max_responses=args.history_memory_max_responses, memory_max_items=args.history_memory_max_items,
+        memory_retention_secs=args.history_memory_retention_secs, postgres_db_url=args.postgres_db_url,
+        postgres_pool_max=args.postgres_pool_max, postgres_op_timeout_secs=args.postgres_op_timeout_secs,
+        redis_url=args.redis_url, redis_pool_max=args.redis_pool_max, redis_retention_days=args.redis_retention_days,
+        redis_op_timeout_secs=args.redis_op_timeout_secs,
+    )
 
 
 # (flag, type, help) for the numeric policy tunables; defaults come from PolicyOptions.
@@ -344,6 +389,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_l0_max_entries=args.tokenizer_cache_l0_max_entries,
         tokenizer_cache_enable_l1=args.tokenizer_cache_enable_l1,
         tokenizer_cache_l1_max_memory=args.tokenizer_cache_l1_max_memory,
+        history=_history_config(args),
     )
 
 
@@ -465,7 +511,11 @@ def _run_launch(args: argparse.Namespace) -> int:
         print(f"shepherd: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_json, config.log_dir)
-    _run(serve(config))
+    try:
+        _run(serve(config))
+    except StorageError as exc:  # a history store that cannot be opened or is newer than this gateway
+        print(f"shepherd: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,6 +22,8 @@ from shepherd.routers.grpc.wiring import GrpcComponents
 from shepherd.routers.http.pd import PdRouter
 from shepherd.routers.http.regular import HttpRouter
 from shepherd.routers.manager import RouterManager
+from shepherd.storage.base import HistoryStorage
+from shepherd.storage.factory import create_history
 from shepherd.transport.base import Transport
 from shepherd.transport.lean import LeanTransport
 from shepherd.transport.provider import ProviderTransport, TlsSettings
@@ -74,6 +76,7 @@ class AppContext:
     metrics: Metrics | None
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
+    history: HistoryStorage  # chat history (responses, conversations); Gateway.start opens it
     in_flight: int = 0  # requests being handled, for graceful shutdown
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
@@ -128,6 +131,7 @@ class AppContext:
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
                                         ParserOutputFactory(config.tool_call_parser, config.reasoning_parser),
                                         metrics, tracing),
+            history=create_history(config.history),
         )
         context.health.register_probe("grpc", context.grpc.health)
         context.load_monitor.register_source("grpc", context.grpc.load_rows)
@@ -153,6 +157,7 @@ class AppContext:
         await self.manager.close()
         await self.grpc.close()
         await self.refresher.close()
+        await self.history.close()
         if self.tracing is not None:
             self.tracing.shutdown()
         await self.transports.close()
