@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from shepherd.testing import Gateway, Sim
+from shepherd.testing.databases import PostgresServer, RedisServer
 
 _MARKS = {"unit": "unit", "integration": "integration", "contract": "integration"}
 
@@ -39,3 +40,19 @@ def _reset_shared_sims(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "sims" in request.fixturenames:
         request.getfixturevalue("sims").reset()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on loopback for the session (tests namespace their keys)."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster on loopback for the session (tests that need a clean one create a database)."""
+    server = PostgresServer()
+    yield server
+    server.stop()

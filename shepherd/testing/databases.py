@@ -40,10 +40,10 @@ def _accepts(port: int) -> bool:
 class RedisServer:
     """`redis-server` on a free loopback port, no persistence, in a temp dir."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         binary = _binary("redis-server", "redis-server")
         self.dir = tempfile.mkdtemp(prefix="shepherd-redis-")
-        self.port = free_ports(1)[0]
+        self.port = port or free_ports(1)[0]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._log = open(os.path.join(self.dir, "redis.log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
