@@ -73,15 +73,15 @@ class SqliteStorage:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        folder = os.path.dirname(self.path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
         try:
+            folder = os.path.dirname(self.path)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
             self._db = await aiosqlite.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
             await self._migrate()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StorageUnavailable(f"cannot open the history database {self.path}: {exc}") from exc
 

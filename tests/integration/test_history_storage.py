@@ -348,7 +348,7 @@ async def test_a_locked_sqlite_database_is_unavailable_then_recovers(tmp_path: P
 async def test_an_unwritable_sqlite_location_fails_at_start(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises((StorageUnavailable, OSError)):
+    with pytest.raises(StorageUnavailable, match="cannot open"):
         await SqliteStorage(str(blocker / "history.sqlite3")).start()
 
 
