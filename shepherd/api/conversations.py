@@ -184,7 +184,7 @@ async def _store_items(store: HistoryStorage, conversation_id: str, items: list[
     for index, item in enumerate(items):
         item_id = item.get("id")
         if item["type"] == "item_reference":
-            referenced = await store.get_item(item_id)
+            referenced = await store.get_item(str(item_id))
             if referenced is None:
                 raise GatewayError(404, "item_not_found", f"items[{index}]: no item with id '{item_id}'",
                                    param=f"items[{index}]")

@@ -85,7 +85,7 @@ class PostgresStorage:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), self._timeout)
-            except (TimeoutError, *_UNAVAILABLE):
+            except _UNAVAILABLE:  # TimeoutError is among them
                 pool.terminate()
 
     async def _ready(self) -> asyncpg.Pool:

@@ -15,11 +15,11 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from shepherd.storage import records
 from shepherd.storage.base import (
@@ -49,9 +49,12 @@ class RedisStorage:
     def __init__(self, url: str, pool_max: int = 16, retention_days: int = 30, op_timeout_secs: float = 5.0,
                  key_prefix: str = "") -> None:
         """`key_prefix`: namespaces every key (several gateways' or tests' histories in one Redis)."""
-        self._client = aioredis.Redis.from_url(
-            url, max_connections=pool_max, socket_timeout=op_timeout_secs, socket_connect_timeout=op_timeout_secs,
-            decode_responses=True, retry=Retry(NoBackoff(), 0))  # the op timeout is the whole bound
+        # A blocking pool: past `pool_max` busy connections a call waits (up to the op timeout) instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_max, timeout=op_timeout_secs, socket_timeout=op_timeout_secs,
+            socket_connect_timeout=op_timeout_secs, decode_responses=True,
+            retry=Retry(NoBackoff(), 0))  # no silent retries: the op timeout is the whole bound
+        self._client = aioredis.Redis(connection_pool=pool)
         self._ttl = retention_days * 86_400 if retention_days > 0 else None
         self._prefix = key_prefix
         self._checked = False
@@ -63,18 +66,19 @@ class RedisStorage:
             log.warning("Redis history store not reachable yet (history answers 503 until it is): %s", exc)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     async def _ready(self) -> None:
         """Check (first time: record) the layout version before the first use."""
         if self._checked:
             return
         key = self._prefix + "schema_version"
-        stored = await self._call(self._client.get(key))
-        if stored is not None and int(stored) > SCHEMA_VERSION:
+        raw = await self._call(self._client.get(key))
+        stored = int(raw) if raw is not None else None
+        if stored is not None and stored > SCHEMA_VERSION:
             raise StorageError(f"the Redis history layout is at version {stored}, newer than this gateway's "
                                f"{SCHEMA_VERSION}; upgrade the gateway")
-        if stored is None or int(stored) < SCHEMA_VERSION:
+        if stored is None or stored < SCHEMA_VERSION:
             await self._call(self._client.set(key, SCHEMA_VERSION))
             log.info("Redis history layout at version %d", SCHEMA_VERSION)
         self._checked = True
@@ -113,7 +117,8 @@ class RedisStorage:
 
     async def _hash(self, key: str) -> dict[str, str]:
         await self._ready()
-        return await self._call(self._client.hgetall(key))  # type: ignore[no-any-return,misc]
+        row: dict[str, str] = await self._call(self._client.hgetall(key))  # type: ignore[arg-type]
+        return row
 
     # -- conversations ------------------------------------------------------------------------------
 
@@ -202,14 +207,14 @@ class RedisStorage:
             rank_of = self._client.zrank if order == "asc" else self._client.zrevrank
             rank = await self._call(rank_of(key, after))
             if rank is not None:
-                start = int(rank) + 1
+                start = int(rank) + 1  # type: ignore[arg-type]
         # A linked id whose item hash has expired is skipped, so read past the page until it is full.
         found: list[ConversationItem] = []
         more = False
         window = limit + 1
         while True:
             range_of = self._client.zrange if order == "asc" else self._client.zrevrange
-            ids: list[str] = await self._call(range_of(key, start, start + window - 1))
+            ids: list[str] = await self._call(range_of(key, start, start + window - 1))  # type: ignore[arg-type]
             if not ids:
                 break
             pipe = self._client.pipeline(transaction=False)
@@ -241,8 +246,9 @@ class RedisStorage:
         row = await self._hash(self._response_key(response_id))
         if not row:
             return None
-        return records.response(*(row.get(name) for name in _RESPONSE_FIELDS[:4]), int(row["created_at"]),
-                                row.get("safety_identifier"), row.get("model"), row["raw_response"])
+        return records.response(row["id"], row.get("conversation_id"), row.get("previous_response_id"), row["input"],
+                                int(row["created_at"]), row.get("safety_identifier"), row.get("model"),
+                                row["raw_response"])
 
     async def delete_response(self, response_id: str) -> bool:
         await self._ready()
