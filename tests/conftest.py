@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = Path(str(item.path)).relative_to(root).parts[0]
         item.add_marker(_MARKS[folder])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Gateways built in tests (in-process or child processes) keep default SQLite history in a temp
+    dir, never in the user's ~/.local/share/shepherd."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ class PostgresStorage:
         self._timeout = op_timeout_secs
         self._migrations = tuple(migrations)
         self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self._opening: asyncio.Future[asyncpg.Pool] | None = None
 
     async def start(self) -> None:
         try:
@@ -81,6 +81,8 @@ class PostgresStorage:
             log.warning("PostgreSQL history store not reachable yet (history answers 503 until it is): %s", exc)
 
     async def close(self) -> None:
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -89,28 +91,32 @@ class PostgresStorage:
                 pool.terminate()
 
     async def _ready(self) -> asyncpg.Pool:
-        """The pool, opened and the schema migrated on first success."""
+        """The pool, opened and the schema migrated on first success. Callers that arrive while an
+        attempt runs share its outcome, so a database that hangs costs each of them one op timeout,
+        not one per caller ahead of it."""
         if self._pool is not None:
             return self._pool
-        async with self._opening:
-            if self._pool is None:
-                try:
-                    pool = await asyncio.wait_for(
-                        asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_max,
-                                            command_timeout=self._timeout, timeout=self._timeout), self._timeout)
-                except _UNAVAILABLE as exc:
-                    raise StorageUnavailable(f"PostgreSQL history store: {_describe(exc)}") from exc
-                try:
-                    async with asyncio.timeout(self._timeout * 4):  # DDL may wait on another gateway's lock
-                        await self._migrate(pool)
-                except BaseException as exc:
-                    pool.terminate()
-                    if isinstance(exc, _UNAVAILABLE):
-                        raise StorageUnavailable(f"PostgreSQL history store: {_describe(exc)}") from exc
-                    raise
-                self._pool = pool
-        assert self._pool is not None
-        return self._pool
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> asyncpg.Pool:
+        try:
+            pool = await asyncio.wait_for(
+                asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_max, command_timeout=self._timeout,
+                                    timeout=self._timeout), self._timeout)
+        except _UNAVAILABLE as exc:
+            raise StorageUnavailable(f"PostgreSQL history store: {_describe(exc)}") from exc
+        try:
+            async with asyncio.timeout(self._timeout * 4):  # DDL may wait on another gateway's migration lock
+                await self._migrate(pool)
+        except BaseException as exc:
+            pool.terminate()
+            if isinstance(exc, _UNAVAILABLE):
+                raise StorageUnavailable(f"PostgreSQL history store: {_describe(exc)}") from exc
+            raise
+        self._pool = pool
+        return pool
 
     async def _migrate(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn, conn.transaction():
@@ -156,7 +162,9 @@ class PostgresStorage:
                                   conversation_id: str | None = None) -> Conversation:
         conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None)
         async with self._conn() as conn:
-            await conn.execute("INSERT INTO conversations (id, created_at, metadata) VALUES ($1, $2, $3::jsonb)",
+            await conn.execute("INSERT INTO conversations (id, created_at, metadata) VALUES ($1, $2, $3::jsonb) "
+                               "ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at, "
+                               "metadata = EXCLUDED.metadata",
                                conversation.id, conversation.created_at, records.metadata_text(conversation.metadata))
         return conversation
 

@@ -122,13 +122,19 @@ class SqliteStorage:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            try:
-                yield self._conn()
-            except sqlite3.OperationalError as exc:
-                raise StorageUnavailable(f"SQLite history store: {exc}") from exc
-            except sqlite3.Error as exc:
-                raise StorageError(f"SQLite history store: {exc}") from exc
+        try:  # waiting behind other callers is bounded like waiting for SQLite's own lock
+            async with asyncio.timeout(self._busy_timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise StorageUnavailable(f"SQLite history store busy for over {self._busy_timeout:g}s") from None
+        try:
+            yield self._conn()
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"SQLite history store: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite history store: {exc}") from exc
+        finally:
+            self._lock.release()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -152,7 +158,7 @@ class SqliteStorage:
                                   conversation_id: str | None = None) -> Conversation:
         conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None)
         async with self._write() as db:
-            await db.execute("INSERT INTO conversations (id, created_at, metadata) VALUES (?, ?, ?)",
+            await db.execute("INSERT OR REPLACE INTO conversations (id, created_at, metadata) VALUES (?, ?, ?)",
                              (conversation.id, conversation.created_at, records.metadata_text(conversation.metadata)))
         return conversation
 

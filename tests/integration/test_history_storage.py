@@ -99,6 +99,8 @@ async def test_conversation_with_a_given_id_and_no_metadata(store: HistoryStorag
     assert fetched is not None and fetched.metadata is None
     assert fetched.to_json() == {"id": wanted, "object": "conversation", "created_at": created.created_at,
                                  "metadata": {}}
+    again = await store.create_conversation({"second": "time"}, wanted)  # the same id again replaces it
+    assert again.id == wanted and (await store.get_conversation(wanted)).metadata == {"second": "time"}  # type: ignore[union-attr]
 
 
 # -- items -------------------------------------------------------------------------------------------------
@@ -240,6 +242,7 @@ class BlackHole:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self._held: list[socket.socket] = []
+        self.accepted = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -250,6 +253,7 @@ class BlackHole:
             try:
                 conn, _ = self.sock.accept()
                 self._held.append(conn)
+                self.accepted += 1
             except OSError:
                 continue
 
@@ -307,6 +311,22 @@ async def test_a_backend_that_never_answers_is_unavailable(name: str, black_hole
             await asyncio.wait_for(backend.get_conversation("conv_x"), 30)
         with pytest.raises(StorageUnavailable):
             await asyncio.wait_for(backend.store_response(_response("resp_x")), 30)
+    finally:
+        await backend.close()
+
+
+async def test_callers_share_one_connection_attempt_to_a_hanging_postgres(black_hole: BlackHole) -> None:
+    """Twenty requests at once against a database that hangs make one attempt between them (each is
+    answered after that one attempt's timeout, not after the attempts of every caller ahead of it)."""
+    backend = _unreachable("postgres", black_hole.port, 0.5)
+    try:
+        results = await asyncio.wait_for(asyncio.gather(
+            *(backend.get_conversation(f"conv_{i}") for i in range(20)), return_exceptions=True), 60)
+        assert all(isinstance(r, StorageUnavailable) for r in results), results
+        assert black_hole.accepted == 1
+        with pytest.raises(StorageUnavailable):  # a later call tries again
+            await backend.get_conversation("conv_later")
+        assert black_hole.accepted == 2
     finally:
         await backend.close()
 
