@@ -175,8 +175,9 @@ def _request_items(body: dict[str, Any], required: bool) -> list[dict[str, Any]]
 
 async def _store_items(store: HistoryStorage, conversation_id: str, items: list[dict[str, Any]],
                        existing: bool) -> tuple[list[ConversationItem], list[str]]:
-    """Create the items and link them all at one `added_at`; (the items, warnings). Every check runs
-    before the first write; the links are one atomic write, so the items appear together or not at all."""
+    """Create the items and link them in request order; (the items, warnings). Every check runs before
+    the first write, and the links are one atomic write: the items appear together or not at all (an
+    item row written before a failed link is unreachable, as no conversation lists it)."""
     records: list[ConversationItem] = []
     warnings: list[str] = []
     seen: set[str] = set()
