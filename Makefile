@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+APT_INSTALL = sh -c 'apt-get install -y "$$0" || (apt-get update && apt-get install -y "$$0")'
 
-.PHONY: run test test-unit ci lint typecheck bench bench-setup clean test-tools browser
+.PHONY: run test test-unit test-servers ci lint typecheck bench bench-setup clean test-tools browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,15 +16,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/shepherd demo
 
-test: $(STAMP) test-tools browser
+test: $(STAMP) test-tools browser test-servers
 	$(BIN)/python -m pytest
+
+# The real servers the storage tests start on loopback (Debian's packages); installed only when missing.
+test-servers:
+	@command -v redis-server >/dev/null || $(APT_INSTALL) redis-server
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(APT_INSTALL) postgresql
 
 # The fast in-process tests only (no processes, no sockets beyond loopback test servers).
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
 # What CI runs: the pinned linters, then the whole suite with a coverage report.
-ci: lint typecheck test-tools browser
+ci: lint typecheck test-tools browser test-servers
 	$(BIN)/python -m pytest --cov --cov-report=term
 # Debian packages tests use when present; a test that needs a missing one skips and says why.
 test-tools:

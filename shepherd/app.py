@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shepherd.api.admin import add_admin_routes
+from shepherd.api.conversations import add_conversation_routes
 from shepherd.api.dashboard import add_dashboard_routes
 from shepherd.api.inference import add_inference_routes
 from shepherd.api.keys import CONTEXT
@@ -58,6 +59,7 @@ def build_app(context: AppContext) -> web.Application:
     add_wasm_routes(app)
     add_parse_routes(app)
     add_tokenizer_routes(app)
+    add_conversation_routes(app)
     return app
 
 
@@ -102,6 +104,11 @@ class Gateway:
 
     async def start(self) -> None:
         self.context = AppContext.create(self.config)
+        try:
+            await self.context.history.start()  # schema created or migrated before the first request
+        except BaseException:
+            await self.context.close()
+            raise
         await self._load_plugins_file()
         app = build_app(self.context)
         # handler_cancellation: a client that disconnects cancels its handler at once, which

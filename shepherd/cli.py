@@ -23,6 +23,7 @@ from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
     DISCOVERY_PROVIDERS,
+    HISTORY_BACKENDS,
     ROUTED_WORKER_HEADER_MODES,
     AdmissionConfig,
     AuthConfig,
@@ -33,6 +34,7 @@ from shepherd.config import (
     DiscoveryConfig,
     GatewayConfig,
     HealthConfig,
+    HistoryConfig,
     PolicyOptions,
     RecordingConfig,
     RetryConfig,
@@ -49,6 +51,7 @@ from shepherd.sim.engine import EngineParams
 from shepherd.sim.faults import Faults
 from shepherd.sim.provider import PROVIDER_APIS
 from shepherd.sim.server import SimConfig
+from shepherd.storage.base import StorageError
 
 
 def _size(value: str) -> int:
@@ -243,6 +246,7 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level)
     logs.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     _add_hardening_args(parser)
+    _add_history_args(parser)
 
 
 def _add_hardening_args(parser: argparse.ArgumentParser) -> None:
@@ -340,6 +344,47 @@ def _wasm_config(args: argparse.Namespace) -> WasmConfig:
         max_stack_size=args.wasm_max_stack_size, thread_pool_size=args.wasm_thread_pool_size,
         max_plugins=args.wasm_max_plugins, max_body_size=args.wasm_max_body_size,
         max_module_size=args.wasm_max_module_size,
+    )
+
+
+def _add_history_args(parser: argparse.ArgumentParser) -> None:
+    defaults = HistoryConfig()
+    history = parser.add_argument_group("chat history (stored responses, conversations)")
+    history.add_argument("--history-backend", choices=HISTORY_BACKENDS, default=defaults.backend,
+                         help="where history is kept (default: %(default)s, a file under --history-data-dir)")
+    history.add_argument("--history-data-dir", default=None,
+                         help="sqlite: folder of history.sqlite3 (default: $XDG_DATA_HOME/shepherd, "
+                              "else ~/.local/share/shepherd)")
+    history.add_argument("--history-memory-max-responses", type=int, default=defaults.memory_max_responses,
+                         help="memory: stored responses kept (default: %(default)s)")
+    history.add_argument("--history-memory-max-items", type=int, default=defaults.memory_max_items,
+                         help="memory: conversation items (and conversations) kept (default: %(default)s)")
+    history.add_argument("--history-memory-retention-secs", type=float, default=defaults.memory_retention_secs,
+                         help="memory: age at which records go; 0: count bounds only (default: %(default)s)")
+    history.add_argument("--postgres-db-url", default=None, help="postgres: postgresql://user:pass@host:port/db")
+    history.add_argument("--postgres-pool-max", type=int, default=defaults.postgres_pool_max,
+                         help="postgres: most pooled connections (default: %(default)s)")
+    history.add_argument("--postgres-op-timeout-secs", type=float, default=defaults.postgres_op_timeout_secs,
+                         help="postgres: bound on one operation; beyond it: 503 storage_unavailable "
+                              "(default: %(default)s)")
+    history.add_argument("--redis-url", default=None, help="redis: redis:// or rediss:// URL")
+    history.add_argument("--redis-pool-max", type=int, default=defaults.redis_pool_max,
+                         help="redis: most pooled connections (default: %(default)s)")
+    history.add_argument("--redis-retention-days", type=int, default=defaults.redis_retention_days,
+                         help="redis: TTL of every history key; -1: never expire (default: %(default)s)")
+    history.add_argument("--redis-op-timeout-secs", type=float, default=defaults.redis_op_timeout_secs,
+                         help="redis: bound on one operation; beyond it: 503 storage_unavailable "
+                              "(default: %(default)s)")
+
+
+def _history_config(args: argparse.Namespace) -> HistoryConfig:
+    return HistoryConfig(
+        backend=args.history_backend, data_dir=args.history_data_dir,
+        memory_max_responses=args.history_memory_max_responses, memory_max_items=args.history_memory_max_items,
+        memory_retention_secs=args.history_memory_retention_secs, postgres_db_url=args.postgres_db_url,
+        postgres_pool_max=args.postgres_pool_max, postgres_op_timeout_secs=args.postgres_op_timeout_secs,
+        redis_url=args.redis_url, redis_pool_max=args.redis_pool_max, redis_retention_days=args.redis_retention_days,
+        redis_op_timeout_secs=args.redis_op_timeout_secs,
     )
 
 
@@ -493,6 +538,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_enable_l1=args.tokenizer_cache_enable_l1,
         tokenizer_cache_l1_max_memory=args.tokenizer_cache_l1_max_memory,
         recording=_recording_config(args),
+        history=_history_config(args),
     )
 
 
@@ -623,6 +669,9 @@ def _run_launch(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # found while starting (e.g. a bad --wasm-plugins-file)
         print(f"shepherd: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # a history store that cannot be opened or is newer than this gateway
+        print(f"shepherd: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

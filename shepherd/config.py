@@ -296,6 +296,48 @@ class RetryConfig:
             raise ConfigError(f"--retry-jitter-factor must be between 0 and 1, got {self.jitter_factor}")
 
 
+HISTORY_BACKENDS = ("memory", "none", "sqlite", "postgres", "redis")
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Where chat history (stored responses, conversations and their items) lives."""
+
+    backend: str = "sqlite"  # the embedded default for one gateway: a file under data_dir
+    data_dir: str | None = None  # sqlite: None means $XDG_DATA_HOME/shepherd (~/.local/share/shepherd)
+    memory_max_responses: int = 10_000
+    memory_max_items: int = 100_000
+    memory_retention_secs: float = 86_400.0  # 0: count bounds only
+    postgres_db_url: str | None = None
+    postgres_pool_max: int = 16
+    postgres_op_timeout_secs: float = 5.0
+    redis_url: str | None = None
+    redis_pool_max: int = 16
+    redis_retention_days: int = 30  # -1: never expire
+    redis_op_timeout_secs: float = 5.0
+
+    def validate(self) -> None:
+        if self.backend not in HISTORY_BACKENDS:
+            raise ConfigError(f"--history-backend must be one of {', '.join(HISTORY_BACKENDS)}, got {self.backend!r}")
+        if self.backend == "postgres" and not self.postgres_db_url:
+            raise ConfigError("--history-backend postgres needs --postgres-db-url")
+        if self.backend == "redis" and not self.redis_url:
+            raise ConfigError("--history-backend redis needs --redis-url")
+        if self.postgres_db_url and not self.postgres_db_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError("--postgres-db-url must start with postgres:// or postgresql://")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("--redis-url must start with redis://, rediss:// or unix://")
+        if self.postgres_pool_max < 1 or self.redis_pool_max < 1:
+            raise ConfigError("--postgres-pool-max and --redis-pool-max must be at least 1")
+        if not (self.postgres_op_timeout_secs > 0 and self.redis_op_timeout_secs > 0):
+            raise ConfigError("--postgres-op-timeout-secs and --redis-op-timeout-secs must be positive")
+        if self.redis_retention_days != -1 and self.redis_retention_days < 1:
+            raise ConfigError("--redis-retention-days must be at least 1, or -1 (never expire)")
+        if self.memory_max_responses < 1 or self.memory_max_items < 1 or self.memory_retention_secs < 0:
+            raise ConfigError("--history-memory-max-* must be at least 1 and --history-memory-retention-secs "
+                              "not negative")
+
+
 @dataclass(frozen=True)
 class ServerLimits:
     """What one client connection or request may make the gateway hold, and for how long."""
@@ -449,6 +491,8 @@ class GatewayConfig:
     external_providers: tuple[str, ...] = ()
     external_model_refresh_secs: float = 10.0  # a model-list refresh on a miss happens at most this often
 
+    history: HistoryConfig = field(default_factory=HistoryConfig)  # chat history storage
+
     @property
     def settle_secs(self) -> float:
         if self.shutdown_settle_secs is not None:
@@ -517,6 +561,7 @@ class GatewayConfig:
         self.discovery.validate(self.pd_disaggregation)
         self.recording.validate()
         self.wasm.validate()
+        self.history.validate()
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

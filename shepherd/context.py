@@ -28,6 +28,8 @@ from shepherd.routers.grpc.wiring import GrpcComponents
 from shepherd.routers.http.pd import PdRouter
 from shepherd.routers.http.regular import HttpRouter
 from shepherd.routers.manager import RouterManager
+from shepherd.storage.base import HistoryStorage
+from shepherd.storage.factory import create_history
 from shepherd.transport.base import Transport
 from shepherd.transport.lean import LeanTransport
 from shepherd.transport.provider import ProviderTransport, TlsSettings
@@ -81,6 +83,7 @@ class AppContext:
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
     bodies: BodyBudget  # request-body bytes held across all requests
+    history: HistoryStorage  # chat history (responses, conversations); Gateway.start opens it
     discovery: Discovery | None = None  # Kubernetes or file discovery, when configured
     started_at: float = field(default_factory=time.time)
     live_stats: LiveStats = field(default_factory=LiveStats)  # the status page's last minutes
@@ -142,6 +145,7 @@ class AppContext:
                                         metrics, tracing),
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
             plugins=PluginRegistry(config.wasm, metrics) if config.wasm.enabled else None,
+            history=create_history(config.history),
         )
         context.discovery = Discovery.from_config(config, manager, registry)
         if config.recording.directory:
@@ -180,6 +184,7 @@ class AppContext:
         await self.refresher.close()
         if self.plugins is not None:
             self.plugins.close()
+        await self.history.close()
         if self.tracing is not None:
             self.tracing.shutdown()
         await self.transports.close()

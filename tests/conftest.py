@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shepherd.testing import Gateway, Sim
+from shepherd.testing.databases import PostgresServer, RedisServer
 
 _MARKS = {"unit": "unit", "integration": "integration", "contract": "integration"}
 
@@ -17,6 +19,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = Path(str(item.path)).relative_to(root).parts[0]
         item.add_marker(_MARKS[folder])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Gateways built in tests (in-process or child processes) keep default SQLite history in a temp
+    dir, never in the user's ~/.local/share/shepherd."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +54,19 @@ def _reset_shared_sims(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "sims" in request.fixturenames:
         request.getfixturevalue("sims").reset()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on loopback for the session (tests namespace their keys)."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster on loopback for the session (tests that need a clean one create a database)."""
+    server = PostgresServer()
+    yield server
+    server.stop()

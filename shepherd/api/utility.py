@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from shepherd.api.keys import CONTEXT
+from shepherd.errors import GatewayError
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import WorkerType
 
@@ -44,10 +45,10 @@ def _pd_readiness(registry: WorkerRegistry) -> web.Response:
     return web.json_response({"status": "not ready", "reason": reason, **body}, status=503, dumps=_dumps)
 
 
-async def list_models(request: web.Request) -> web.Response:
-    """The union of every worker's models, one entry per model id."""
+def _model_cards(registry: WorkerRegistry) -> dict[str, dict[str, Any]]:
+    """The union of every worker's models, one card per model id (the first worker's card wins)."""
     seen: dict[str, dict[str, Any]] = {}
-    for worker in request.app[CONTEXT].registry.all():
+    for worker in registry.all():
         cards = worker.model_cards or tuple({"id": model} for model in worker.model_ids)
         for card in cards:
             model_id = str(card["id"])
@@ -56,7 +57,21 @@ async def list_models(request: web.Request) -> web.Response:
                                   "created": card.get("created", int(worker.created_at)),
                                   "owned_by": card.get("owned_by", worker.runtime_type),
                                   **{k: v for k, v in card.items() if k not in ("id", "object")}}
-    return web.json_response({"object": "list", "data": list(seen.values())}, dumps=_dumps)
+    return seen
+
+
+async def list_models(request: web.Request) -> web.Response:
+    cards = _model_cards(request.app[CONTEXT].registry)
+    return web.json_response({"object": "list", "data": list(cards.values())}, dumps=_dumps)
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """One model's card, as in the list; 404 model_not_found when no worker serves it."""
+    model_id = request.match_info["model_id"]
+    card = _model_cards(request.app[CONTEXT].registry).get(model_id)
+    if card is None:
+        raise GatewayError(404, "model_not_found", f"The model '{model_id}' does not exist", param="model")
+    return web.json_response(card, dumps=_dumps)
 
 
 def _passthrough_get(upstream_path: str):  # type: ignore[no-untyped-def]
@@ -75,6 +90,7 @@ def add_utility_routes(app: web.Application) -> None:
     app.router.add_get("/liveness", liveness)
     app.router.add_get("/readiness", readiness)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", get_model)  # ids may hold slashes (org/name)
     for path in ("/health_generate", "/get_server_info", "/get_model_info"):
         app.router.add_get(path, _passthrough_get(path))
 

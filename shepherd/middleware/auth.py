@@ -39,6 +39,14 @@ log = logging.getLogger("shepherd.auth")
 PUBLIC_PATHS = frozenset({"/health", "/liveness", "/readiness", "/health_generate", "/v1/models", "/get_model_info",
                           "/get_server_info", "/engine_metrics"})
 DASHBOARD_PREFIX = "/dashboard"
+PUBLIC_PREFIXES = ("/v1/models/",)  # one model's card is as public as the list
+
+
+def is_public(path: str) -> bool:
+    """Routes anyone may call (health, readiness, the model list and cards, engine info)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 CONTROL_PLANE_PREFIXES = ("/workers", "/flush_cache", "/get_loads", "/v1/tokenizers", "/parse/", "/wasm",
                           "/start_profile", "/stop_profile", DASHBOARD_PREFIX)
 # A browser opening the status page can only be asked for credentials through Basic auth.
@@ -89,7 +97,7 @@ class Authenticator:
 
     async def check(self, path: str, headers: Mapping[str, str]) -> None:
         """Raise a 401/403 GatewayError unless the request may go on."""
-        if path in PUBLIC_PATHS:
+        if is_public(path):
             return
         if path.startswith(DASHBOARD_PREFIX):
             await self._check_dashboard(headers)

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from shepherd.api.body import read_body
 from shepherd.context import AppContext
 from shepherd.errors import GatewayError, error_response, flavor_for_path
-from shepherd.middleware.auth import CONTROL_PLANE_PREFIXES, PUBLIC_PATHS
+from shepherd.middleware.auth import CONTROL_PLANE_PREFIXES, is_public
 from shepherd.plugins.abi import REQUEST_HOOK, RESPONSE_HOOK, Rejection
 from shepherd.plugins.chain import ChainResult, run_request_chain, run_response_chain, skip_chain
 from shepherd.plugins.registry import Plugin, PluginRegistry
@@ -33,7 +33,7 @@ _STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 
 def hooks_route(request: web.Request) -> bool:
     path = request.path
-    if path in PUBLIC_PATHS or path.startswith(CONTROL_PLANE_PREFIXES) or path == "/metrics":
+    if is_public(path) or path.startswith(CONTROL_PLANE_PREFIXES) or path == "/metrics":
         return False
     return request.match_info.route.resource is not None  # unknown paths get their 404 unhooked
 

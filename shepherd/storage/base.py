@@ -32,6 +32,13 @@ class StorageUnavailable(StorageError):
     """The backend cannot be reached (or did not answer in time); nothing was written."""
 
 
+LINK_STEP = 1e-6  # seconds between items linked together (a double keeps microseconds at today's epoch)
+
+
+def link_time(added_at: float, index: int) -> float:
+    return added_at + index * LINK_STEP
+
+
 def new_conversation_id() -> str:
     return "conv_" + os.urandom(25).hex()
 
@@ -106,7 +113,10 @@ class HistoryStorage(Protocol):
 
     async def get_item(self, item_id: str) -> ConversationItem | None: ...
 
-    async def link_items(self, conversation_id: str, item_ids: list[str], added_at: float) -> None: ...
+    async def link_items(self, conversation_id: str, item_ids: list[str], added_at: float) -> None:
+        """Link the items, in one atomic write: the i-th at `link_time(added_at, i)`, so items added
+        together keep their order in every listing."""
+        ...
 
     async def is_item_linked(self, conversation_id: str, item_id: str) -> bool: ...
 

@@ -15,6 +15,7 @@ from shepherd.storage.base import (
     ItemPage,
     Order,
     StoredResponse,
+    link_time,
     new_conversation_id,
     walk_chain,
 )
@@ -86,8 +87,8 @@ class MemoryStorage:
 
     async def link_items(self, conversation_id: str, item_ids: list[str], added_at: float) -> None:
         links = self._links.setdefault(conversation_id, {})
-        for item_id in item_ids:
-            links[item_id] = added_at
+        for index, item_id in enumerate(item_ids):
+            links[item_id] = link_time(added_at, index)
 
     async def is_item_linked(self, conversation_id: str, item_id: str) -> bool:
         return item_id in self._links.get(conversation_id, {})

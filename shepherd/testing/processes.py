@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,6 +142,11 @@ class Gateway(Process):
             args.append("--allow-unauthenticated-admin")
         if routed_worker_header is not None:  # tests tell workers apart by URL; None: the default (ids)
             args += ["--routed-worker-header", routed_worker_header]
+        self._history_dir: str | None = None
+        if "--history-backend" not in flags and "--history-data-dir" not in flags:
+            # The default SQLite history goes to a private folder, not the user's data dir.
+            self._history_dir = tempfile.mkdtemp(prefix="shepherd-history-")
+            args += ["--history-data-dir", self._history_dir]
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         super().__init__([*args, *flags], self.url + "/liveness", env=env, checkout=checkout)
@@ -158,6 +164,12 @@ class Gateway(Process):
             return httpx.get(url, timeout=1, verify=False).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        code = super().stop(sig, timeout)
+        if self._history_dir is not None:
+            shutil.rmtree(self._history_dir, ignore_errors=True)
+        return code
 
     def workers(self) -> list[dict[str, Any]]:
         response = httpx.get(self.url + "/workers", headers=self._admin_headers, timeout=5, verify=False)

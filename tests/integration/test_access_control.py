@@ -85,7 +85,7 @@ def test_serving_routes_need_the_serving_key(secured: tuple[Sim, Gateway]) -> No
     assert httpx.post(url, json=CHAT, headers=_bearer(ADMIN_KEY)).status_code == 401  # admin keys don't serve
     assert httpx.post(url, json=CHAT, headers=_bearer(SERVE_KEY)).status_code == 200
     assert httpx.post(url, json=CHAT, headers={"x-api-key": SERVE_KEY}).status_code == 200
-    for public in ("/health", "/liveness", "/readiness", "/v1/models"):
+    for public in ("/health", "/liveness", "/readiness", "/v1/models", "/v1/models/mock-model"):
         assert httpx.get(gw.url + public).status_code == 200, public
     # The gateway's key never reaches the worker.
     seen = {k.lower(): v for k, v in sim.requests()[-1]["headers"].items()}
