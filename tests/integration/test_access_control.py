@@ -98,7 +98,10 @@ def test_official_sdks_authenticate_with_the_serving_key(secured: tuple[Sim, Gat
         model="mock-model", messages=CHAT["messages"], max_tokens=2)
     assert chat.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=gw.url + "/v1", api_key="nope", max_retries=0).models.retrieve("x")
+        openai.OpenAI(base_url=gw.url + "/v1", api_key="nope", max_retries=0).chat.completions.create(
+            model="mock-model", messages=CHAT["messages"], max_tokens=2)
+    # Model cards are public, like the list (engines' own /v1/models needs no key either).
+    assert openai.OpenAI(base_url=gw.url + "/v1", api_key="nope", max_retries=0).models.retrieve("mock-model").id
     message = anthropic.Anthropic(base_url=gw.url, api_key=SERVE_KEY, max_retries=0).messages.create(
         model="mock-model", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
     assert message.content[0].text
