@@ -245,7 +245,7 @@ def test_none_backend_accepts_writes_and_finds_nothing() -> None:
 
 
 def test_conversations_need_the_api_key_when_one_is_set(tmp_path: Path) -> None:
-    gateway = Gateway((), "--api-key", "sk-gw", "--history-data-dir", str(tmp_path), admin_key="sk-gw")
+    gateway = Gateway((), "--api-key", "sk-gw", "--history-data-dir", str(tmp_path))
     try:
         with pytest.raises(openai.AuthenticationError):
             _client(gateway, "wrong").conversations.create()
