@@ -1,4 +1,4 @@
-"""A control-plane loop: run one round every `interval` seconds until stopped.
+"""Control-plane loops: a background task with start/stop, and one that runs a round every interval.
 
 A round that raises is logged and the loop goes on: one broken worker or policy must never stop
 health checks, load polling or housekeeping for all the others.
@@ -13,15 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-class Periodic:
-    def __init__(self, name: str, interval_secs: float, round_: Callable[[], Awaitable[None]],
-                 log: logging.Logger, *, first_round_now: bool = True) -> None:
-        self.name = name
-        self.interval_secs = interval_secs
-        self._round = round_
-        self._log = log
-        self._first_round_now = first_round_now  # False: wait one interval before the first round
-        self._task: asyncio.Task[None] | None = None
+class BackgroundTask:
+    """One task running `_run()` on the event loop between `start()` and `stop()` (idempotent both)."""
+
+    _task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -37,6 +32,19 @@ class Periodic:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Periodic(BackgroundTask):
+    def __init__(self, name: str, interval_secs: float, round_: Callable[[], Awaitable[None]],
+                 log: logging.Logger, *, first_round_now: bool = True) -> None:
+        self.name = name
+        self.interval_secs = interval_secs
+        self._round = round_
+        self._log = log
+        self._first_round_now = first_round_now  # False: wait one interval before the first round
 
     async def _run(self) -> None:
         if not self._first_round_now:

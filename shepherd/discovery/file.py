@@ -9,7 +9,6 @@ missing at start-up and appear later. Writers should replace it atomically (writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from shepherd.discovery.reconciler import DesiredWorker, Reconciler
+from shepherd.periodic import BackgroundTask
 from shepherd.workers.spec import SpecError, WorkerSpec
 from shepherd.workers.worker import WorkerType
 
@@ -97,7 +97,7 @@ def _parse_entry(entry: Any, pd_disaggregation: bool, api_key: str | None) -> De
     return DesiredWorker(source_id, spec)
 
 
-class FileDiscovery:
+class FileDiscovery(BackgroundTask):
     def __init__(self, path: str, check_interval_secs: float, reconciler: Reconciler, *,
                  pd_disaggregation: bool, api_key: str | None) -> None:
         self.path = path
@@ -107,7 +107,6 @@ class FileDiscovery:
         self._api_key = api_key
         self._seen: tuple[int, int, int, int] | None = None  # (inode, size, mtime_ns, ctime_ns)
         self._last_error: str | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def load(self) -> bool:
         """Read the file; apply it if valid. False (and the last good set kept) otherwise."""
@@ -135,17 +134,6 @@ class FileDiscovery:
         except OSError:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

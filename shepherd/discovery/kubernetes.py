@@ -13,7 +13,6 @@ authentication, TLS and the request; events are read as raw JSON lines, so a pod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -27,6 +26,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from shepherd.discovery.pods import PodRules, desired_workers
 from shepherd.discovery.reconciler import Reconciler
+from shepherd.periodic import BackgroundTask
 
 log = logging.getLogger("shepherd.discovery")
 
@@ -56,7 +56,7 @@ async def api_client() -> k8s_client.ApiClient:
     return k8s_client.ApiClient(configuration=configuration)
 
 
-class PodWatcher:
+class PodWatcher(BackgroundTask):
     def __init__(self, rules: PodRules, namespace: str | None, reconciler: Reconciler,
                  client_factory: Callable[[], Any] = api_client, watch_timeout_secs: int = WATCH_TIMEOUT_SECS) -> None:
         self._rules = rules
@@ -67,20 +67,8 @@ class PodWatcher:
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> pod
         self._resource_version = ""
         self._answered = False  # the API gave a good answer since the last error (resets the backoff)
-        self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         backoff = _BACKOFF_INITIAL_SECS

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from shepherd.periodic import BackgroundTask
 from shepherd.workers.manager import WorkerConflict, WorkerManager
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.spec import WorkerSpec
@@ -59,7 +60,7 @@ class _Owned:
     fingerprint: str
 
 
-class Reconciler:
+class Reconciler(BackgroundTask):
     def __init__(self, provider: str, manager: WorkerManager, registry: WorkerRegistry,
                  tick_secs: float = _TICK_SECS) -> None:
         self.provider = provider
@@ -71,7 +72,6 @@ class Reconciler:
         self._retry_at: dict[str, float] = {}  # url -> when a failed registration may be retried
         self._foreign_logged: set[str] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def set_desired(self, workers: Mapping[str, DesiredWorker] | list[DesiredWorker]) -> None:
         """Replace the desired set (keyed by URL) and reconcile soon."""
@@ -131,17 +131,6 @@ class Reconciler:
         self._foreign_logged &= set(self._desired)
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:
