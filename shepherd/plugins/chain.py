@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -103,19 +103,8 @@ def skip_chain(plugins: Sequence[Plugin], hook: str) -> Plugin | None:
 def run_request_chain(plugins: Sequence[Plugin], method: str, path: str, query: str,
                       headers: CIMultiDict[str], body: str, request_id: str) -> ChainResult:
     result = ChainResult(headers=headers, body=body)
-    for plugin in plugins:
-        value = HookRequest(method, path, query, visible_headers(result.headers.items()), result.body, request_id)
-        outcome = _call(plugin, REQUEST_HOOK, value)
-        if isinstance(outcome, PluginFailure):
-            if _failed(result, plugin, REQUEST_HOOK, outcome, request_id):
-                return result
-            continue
-        if outcome.reject is not None:
-            result.rejection = (plugin, outcome.reject)
-            return result
-        if outcome.modify is not None:
-            _apply(result, outcome.modify)
-    return result
+    return _run_chain(plugins, REQUEST_HOOK, result, request_id, lambda r: HookRequest(
+        method, path, query, visible_headers(r.headers.items()), r.body, request_id))
 
 
 def run_response_chain(plugins: Sequence[Plugin], status: int, headers: CIMultiDict[str], body: str,
@@ -123,16 +112,24 @@ def run_response_chain(plugins: Sequence[Plugin], status: int, headers: CIMultiD
     """`unreadable`: the body cannot be shown to plugins (too big, not text); each plugin then
     fails that way, by its own failure mode."""
     result = ChainResult(headers=headers, body=body, status=status)
+    return _run_chain(plugins, RESPONSE_HOOK, result, request_id, lambda r: HookResponse(
+        r.status, visible_headers(r.headers.items()), r.body, request_id), unreadable)
+
+
+def _run_chain(plugins: Sequence[Plugin], hook: str, result: ChainResult, request_id: str,
+               value_of: Callable[[ChainResult], HookRequest | HookResponse],
+               unreadable: PluginFailure | None = None) -> ChainResult:
+    """Each plugin in order sees what the ones before it left: a rejection ends the chain, a
+    modification carries on, a failure ends it or not by the plugin's failure mode."""
     for plugin in plugins:
+        outcome: Action | PluginFailure
         if unreadable is not None:
-            plugin.stats.record(RESPONSE_HOOK, unreadable.kind, 0.0)
-            if _failed(result, plugin, RESPONSE_HOOK, unreadable, request_id):
-                return result
-            continue
-        value = HookResponse(result.status, visible_headers(result.headers.items()), result.body, request_id)
-        outcome = _call(plugin, RESPONSE_HOOK, value)
+            plugin.stats.record(hook, unreadable.kind, 0.0)
+            outcome = unreadable
+        else:
+            outcome = _call(plugin, hook, value_of(result))
         if isinstance(outcome, PluginFailure):
-            if _failed(result, plugin, RESPONSE_HOOK, outcome, request_id):
+            if _failed(result, plugin, hook, outcome, request_id):
                 return result
             continue
         if outcome.reject is not None:
