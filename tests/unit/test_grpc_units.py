@@ -6,11 +6,15 @@ import io
 import zipfile
 from pathlib import Path
 
+import grpc
 import pytest
+from smg_grpc_proto import sglang_scheduler_pb2 as pb
 
 from shepherd.errors import GatewayError
 from shepherd.parsers.tool import ToolChoiceError, tool_choice_constraint
 from shepherd.policies.base import RoutingRequest
+from shepherd.routers.common.retry import RetryableFailure
+from shepherd.routers.grpc.driver import collect
 from shepherd.routers.grpc.params import chat_sampling, constraints, generate_sampling
 from shepherd.tokenizer import bundle
 from shepherd.tokenizer.files import TokenizerLoadError
@@ -116,3 +120,33 @@ def test_grpc_worker_urls_are_validated(url: str, valid: bool) -> None:
         GatewayConfig(worker_urls=(url,)).validate()
     with pytest.raises(SpecError):
         WorkerSpec.from_json({"url": url})
+
+
+class _BreakingEngine:
+    """An EngineCall whose stream breaks after the first message, as far as `collect` can tell."""
+
+    def __init__(self, final: bool) -> None:
+        self.final = final
+        self.worker = type("W", (), {"url": "grpc://w"})()
+        self.broken = False
+
+    async def read(self) -> None:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                   details="connection reset")
+
+    def broke_off(self) -> None:
+        self.broken = True
+
+
+@pytest.mark.parametrize("final", [False, True])
+async def test_a_whole_answer_broken_off_after_its_first_message_is_retried_unless_final(final: bool) -> None:
+    # n=2 without streaming: one Complete arrived, then the stream broke. Nothing reached the client,
+    # so (as for an HTTP body that breaks off) another worker answers where attempts remain.
+    first = pb.GenerateResponse(request_id="r", complete=pb.GenerateComplete(index=0))
+    engine = _BreakingEngine(final)
+    with pytest.raises((RetryableFailure, GatewayError)) as caught:
+        await collect(engine, first, 2)  # type: ignore[arg-type]
+    assert engine.broken  # charged to the worker
+    assert isinstance(caught.value, GatewayError if final else RetryableFailure)
+    error = caught.value if final else caught.value.error  # type: ignore[union-attr]
+    assert error.status == 503 and "mid-answer" in error.message

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import grpc
 
 from shepherd.errors import GatewayError
+from shepherd.routers.common.relay import failure
+from shepherd.routers.common.retry import RETRYABLE_STATUSES
 from shepherd.routers.grpc.choices import Choice
 from shepherd.routers.grpc.errors import worker_error
 from shepherd.routers.grpc.execution import EngineCall
@@ -88,12 +90,17 @@ async def collect(engine: EngineCall, first: Any, n: int) -> list[Any]:
                     break
             message = await engine.read()
     except grpc.aio.AioRpcError as exc:
+        # Nothing reached the client yet, so (as for an HTTP body that breaks off) another worker may
+        # answer instead where attempts remain and the status is one worth retrying.
         engine.broke_off()
-        raise GatewayError(worker_error(exc, engine.worker.url).status, "worker_stream_failed",
-                           f"Worker {engine.worker.url} failed mid-answer: {exc.code().name} {exc.details()}"
-                           ) from None
+        status = worker_error(exc, engine.worker.url).status
+        message = f"Worker {engine.worker.url} failed mid-answer: {exc.code().name} {exc.details()}"
+        if status in RETRYABLE_STATUSES:
+            raise failure(engine.final, status, "worker_stream_failed", message) from None
+        raise GatewayError(status, "worker_stream_failed", message) from None
     if not completes:
-        raise GatewayError(502, "worker_stream_failed", f"Worker {engine.worker.url} sent no answer")
+        engine.broke_off()
+        raise failure(engine.final, 502, "worker_stream_failed", f"Worker {engine.worker.url} sent no answer")
     return completes
 
 

@@ -36,11 +36,12 @@ _NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 class EngineCall:
     """One open Generate stream. `close()` must run once, whatever happened."""
 
-    __slots__ = ("attempt", "client", "call", "request_id", "_finished", "_closed", "_background")
+    __slots__ = ("attempt", "client", "call", "request_id", "final", "_finished", "_closed", "_background")
 
     def __init__(self, attempt: Attempt, client: GrpcWorkerClient, call: grpc.aio.UnaryStreamCall, request_id: str,
-                 background: set[asyncio.Task[None]]) -> None:
+                 background: set[asyncio.Task[None]], final: bool = True) -> None:
         self.attempt = attempt
+        self.final = final  # the request's last attempt: a failure is the client's answer, not a retry
         self.client = client
         self.call = call
         self.request_id = request_id
@@ -117,7 +118,7 @@ class GrpcExecutor:
         except BaseException:
             attempt.close()
             raise
-        engine = EngineCall(attempt, client, call, request_id, self.background)
+        engine = EngineCall(attempt, client, call, request_id, self.background, final)
         try:
             first = await engine.read()
         except grpc.aio.AioRpcError as exc:
