@@ -182,3 +182,4 @@ def test_the_traffic_recorder_sees_the_worker_and_time_to_first_token(fleet: Fle
     served_by = {path.worker_url(0), path.worker_url(1)}
     assert streamed["worker"] in served_by and whole["worker"] in served_by
     assert streamed["status"] == 200 and isinstance(streamed["ttft_ms"], float) and streamed["ttft_ms"] > 0
+    assert whole["prompt_tokens"] and whole["output_tokens"] == path.chat()["max_tokens"]  # tokens on every path

@@ -100,6 +100,7 @@ class ChatResponder:
         self.prepared = prepared
         self.meta = meta
         self.outputs = outputs
+        self.choices: list[Choice] = []  # the answer's choices, once it is under way (usage for the access log)
 
     def _decoder(self) -> StopDecoder:
         return StopDecoder(self.prepared.entry.tokenizer, self.prepared.stop)
@@ -108,7 +109,7 @@ class ChatResponder:
         prepared, sampling, meta = self.prepared, self.prepared.sampling, self.meta
         assert prepared.output is not None
         completes = await collect(engine, first, sampling.n)
-        choices: list[Choice] = []
+        choices = self.choices
         bodies: list[dict[str, Any]] = []
         for index, complete in enumerate(completes):  # engines may leave `index` unset here: arrival order
             choice = Choice(index, self._decoder())
@@ -136,7 +137,7 @@ class ChatResponder:
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
         sampling = self.prepared.sampling
         response = await start_engine_sse(request, self.meta.request_id, engine)
-        choices = new_choices(sampling.n, self._decoder)
+        choices = self.choices = new_choices(sampling.n, self._decoder)
         sink = _ChatSink(self, response, sampling.n)
 
         async def events() -> None:

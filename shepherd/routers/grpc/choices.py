@@ -68,11 +68,15 @@ def new_choices(n: int, make_decoder: Callable[[], StopDecoder]) -> list[Choice]
     return [Choice(i, make_decoder()) for i in range(n)]
 
 
+def token_counts(choices: Sequence[Choice]) -> tuple[int, int, int]:
+    """(prompt, completion, cached prompt) tokens: the prompt is shared (max over choices), completions add up."""
+    return (max((c.prompt_tokens for c in choices), default=0), sum(c.completion_tokens for c in choices),
+            max((c.cached_tokens for c in choices), default=0))
+
+
 def usage(choices: Sequence[Choice]) -> dict[str, Any]:
-    """The prompt is shared (max over choices); completions add up."""
-    prompt = max((c.prompt_tokens for c in choices), default=0)
-    completion = sum(c.completion_tokens for c in choices)
-    cached = max((c.cached_tokens for c in choices), default=0)
+    """OpenAI's usage object."""
+    prompt, completion, cached = token_counts(choices)
     reasoning = sum(c.reasoning_tokens for c in choices)
     body: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                             "total_tokens": prompt + completion}

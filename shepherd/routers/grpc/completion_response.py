@@ -58,6 +58,7 @@ class CompletionResponder:
     def __init__(self, prepared: Prepared, meta: ResponseMeta) -> None:
         self.prepared = prepared
         self.meta = meta
+        self.choices: list[Choice] = []  # the answer's choices, once it is under way (usage for the access log)
 
     def _decoder(self) -> StopDecoder:
         return StopDecoder(self.prepared.entry.tokenizer, self.prepared.stop)
@@ -72,7 +73,7 @@ class CompletionResponder:
         prepared, meta = self.prepared, self.meta
         completes = await collect(engine, first, prepared.sampling.n)
         echo = self._echo()
-        choices: list[Choice] = []
+        choices = self.choices
         bodies: list[dict[str, Any]] = []
         for index, complete in enumerate(completes):
             choice = Choice(index, self._decoder())
@@ -93,7 +94,7 @@ class CompletionResponder:
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
         sampling = self.prepared.sampling
         response = await start_engine_sse(request, self.meta.request_id, engine)
-        choices = new_choices(sampling.n, self._decoder)
+        choices = self.choices = new_choices(sampling.n, self._decoder)
         sink = _CompletionSink(self, response)
 
         async def events() -> None:

@@ -68,6 +68,7 @@ class GenerateResponder:
         self.prepared = prepared
         self.meta = meta
         self.engine_request_id = engine_request_id
+        self.choices: list[Choice] = []  # the answer's choices, once it is under way (usage for the access log)
 
     def _decoder(self) -> StopDecoder:
         return StopDecoder(self.prepared.entry.tokenizer, self.prepared.stop)
@@ -93,6 +94,7 @@ class GenerateResponder:
         items = []
         for index, complete in enumerate(completes):
             choice = Choice(index, self._decoder())
+            self.choices.append(choice)
             text, kept = decode_complete(choice, complete)
             logprobs = generate_entries(complete.output_logprobs, kept) if prepared.sampling.logprobs else []
             items.append({"text": text, "output_ids": list(complete.output_ids),
@@ -104,6 +106,6 @@ class GenerateResponder:
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
         response = await start_engine_sse(request, self.meta.request_id, engine)
-        choices = new_choices(self.prepared.sampling.n, self._decoder)
+        choices = self.choices = new_choices(self.prepared.sampling.n, self._decoder)
         await run_stream(response, engine, drive(engine, first, choices, _GenerateSink(self, response)))
         return response

@@ -21,10 +21,11 @@ from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
-from shepherd.request_keys import REQUEST_ID
+from shepherd.request_keys import REQUEST_ID, USAGE
 from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.selection import Selector
 from shepherd.routers.grpc.chat_response import ChatResponder
+from shepherd.routers.grpc.choices import token_counts
 from shepherd.routers.grpc.completion_response import CompletionResponder
 from shepherd.routers.grpc.execution import EngineCall, GrpcExecutor
 from shepherd.routers.grpc.generate_response import GenerateResponder
@@ -114,9 +115,13 @@ class GrpcRouter:
             responder = CompletionResponder(prepared, meta)
         else:
             responder = GenerateResponder(prepared, meta, engine_id)
-        if prepared.sampling.stream:
-            return await responder.stream(request, engine, first)
-        return await responder.respond(engine, first)
+        try:
+            if prepared.sampling.stream:
+                return await responder.stream(request, engine, first)
+            return await responder.respond(engine, first)
+        finally:
+            if responder.choices:  # the access log's and the recorder's tokens (counted anyway: no parsing)
+                request[USAGE] = token_counts(responder.choices)
 
     async def close(self) -> None:
         await self.executor.close()
