@@ -142,6 +142,7 @@ def test_freed_nodes_are_reused_and_the_tree_adds_no_tracked_objects() -> None:
     assert len(tree._labels) == peak  # the same ids again, no growth
     gc.collect()  # tuples and dicts of atomic values are untracked by a collection
     assert not any(gc.is_tracked(d) for d in tree._children + tree._tenants)
+    assert not any(gc.is_tracked(column) for column in (tree._labels, tree._children, tree._tenants, tree._free))
     tokens = RadixTree(())
     tokens.insert((1, 2, 3), "w1")
     tokens.insert((1, 2, 4), "w2")
