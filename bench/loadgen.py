@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shepherd.transport.lean import LeanTransport
@@ -26,18 +27,22 @@ class LoadResult:
     p99_ms: float
     errors: int
     bytes_per_request: float = 0.0
+    requests: int = 0  # completed in the run (for per-request costs)
 
 
 def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_load(url: str, body: bytes, concurrency: int, seconds: float, use_wrk: bool | None = None) -> LoadResult:
+def run_load(url: str, body: bytes, concurrency: int, seconds: float, use_wrk: bool | None = None,
+             headers: Mapping[str, str] | None = None) -> LoadResult:
+    """`headers`: extra request headers, beside Content-Type."""
     if use_wrk is None:
         use_wrk = have_wrk()
+    extra = dict(headers or {})
     if use_wrk:
-        return _run_wrk(url, body, concurrency, seconds)
-    return asyncio.run(_run_python(url, body, concurrency, seconds))
+        return _run_wrk(url, body, concurrency, seconds, extra)
+    return asyncio.run(_run_python(url, body, concurrency, seconds, extra))
 
 
 _WRK_SCRIPT = """
@@ -45,6 +50,8 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("%s", "rb"):read("*a")
 """
+_WRK_HEADER = 'wrk.headers["%s"] = "%s"\n'
+
 
 
 def _parse_duration_ms(text: str) -> float:
@@ -52,7 +59,7 @@ def _parse_duration_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def _run_wrk(url: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
+def _run_wrk(url: str, body: bytes, concurrency: int, seconds: float, headers: dict[str, str]) -> LoadResult:
     with tempfile.TemporaryDirectory() as tmp:
         body_path = os.path.join(tmp, "body.json")
         with open(body_path, "wb") as handle:
@@ -60,6 +67,8 @@ def _run_wrk(url: str, body: bytes, concurrency: int, seconds: float) -> LoadRes
         script = os.path.join(tmp, "post.lua")
         with open(script, "w") as handle:
             handle.write(_WRK_SCRIPT % body_path)
+            for name, value in headers.items():
+                handle.write(_WRK_HEADER % (name, value))
         output = subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", script, url],
             capture_output=True, text=True, check=True,
@@ -80,10 +89,11 @@ def _run_wrk(url: str, body: bytes, concurrency: int, seconds: float) -> LoadRes
         p99_ms=_parse_duration_ms(percentiles["99"]),
         errors=error_count,
         bytes_per_request=total_bytes / requests if requests else 0.0,
+        requests=requests,
     )
 
 
-async def _run_python(url: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
+async def _run_python(url: str, body: bytes, concurrency: int, seconds: float, extra: dict[str, str]) -> LoadResult:
     pool = LeanTransport(connect_timeout=5, idle_timeout=30)
     base, _, path = url.partition("://")[2].partition("/")
     base_url = url[: url.index("://") + 3] + base
@@ -91,7 +101,7 @@ async def _run_python(url: str, body: bytes, concurrency: int, seconds: float) -
     errors = 0
     received = 0
     deadline = time.monotonic() + seconds
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **{k.lower(): v for k, v in extra.items()}}
 
     async def client() -> None:
         nonlocal errors, received
@@ -118,4 +128,4 @@ async def _run_python(url: str, body: bytes, concurrency: int, seconds: float) -
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0
 
     return LoadResult(len(latencies) / elapsed, pct(0.5), pct(0.99), errors,
-                      received / len(latencies) if latencies else 0.0)
+                      received / len(latencies) if latencies else 0.0, len(latencies))

@@ -1,15 +1,21 @@
-"""What the gateway costs: direct to a fast backend vs through Shepherd vs through SMG, in one run.
+"""What the gateway costs: direct to a light backend vs through Shepherd vs through SMG, in one run.
 
     python -m bench.proxy_overhead [--seconds 8] [--rounds 3] [--smg .venv-smg/bin/smg]
-                                   [--baseline-checkout DIR]
+                                   [--baseline-checkout DIR] [--shepherd-flag=--workers=2 ...]
 
-`--baseline-checkout DIR` adds a second Shepherd gateway run from another checkout (for example
+The backend is nginx (Debian package) answering fixed bytes, started on loopback with a generated
+config (bench/nginx.py): it is not Python and costs a few microseconds per request, so it takes
+little CPU from the gateways, which are what is measured. Scenarios: non-streaming chat at
+concurrency 1 and 32, and a streamed chat answer (64 SSE events, chunked) at concurrency 32.
+Targets run interleaved, `--rounds` times each; the median is reported, and each ratio's spread
+(min-max over rounds, both sides of a ratio measured back to back).
+
+Beside requests/s and latency, each target's CPU seconds per 1,000 requests: user + system time
+of its process tree (from /proc) over the load run, divided by the requests completed. That is
+the figure that does not depend on how many cores a gateway can use.
+
+`--baseline-checkout DIR` adds a second Shepherd run from another checkout (for example
 `git worktree add /tmp/base HEAD~3`), so a change is compared with the code before it in one run.
-
-The backend is the simulator's canned engine (instant answers), so the gateway's own overhead is
-what the numbers show. Scenarios: non-streaming chat at concurrency 1 and 32, and streaming chat
-(64 tokens per answer) at concurrency 32. Targets run interleaved, `--rounds` times each, and the
-median is reported, so slow drift on a shared machine hits all of them alike.
 """
 
 from __future__ import annotations
@@ -18,25 +24,28 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 
-import httpx
-
+from bench.cpu import tree_cpu_seconds
 from bench.loadgen import LoadResult, have_wrk, run_load
+from bench.nginx import Nginx
 from bench.smg import Smg, find_smg
-from shepherd.testing import Gateway, Sim
+from shepherd.testing import Gateway
 
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "Say something short"}], "max_tokens": 16}
 STREAM = {**CHAT, "max_tokens": 64, "stream": True}
-SCENARIOS = [  # (name, concurrency, body)
-    ("chat c=1", 1, CHAT),
-    ("chat c=32", 32, CHAT),
-    ("stream c=32", 32, STREAM),
+STREAM_EVENTS = 64
+SCENARIOS = [  # (name, concurrency, body, extra headers: nginx picks the streamed answer by header)
+    ("chat c=1", 1, CHAT, {}),
+    ("chat c=32", 32, CHAT, {}),
+    ("stream c=32", 32, STREAM, {"X-Bench-Stream": "1"}),
 ]
 
 
-def events_per_stream(url: str) -> int:
-    with httpx.Client(timeout=30) as http, http.stream("POST", url, json=STREAM) as response:
-        return sum(1 for line in response.iter_lines() if line.startswith("data:"))
+@dataclass
+class Run:
+    load: LoadResult
+    cpu_per_1k: float  # CPU seconds of the target's processes per 1,000 requests
 
 
 def main() -> None:
@@ -45,89 +54,103 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smg", help="path to the smg binary (default: .venv-smg/bin/smg, then PATH)")
     parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if have_wrk() else "python")
+    parser.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS),
+                        help="comma-separated subset of: " + ", ".join(s[0] for s in SCENARIOS))
+    parser.add_argument("--shepherd-flag", action="append", default=[],
+                        help="an extra `shepherd launch` flag for the Shepherd target (repeatable)")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--baseline-checkout", help="also run the Shepherd of this checkout, as `baseline`")
     args = parser.parse_args()
+    wanted = {name.strip() for name in args.scenarios.split(",")}
+    scenarios = [s for s in SCENARIOS if s[0] in wanted]
 
-    sim = Sim(1, "--engine", "canned", "--record-requests", "0")
-    gateway = Gateway(sim.urls, "--policy", "round_robin", "--log-level", "warn")
+    backend = Nginx(stream_events=STREAM_EVENTS)
+    urls = [backend.url]
+    flags = ("--policy", "round_robin", "--log-level", "warn")
+    gateway = Gateway(urls, *flags, *args.shepherd_flag)
     smg_binary = find_smg(args.smg)
-    smg = Smg(smg_binary, sim.urls, "round_robin") if smg_binary else None
-    baseline = (Gateway(sim.urls, "--policy", "round_robin", "--log-level", "warn", checkout=args.baseline_checkout)
-                if args.baseline_checkout else None)
-    targets = {"direct": sim.urls[0], "shepherd": gateway.url}
+    smg = Smg(smg_binary, urls, "round_robin") if smg_binary else None
+    baseline = Gateway(urls, *flags, checkout=args.baseline_checkout) if args.baseline_checkout else None
+    targets: dict[str, tuple[str, int]] = {"direct": (backend.url, backend.proc.pid),
+                                           "shepherd": (gateway.url, gateway.proc.pid)}
     if baseline is not None:
-        targets["baseline"] = baseline.url
+        targets["baseline"] = (baseline.url, baseline.proc.pid)
     if smg is not None:
-        targets["smg"] = smg.url
-    print(f"load generator: {args.loadgen}; {args.rounds} rounds x {args.seconds:.0f}s per target and scenario")
+        targets["smg"] = (smg.url, smg.proc.pid)
+    print(f"backend: nginx; load generator: {args.loadgen}; {args.rounds} rounds x {args.seconds:.0f}s "
+          f"per target and scenario; shepherd flags: {' '.join(args.shepherd_flag) or '(none)'}")
     if smg is None:
         print("SMG not found: run `make bench-setup` (a separate venv with `pip install smg`) to compare against it")
 
-    events = events_per_stream(gateway.url + "/v1/chat/completions")
-    results: dict[str, dict[str, LoadResult]] = {}
+    results: dict[str, dict[str, list[Run]]] = {}
     try:
-        for name, concurrency, body in SCENARIOS:
+        for name, concurrency, body, headers in scenarios:
             payload = json.dumps(body).encode()
-            runs: dict[str, list[LoadResult]] = {target: [] for target in targets}
+            runs: dict[str, list[Run]] = {target: [] for target in targets}
             for _ in range(args.rounds):
-                for target, base in targets.items():
-                    runs[target].append(run_load(base + "/v1/chat/completions", payload, concurrency, args.seconds,
-                                                 use_wrk=args.loadgen == "wrk"))
+                for target, (base, pid) in targets.items():
+                    before = tree_cpu_seconds(pid)
+                    load = run_load(base + "/v1/chat/completions", payload, concurrency, args.seconds,
+                                    use_wrk=args.loadgen == "wrk", headers=headers)
+                    used = tree_cpu_seconds(pid) - before
+                    runs[target].append(Run(load, 1000 * used / load.requests if load.requests else 0.0))
                     time.sleep(0.5)
-            results[name] = {target: _median(rs) for target, rs in runs.items()}
+            results[name] = runs
     finally:
-        if smg is not None:
-            smg.stop()
-        if baseline is not None:
-            baseline.stop()
-        gateway.stop()
-        sim.stop()
+        for process in (smg, baseline, gateway, backend):
+            if process is not None:
+                process.stop()
 
-    _report(results, events)
+    _report(results)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({s: {t: vars(r) for t, r in rs.items()} for s, rs in results.items()}, handle, indent=2)
+            json.dump({s: {t: [{**vars(r.load), "cpu_per_1k": r.cpu_per_1k} for r in rs] for t, rs in by.items()}
+                       for s, by in results.items()}, handle, indent=2)
 
 
-def _median(runs: list[LoadResult]) -> LoadResult:
+def _median(runs: list[Run]) -> tuple[LoadResult, float]:
     return LoadResult(
-        requests_per_sec=statistics.median(r.requests_per_sec for r in runs),
-        p50_ms=statistics.median(r.p50_ms for r in runs),
-        p99_ms=statistics.median(r.p99_ms for r in runs),
-        errors=sum(r.errors for r in runs),
-        bytes_per_request=statistics.median(r.bytes_per_request for r in runs),
-    )
+        requests_per_sec=statistics.median(r.load.requests_per_sec for r in runs),
+        p50_ms=statistics.median(r.load.p50_ms for r in runs),
+        p99_ms=statistics.median(r.load.p99_ms for r in runs),
+        errors=sum(r.load.errors for r in runs),
+        bytes_per_request=statistics.median(r.load.bytes_per_request for r in runs),
+        requests=sum(r.load.requests for r in runs),
+    ), statistics.median(r.cpu_per_1k for r in runs)
 
 
-def _report(results: dict[str, dict[str, LoadResult]], events: int) -> None:
+def _ratio(top: list[Run], bottom: list[Run], cpu: bool) -> str:
+    """Median of the per-round ratios, with their min-max."""
+    values = sorted((a.cpu_per_1k / b.cpu_per_1k if cpu else a.load.requests_per_sec / b.load.requests_per_sec)
+                    for a, b in zip(top, bottom, strict=True) if (b.cpu_per_1k if cpu else b.load.requests_per_sec))
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.2f} ({values[0]:.2f}-{values[-1]:.2f})"
+
+
+def _report(results: dict[str, dict[str, list[Run]]]) -> None:
     print()
-    print(f"{'scenario':<13} {'target':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  extra")
+    print(f"{'scenario':<12} {'target':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU s/1k':>9} {'errors':>7}")
     for scenario, by_target in results.items():
-        for target, result in by_target.items():
-            extra = f"{result.requests_per_sec * events:,.0f} SSE events/s" if scenario.startswith("stream") else ""
-            print(f"{scenario:<13} {target:<9} {result.requests_per_sec:>9,.0f} {result.p50_ms:>8.2f} "
-                  f"{result.p99_ms:>8.2f} {result.errors:>7}  {extra}")
+        for target, runs in by_target.items():
+            load, cpu = _median(runs)
+            print(f"{scenario:<12} {target:<9} {load.requests_per_sec:>9,.0f} {load.p50_ms:>8.2f} "
+                  f"{load.p99_ms:>8.2f} {cpu:>9.3f} {load.errors:>7}")
     print()
-    print("ratios (same run):")
+    print("ratios (same run; median of rounds, min-max in brackets):")
     for scenario, by_target in results.items():
-        direct, shepherd, smg = by_target["direct"], by_target["shepherd"], by_target.get("smg")
-        line = f"  {scenario:<13} shepherd/direct throughput {shepherd.requests_per_sec / direct.requests_per_sec:.2f}"
-        baseline = by_target.get("baseline")
-        if baseline is not None:
-            line += (f"   shepherd/baseline throughput {shepherd.requests_per_sec / baseline.requests_per_sec:.2f}"
-                     f", p50 {shepherd.p50_ms / baseline.p50_ms:.2f}x")
-        if smg is not None:
-            line += (f"   smg/direct {smg.requests_per_sec / direct.requests_per_sec:.2f}"
-                     f"   shepherd/smg {shepherd.requests_per_sec / smg.requests_per_sec:.2f}")
-        print(line)
+        shepherd = by_target["shepherd"]
+        lines = [f"shepherd/direct req/s {_ratio(shepherd, by_target['direct'], False)}"]
+        for other in ("smg", "baseline"):
+            if other in by_target:
+                lines.append(f"shepherd/{other} req/s {_ratio(shepherd, by_target[other], False)}, "
+                             f"CPU per request {_ratio(shepherd, by_target[other], True)}")
+        print(f"  {scenario:<12} " + ("\n" + " " * 15).join(lines))
         if scenario == "chat c=1":
-            added = f"  {'':<13} added p50 latency: shepherd {1000 * (shepherd.p50_ms - direct.p50_ms):.0f} us"
-            if baseline is not None:
-                added += f", baseline {1000 * (baseline.p50_ms - direct.p50_ms):.0f} us"
-            if smg is not None:
-                added += f", smg {1000 * (smg.p50_ms - direct.p50_ms):.0f} us"
-            print(added)
+            direct = _median(by_target["direct"])[0].p50_ms
+            added = [f"{target} {1000 * (_median(runs)[0].p50_ms - direct):.0f} us"
+                     for target, runs in by_target.items() if target != "direct"]
+            print(f"  {'':<12} added p50 latency: " + ", ".join(added))
 
 
 if __name__ == "__main__":

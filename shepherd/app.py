@@ -25,6 +25,7 @@ from shepherd.assembly import checked
 from shepherd.config import ConfigError, GatewayConfig
 from shepherd.context import AppContext
 from shepherd.exposure import bind_error, warn_if_open
+from shepherd.gc_freeze import freeze_startup_heap
 from shepherd.http_server import GatewayRunner
 from shepherd.middleware.cors import Cors
 from shepherd.middleware.gateway import gateway_middleware
@@ -216,6 +217,8 @@ async def serve(config: GatewayConfig) -> None:
     except BaseException:
         await gateway.stop()  # a listener could not bind: release what was set up
         raise
+    if config.gc_freeze:
+        log.debug("froze %d startup objects out of the garbage collector's reach", freeze_startup_heap())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -114,6 +114,9 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     observability.add_argument("--trace-sample-ratio", type=float, default=defaults.trace_sample_ratio,
                                help="share of new traces recorded (a sampled client trace is always kept)")
     observability.add_argument("--log-dir", default=None, help="also write logs to <dir>/shepherd.log")
+    observability.add_argument("--no-gc-freeze", action="store_true",
+                               help="keep the startup heap under the garbage collector (by default it is frozen "
+                                    "once the gateway is up, which keeps full-collection pauses short)")
 
     workers = parser.add_argument_group("workers")
     workers.add_argument("--worker-urls", nargs="*", default=[],
@@ -526,6 +529,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         otlp_traces_endpoint=args.otlp_traces_endpoint,
         trace_sample_ratio=args.trace_sample_ratio,
         log_dir=args.log_dir,
+        gc_freeze=not args.no_gc_freeze,
         external_providers=tuple(args.external_provider),
         external_model_refresh_secs=args.external_model_refresh_secs,
         tool_call_parser=args.tool_call_parser,

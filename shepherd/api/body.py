@@ -27,6 +27,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise GatewayError(413, "request_body_too_large",
                            f"The request body is {length} bytes; the limit is {limit} bytes")
     context = request.app[CONTEXT]
+    if length is not None and request.content.is_eof():
+        # The whole body already arrived with the head (most requests): reading cannot wait, so
+        # no deadline needs arming.
+        body = await _read(request, limit, length, context.bodies)
+        request[RAW_BODY] = body
+        return body
     timeout = context.config.limits.body_read_timeout_secs
     try:
         async with asyncio.timeout(timeout):

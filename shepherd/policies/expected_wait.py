@@ -24,6 +24,9 @@ class ExpectedWait:
     def __init__(self, options: PolicyOptions) -> None:
         self._options = options
         self._tallies: dict[str, tuple[int, int, int]] = {}  # worker id -> (report seq, tokens, requests)
+        # worker id -> (the snapshot it was computed from, score): a reported worker's score changes
+        # only with a new report (snapshots are replaced, never changed) or a record() on it.
+        self._scores: dict[str, tuple[object, float]] = {}
 
     def _tally(self, worker: Worker) -> tuple[int, int]:
         entry = self._tallies.get(worker.id)
@@ -36,6 +39,7 @@ class ExpectedWait:
         seq = worker.snapshot.seq if worker.snapshot is not None else -1
         pending_tokens, pending_requests = self._tally(worker)
         self._tallies[worker.id] = (seq, pending_tokens + tokens, pending_requests + 1)
+        self._scores.pop(worker.id, None)
 
     def dispatched_since_poll(self, worker: Worker) -> int:
         return self._tally(worker)[1]
@@ -58,6 +62,32 @@ class ExpectedWait:
         usage = min(max(snapshot.token_usage, 0.0), 0.999)
         return (queued + pending_tokens) / throughput + options.least_load_kv_pressure_weight * usage / (1.0 - usage)
 
+    def scores(self, workers: Sequence[Worker]) -> list[float]:
+        """`[score(w, workers) for w in workers]`, reusing each reported worker's score until its
+        next report or record(), and working the fleet-wide figures out once, not per worker."""
+        cached = self._scores
+        out: list[float] = []
+        append = out.append
+        reported: bool | None = None
+        mean_prompt, nominal = self._options.least_load_mean_prefill_tokens, 1.0
+        for worker in workers:
+            snapshot = worker.snapshot
+            if snapshot is None:
+                if reported is None:
+                    reported = any(w.snapshot is not None for w in workers)
+                    if reported:
+                        nominal = self.nominal_throughput(workers)
+                append(worker.load * mean_prompt / nominal if reported else float(worker.load))
+                continue
+            entry = cached.get(worker.id)
+            if entry is not None and entry[0] is snapshot:
+                append(entry[1])
+                continue
+            score = self.score(worker, workers)
+            cached[worker.id] = (snapshot, score)
+            append(score)
+        return out
+
     def over_waiting_cap(self, worker: Worker) -> bool:
         cap = self._options.least_load_max_waiting_requests
         if cap <= 0 or worker.snapshot is None:
@@ -66,3 +96,4 @@ class ExpectedWait:
 
     def forget(self, worker: Worker) -> None:
         self._tallies.pop(worker.id, None)
+        self._scores.pop(worker.id, None)

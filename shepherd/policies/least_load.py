@@ -25,18 +25,12 @@ class LeastLoadPolicy(Policy):
             candidates = [w for w in workers if not self._wait.over_waiting_cap(w)]
             if not candidates:
                 return None  # every worker's queue is at the cap: the router answers 503
-        best: Worker | None = None
-        best_score = 0.0
-        ties = 0
-        for worker in candidates:
-            score = self._wait.score(worker, candidates)
-            if best is None or score < best_score:
-                best, best_score, ties = worker, score, 1
-            elif score == best_score:
-                ties += 1
-                if self._rng.randrange(ties) == 0:  # reservoir sampling: uniform among exact ties
-                    best = worker
-        assert best is not None
+        scores = self._wait.scores(candidates)
+        best_score = min(scores)
+        if scores.count(best_score) == 1:
+            best = candidates[scores.index(best_score)]
+        else:  # uniform among exact ties
+            best = self._rng.choice([w for w, score in zip(candidates, scores, strict=True) if score == best_score])
         self._wait.record(best, request.estimated_tokens)
         return best
 

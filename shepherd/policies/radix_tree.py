@@ -12,25 +12,28 @@ Inserting a prompt stamps the tenant on every node of its path, so:
 Memory is bounded by evicting the least recently used (tenant, leaf) pairs: removing a tenant from
 a node that none of its children share truncates that tenant's prompts at the node's start; a node
 no tenant holds is dropped. `size` counts key elements (characters or tokens) stored in labels.
+
+Layout: nodes are integer ids into a few flat columns (label, children, tenants, parent) rather
+than one object each, so a tree of a million nodes adds nothing for a full garbage collection to
+walk (a node object per node made a collection of a 150,000-node tree take about 200 ms, during
+which the gateway stood still). A node's dicts map strings and ints to ints, which CPython's
+collector does not track; the parent column is an `array`; and the column lists themselves are
+untracked (see `_untracked`), since walking a list of a million entries costs a cache miss per
+entry. Freed ids are reused.
 """
 
 from __future__ import annotations
 
+import ctypes
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from array import array
+from collections.abc import Callable, Iterator
 from typing import Any
 
 Key = str | tuple[int, ...]
-
-
-class Node:
-    __slots__ = ("label", "children", "tenants", "parent")
-
-    def __init__(self, label: Any, parent: Node | None) -> None:
-        self.label = label
-        self.children: dict[Any, Node] = {}
-        self.tenants: dict[str, int] = {}
-        self.parent = parent
+ROOT = 0
+_DETACHED = -1  # the parent of a node no longer in the tree (its id is free for reuse)
 
 
 def _common_prefix(key: Any, start: int, label: Any) -> int:
@@ -48,10 +51,33 @@ def _common_prefix(key: Any, start: int, label: Any) -> int:
     return low
 
 
+_gc_untrack = ctypes.pythonapi.PyObject_GC_UnTrack if sys.implementation.name == "cpython" else None
+if _gc_untrack is not None:
+    _gc_untrack.argtypes = [ctypes.py_object]
+    _gc_untrack.restype = None
+
+
+def _untracked(items: list[Any]) -> list[Any]:
+    """`items`, taken off the garbage collector's list (CPython's public PyObject_GC_UnTrack).
+
+    Only for lists that can never be part of a reference cycle: these columns hold strings,
+    tuples of ints, ints, and dicts of those, none of which can refer back to a list. It is
+    what the interpreter does on its own for dicts and tuples of such values; for a list it must
+    be asked. Deallocation untracks again, which the C API allows."""
+    if _gc_untrack is not None:
+        _gc_untrack(items)
+    return items
+
+
 class RadixTree:
     def __init__(self, empty: Key = "") -> None:
         self._empty = empty
-        self.root = Node(empty, None)
+        # Node columns, indexed by node id; the root is id 0.
+        self._labels: list[Any] = _untracked([empty])
+        self._children: list[dict[Any, int]] = _untracked([{}])  # first key element -> child id
+        self._tenants: list[dict[str, int]] = _untracked([{}])  # tenant -> logical time of its last visit
+        self._parent = array("q", [_DETACHED])
+        self._free: list[int] = _untracked([])
         self.size = 0  # key elements stored in labels
         self._clock = 0
 
@@ -59,144 +85,185 @@ class RadixTree:
         self._clock += 1
         return self._clock
 
+    def _new(self, label: Any, parent: int) -> int:
+        if self._free:
+            node = self._free.pop()
+            self._labels[node] = label
+            self._children[node] = {}
+            self._tenants[node] = {}
+            self._parent[node] = parent
+            return node
+        self._labels.append(label)
+        self._children.append({})
+        self._tenants.append({})
+        self._parent.append(parent)
+        return len(self._labels) - 1
+
     # -- lookups ------------------------------------------------------------------------------
 
     def match(self, key: Key) -> tuple[int, dict[str, int]]:
         """(length of the longest stored prefix of `key`, tenants holding it -> last access)."""
-        node = self.root
+        labels, all_children = self._labels, self._children
+        node = ROOT
         pos = 0
         length = len(key)
-        children = node.children
+        children = all_children[ROOT]
         while pos < length:
             child = children.get(key[pos])
             if child is None:
                 break
-            label = child.label
+            label = labels[child]
             end = pos + len(label)
             if key[pos:end] == label:
                 pos = end
                 node = child
-                children = child.children
+                children = all_children[child]
                 continue
             pos += _common_prefix(key, pos, label)
             node = child
             break
-        return pos, node.tenants
+        return pos, self._tenants[node]
 
     # -- updates ------------------------------------------------------------------------------
 
     def insert(self, key: Key, tenant: str) -> None:
         """Record that `tenant` has now seen `key` (and so every prefix of it)."""
         now = self._tick()
-        node = self.root
-        node.tenants[tenant] = now
+        labels, all_children, all_tenants = self._labels, self._children, self._tenants
+        node = ROOT
+        all_tenants[ROOT][tenant] = now
         pos = 0
         length = len(key)
         while pos < length:
             first = key[pos]
-            child = node.children.get(first)
+            children = all_children[node]
+            child = children.get(first)
             if child is None:
-                leaf = Node(key[pos:], node)
-                leaf.tenants[tenant] = now
-                node.children[first] = leaf
+                leaf = self._new(key[pos:], node)
+                self._tenants[leaf][tenant] = now
+                children[first] = leaf
                 self.size += length - pos
                 return
-            label = child.label
+            label = labels[child]
             end = pos + len(label)
             if key[pos:end] == label:
                 matched = len(label)
             else:
                 matched = _common_prefix(key, pos, label)
                 # Split the edge: a new node holds the shared part, the old child the rest.
-                middle = Node(label[:matched], node)
-                middle.tenants = dict(child.tenants)
-                child.label = label[matched:]
-                child.parent = middle
-                middle.children[child.label[0]] = child
-                node.children[first] = middle
+                middle = self._new(label[:matched], node)
+                self._tenants[middle] = dict(all_tenants[child])
+                rest = label[matched:]
+                labels[child] = rest
+                self._parent[child] = middle
+                self._children[middle][rest[0]] = child
+                children[first] = middle
                 child = middle
-            child.tenants[tenant] = now
+            self._tenants[child][tenant] = now
             node = child
             pos += matched
 
     def add_tenant(self, tenant: str) -> None:
         """Register a tenant with an empty history (so it exists for lookups that match nothing)."""
-        self.root.tenants.setdefault(tenant, self._tick())
+        self._tenants[ROOT].setdefault(tenant, self._tick())
 
     def remove_tenant(self, tenant: str) -> None:
         """Forget every trace of `tenant`."""
-        self.root.tenants.pop(tenant, None)
-        stack = [self.root]
+        all_children, all_tenants = self._children, self._tenants
+        all_tenants[ROOT].pop(tenant, None)
+        stack = [ROOT]
         while stack:
             node = stack.pop()
-            for first, child in list(node.children.items()):
-                if child.tenants.pop(tenant, None) is None:
+            for first, child in list(all_children[node].items()):
+                tenants = all_tenants[child]
+                if tenants.pop(tenant, None) is None:
                     continue  # the tenant is on no node below this one
-                if not child.tenants:
+                if not tenants:
                     self._detach(node, first, child)
                 else:
                     stack.append(child)
 
-    def evict(self, max_size: int, on_evict: Callable[[str, Node], None] | None = None) -> int:
-        """Evict least recently used (tenant, leaf) pairs until `size <= max_size`; return how many."""
+    def evict(self, max_size: int, on_evict: Callable[[str, int], None] | None = None) -> int:
+        """Evict least recently used (tenant, leaf) pairs until `size <= max_size`; return how many.
+        `on_evict(tenant, node)` is told each pair before it goes (the node still readable)."""
         if self.size <= max_size:
             return 0
-        heap = [(stamp, id(node), node, tenant) for node in self._nodes() for tenant, stamp in node.tenants.items()
+        all_tenants, parents = self._tenants, self._parent
+        heap = [(stamp, node, tenant) for node in self._nodes() for tenant, stamp in all_tenants[node].items()
                 if self._is_tenant_leaf(node, tenant)]
         heapq.heapify(heap)
         evicted = 0
         while self.size > max_size and heap:
-            stamp, _, node, tenant = heapq.heappop(heap)
-            parent = node.parent
-            if parent is None or node.tenants.get(tenant) != stamp or not self._is_tenant_leaf(node, tenant):
+            stamp, node, tenant = heapq.heappop(heap)
+            parent = parents[node]
+            tenants = all_tenants[node]
+            if parent == _DETACHED or tenants.get(tenant) != stamp or not self._is_tenant_leaf(node, tenant):
                 continue  # stale entry: the node moved on since the heap was built
             if on_evict is not None:
                 on_evict(tenant, node)
-            del node.tenants[tenant]
+            del tenants[tenant]
             evicted += 1
-            if not node.tenants:
-                self._detach(parent, node.label[0], node)
-            if parent is not self.root and tenant in parent.tenants and self._is_tenant_leaf(parent, tenant):
-                heapq.heappush(heap, (parent.tenants[tenant], id(parent), parent, tenant))
+            if not tenants:
+                self._detach(parent, self._labels[node][0], node)
+            above = all_tenants[parent]
+            if parent != ROOT and tenant in above and self._is_tenant_leaf(parent, tenant):
+                heapq.heappush(heap, (above[tenant], parent, tenant))
         return evicted
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _detach(self, parent: Node, first: Any, node: Node) -> None:
-        """Drop `node` (and anything below it) from the tree."""
-        del parent.children[first]
-        node.parent = None
+    def _detach(self, parent: int, first: Any, node: int) -> None:
+        """Drop `node` (and anything below it) from the tree; their ids become free."""
+        del self._children[parent][first]
         stack = [node]
         while stack:
             current = stack.pop()
-            self.size -= len(current.label)
-            stack.extend(current.children.values())
-            current.children = {}
+            self.size -= len(self._labels[current])
+            stack.extend(self._children[current].values())
+            self._labels[current] = self._empty
+            self._children[current] = {}
+            self._tenants[current] = {}
+            self._parent[current] = _DETACHED
+            self._free.append(current)
 
-    @staticmethod
-    def _is_tenant_leaf(node: Node, tenant: str) -> bool:
-        return not any(tenant in child.tenants for child in node.children.values())
+    def _is_tenant_leaf(self, node: int, tenant: str) -> bool:
+        all_tenants = self._tenants
+        return not any(tenant in all_tenants[child] for child in self._children[node].values())
 
-    def _nodes(self) -> Iterator[Node]:
-        """Every node but the root."""
-        stack = list(self.root.children.values())
+    def _nodes(self) -> Iterator[int]:
+        """Every node in the tree but the root."""
+        stack = list(self._children[ROOT].values())
         while stack:
             node = stack.pop()
             yield node
-            stack.extend(node.children.values())
+            stack.extend(self._children[node].values())
 
-    def path(self, node: Node) -> Key:
-        """The full key from the root to the end of `node`'s label (for tests and debugging)."""
-        parts: list[Sequence[Any]] = []
-        while node.parent is not None:
-            parts.append(node.label)
-            node = node.parent
+    # -- reading nodes (tests, debugging, eviction callbacks) ----------------------------------
+
+    def label(self, node: int) -> Key:
+        return self._labels[node]  # type: ignore[no-any-return]
+
+    def node_tenants(self, node: int) -> dict[str, int]:
+        return self._tenants[node]
+
+    def parent(self, node: int) -> int | None:
+        parent = self._parent[node]
+        return None if parent == _DETACHED else parent
+
+    def path(self, node: int) -> Key:
+        """The full key from the root to the end of `node`'s label."""
+        parts: list[Any] = []
+        while node != ROOT:
+            parts.append(self._labels[node])
+            node = self._parent[node]
         if isinstance(self._empty, str):
-            return "".join(reversed(parts))  # type: ignore[arg-type]
+            return "".join(reversed(parts))
         return tuple(element for part in reversed(parts) for element in part)
 
-    def tenants(self) -> set[str]:
-        return set(self.root.tenants)
-
+    @property
     def node_count(self) -> int:
-        return sum(1 for _ in self._nodes())
+        """Nodes in the tree, the root included."""
+        return len(self._labels) - len(self._free)
+
+    def tenants(self) -> set[str]:
+        return set(self._tenants[ROOT])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shepherd.policies.radix_tree import Node, RadixTree
+from shepherd.policies.radix_tree import ROOT, RadixTree
 
 
 def lcp(a: str, b: str) -> int:
@@ -44,9 +44,11 @@ def check(tree: RadixTree, model: Model, queries: list[str]) -> None:
         expected_len, expected_holders = model.match(query)
         assert matched == expected_len, query
         assert set(holders) == expected_holders, query
-    assert tree.size == sum(len(n.label) for n in tree._nodes())
+    assert tree.size == sum(len(tree.label(n)) for n in tree._nodes())
     for node in tree._nodes():  # children's tenants are a subset of the parent's
-        assert set(node.tenants) <= set(node.parent.tenants) and node.tenants  # type: ignore[union-attr]
+        parent = tree.parent(node)
+        assert parent is not None
+        assert set(tree.node_tenants(node)) <= set(tree.node_tenants(parent)) and tree.node_tenants(node)
 
 
 ALPHABET = "abc"
@@ -75,18 +77,18 @@ def test_tree_agrees_with_brute_force(ops: list[tuple[str, object, str]], querie
         elif op == "evict":
             assert isinstance(argument, int)
 
-            def on_evict(evicted_tenant: str, node: Node) -> None:
+            def on_evict(evicted_tenant: str, node: int) -> None:
                 path = tree.path(node)
                 assert isinstance(path, str)
-                model.truncate(evicted_tenant, len(path) - len(node.label), path)
+                model.truncate(evicted_tenant, len(path) - len(tree.label(node)), path)
 
             tree.evict(argument, on_evict)
             assert tree.size <= argument  # memory stays under the bound
         else:
             tree.remove_tenant(tenant)
             model.remove(tenant)
-            assert all(tenant not in node.tenants for node in tree._nodes())
-            assert tenant not in tree.root.tenants
+            assert all(tenant not in tree.node_tenants(node) for node in tree._nodes())
+            assert tenant not in tree.node_tenants(ROOT)
         check(tree, model, queries)
 
 
@@ -120,6 +122,29 @@ def test_removed_tenant_leaves_no_trace_in_a_large_tree() -> None:
         tree.insert(f"system prompt {i % 7} user question {i}", f"w{i % 4}")
     size_before = tree.size
     tree.remove_tenant("w2")
-    assert all("w2" not in node.tenants for node in tree._nodes())
+    assert all("w2" not in tree.node_tenants(node) for node in tree._nodes())
     assert tree.size < size_before
     assert "w2" not in tree.match("system prompt 3 user question 10")[1]
+
+
+def test_freed_nodes_are_reused_and_the_tree_adds_no_tracked_objects() -> None:
+    """Evicted nodes' ids go back into use; node columns hold nothing the garbage collector tracks."""
+    import gc
+
+    tree = RadixTree("")
+    for i in range(500):
+        tree.insert(f"prompt {i} about {i * 7}", f"w{i % 3}")
+    peak = len(tree._labels)
+    tree.evict(0)
+    assert tree.size == 0 and tree.node_count == 1
+    for i in range(500):
+        tree.insert(f"prompt {i} about {i * 7}", f"w{i % 3}")
+    assert len(tree._labels) == peak  # the same ids again, no growth
+    gc.collect()  # tuples and dicts of atomic values are untracked by a collection
+    assert not any(gc.is_tracked(d) for d in tree._children + tree._tenants)
+    assert not any(gc.is_tracked(column) for column in (tree._labels, tree._children, tree._tenants, tree._free))
+    tokens = RadixTree(())
+    tokens.insert((1, 2, 3), "w1")
+    tokens.insert((1, 2, 4), "w2")
+    gc.collect()
+    assert not any(gc.is_tracked(label) for label in tokens._labels)
