@@ -31,7 +31,8 @@ class WorkerBlocks:
     stored: int = 0
     removed: int = 0
     unnamed: int = 0  # stored blocks skipped because their parent was unknown
-    resyncs: int = 0
+    resyncs: int = 0  # the blocks were cleared because the index lost track (a snapshot, a rebuild)
+    gaps: int = 0  # lost batches noticed by sequence number
 
 
 class KvIndex:
@@ -51,6 +52,12 @@ class KvIndex:
 
     def set_live(self, worker_id: str, live: bool) -> None:
         self._state(worker_id).live = live
+
+    def gap(self, worker_id: str) -> None:
+        """Batches were lost: stop trusting the worker's blocks until its stream is in sequence again."""
+        state = self._state(worker_id)
+        state.gaps += 1
+        state.live = False
 
     def clear(self, worker_id: str, resync: bool = True) -> None:
         """The engine dropped everything (or the index lost track of it): forget its blocks."""
@@ -162,5 +169,5 @@ class KvIndex:
 
     def stats(self) -> dict[str, dict[str, int | bool]]:
         return {worker_id: {"live": s.live, "blocks": len(s.copies), "stored": s.stored, "removed": s.removed,
-                            "unnamed": s.unnamed, "resyncs": s.resyncs}
+                            "unnamed": s.unnamed, "resyncs": s.resyncs, "gaps": s.gaps}
                 for worker_id, s in self._workers.items()}

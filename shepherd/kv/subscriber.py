@@ -73,7 +73,7 @@ class EventStream:
             return
         if self.last is not None and seq != self.last + 1:
             self.gaps += 1
-            index.set_live(worker_id, False)
+            index.gap(worker_id)
             if self.resumed_from is not None:  # we asked for a replay and did not get it: start over
                 log.info("kv events of %s: no replay from %d (got %d); rebuilding", worker_id, self.last + 1, seq)
                 index.clear(worker_id)
