@@ -150,9 +150,7 @@ class KvIndex:
         for position, name in enumerate(names):
             if not active:
                 break
-            owners = holders.get(name)
-            if owners is None:
-                break
+            owners = holders.get(name, ())
             for worker_id in [w for w in active if w not in owners]:
                 active.discard(worker_id)
                 matched[worker_id] = position

@@ -23,8 +23,9 @@ class TtftModel:
     def __init__(self, base: float = 0.005, per_token: float = 1 / 8000, per_running: float = 0.0005,
                  forgetting: float = 0.995) -> None:
         self.theta = [base, per_token, per_running]
-        # The priors' uncertainty (variance), per coefficient: loose enough to move within tens of requests.
-        self._initial_p = [[1e-2, 0.0, 0.0], [0.0, 1e-8, 0.0], [0.0, 0.0, 1e-6]]
+        # The priors' uncertainty (variance), per coefficient: loose, so that tens of requests move them.
+        self._initial_p = [[1.0, 0.0, 0.0], [0.0, 1e-6, 0.0], [0.0, 0.0, 1e-3]]
+        self._max_p = [self._initial_p[i][i] for i in range(3)]
         self._p = [row[:] for row in self._initial_p]
         self._forgetting = forgetting
         self.observations = 0
@@ -50,8 +51,12 @@ class TtftModel:
         error = ttft - self.predict(x)
         self.theta = [min(max(self.theta[i] + gain[i] * error, _BOUNDS[i][0]), _BOUNDS[i][1]) for i in range(3)]
         self._p = [[(p[i][j] - gain[i] * px[j]) / lam for j in range(3)] for i in range(3)]
-        if any(self._p[i][i] > self._initial_p[i][i] for i in range(3)):  # no excitation: stop the windup
-            self._p = [row[:] for row in self._initial_p]
+        # A direction the traffic does not excite would see its variance grow without bound (windup):
+        # cap each variance at its prior by rescaling its row and column (D·P·D stays positive definite).
+        scale = [min(1.0, (self._max_p[i] / self._p[i][i]) ** 0.5) if self._p[i][i] > 0 else 1.0
+                 for i in range(3)]
+        if any(v < 1.0 for v in scale):
+            self._p = [[self._p[i][j] * scale[i] * scale[j] for j in range(3)] for i in range(3)]
         self.observations += 1
 
     def snapshot(self) -> dict[str, float]:
