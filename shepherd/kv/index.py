@@ -33,6 +33,7 @@ class WorkerBlocks:
     unnamed: int = 0  # stored blocks skipped because their parent was unknown
     resyncs: int = 0  # the blocks were cleared because the index lost track (a snapshot, a rebuild)
     gaps: int = 0  # lost batches noticed by sequence number
+    waiting_uncached_tokens: int = 0  # from the load record the latest batch carried
 
 
 class KvIndex:
@@ -52,6 +53,14 @@ class KvIndex:
 
     def set_live(self, worker_id: str, live: bool) -> None:
         self._state(worker_id).live = live
+
+    def set_load(self, worker_id: str, waiting_uncached_tokens: int) -> None:
+        self._state(worker_id).waiting_uncached_tokens = max(0, waiting_uncached_tokens)
+
+    def waiting_uncached_tokens(self, worker_id: str) -> int:
+        """The engine's queued prefill as its event stream last said (0 unless the stream is live)."""
+        state = self._workers.get(worker_id)
+        return state.waiting_uncached_tokens if state is not None and state.live else 0
 
     def gap(self, worker_id: str) -> None:
         """Batches were lost: stop trusting the worker's blocks until its stream is in sequence again."""

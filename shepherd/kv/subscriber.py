@@ -59,6 +59,8 @@ class EventStream:
     def apply(self, batch: Any) -> None:
         index, worker_id = self.index, self.worker_id
         seq = batch.sequence_number
+        if batch.HasField("load"):
+            index.set_load(worker_id, batch.load.waiting_uncached_tokens)
         if batch.HasField("snapshot"):
             if batch.snapshot.index == 0:
                 index.clear(worker_id)

@@ -5,8 +5,8 @@ For every candidate the policy estimates
     TTFT = model(prefill tokens ahead of this request's first token, requests running there)
 
 where the prefill ahead is the worker's queued prefill (tokens the gateway sent it that have not
-produced a first token yet, or the engine's own report of waiting uncached tokens if larger: other
-gateways send to it too) plus this prompt's uncached part. What a worker holds comes from:
+produced a first token yet, or the waiting uncached tokens its KV-event stream's load record reports
+if larger: other gateways send to it too) plus this prompt's uncached part. What a worker holds comes from:
 
 * the KV-event index (shepherd.kv) for workers whose event stream is live: the blocks the engine
   really holds, evictions included, plus the blocks of prompts the gateway has just sent it (until
@@ -136,11 +136,13 @@ class PreciseCachePolicy(Policy):
         return len(names)
 
     def _queued_tokens(self, worker: Worker) -> int:
+        """Prefill tokens ahead of a new request: what this gateway sent and has not seen start, or the
+        engine's own count if it is larger (other gateways' traffic). The engine's count is read from
+        the load record on its KV-event stream (fresh every scheduler step), not from the load poll,
+        whose figure is up to a poll interval old and would steer a whole interval's traffic away."""
         queued = self._queued.get(worker.id, 0)
-        snapshot = worker.snapshot
-        if snapshot is not None and snapshot.waiting_uncached_tokens > queued:
-            queued = snapshot.waiting_uncached_tokens
-        return queued
+        reported = self.index.waiting_uncached_tokens(worker.id)
+        return reported if reported > queued else queued
 
     def _not_overloaded(self, workers: Sequence[Worker]) -> Sequence[Worker]:
         if len(workers) < 2:

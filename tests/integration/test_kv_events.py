@@ -3,6 +3,7 @@ really hold, through eviction, lost event batches, dropped streams, and engines 
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -67,7 +68,6 @@ def chat(gateway: Gateway, content: str) -> tuple[str, int]:
     cached = 0
     for line in text.splitlines():
         if line.startswith("data: {") and '"usage":{' in line:
-            import json
             usage = json.loads(line[6:])["usage"]
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return worker, cached

@@ -16,7 +16,7 @@ from shepherd.policies.base import RoutingRequest
 from shepherd.policies.precise_cache import PreciseCachePolicy
 from shepherd.policies.ttft_model import TtftModel
 from shepherd.sim.engine import Engine, EngineParams
-from shepherd.workers.worker import LoadSnapshot, Worker
+from shepherd.workers.worker import Worker
 
 BS = 16
 
@@ -226,7 +226,7 @@ def test_an_engine_reported_queue_counts_against_a_worker() -> None:
     for worker in pool:
         index.set_live(worker.id, True)
     engine_store(index, pool[0].id, PROMPT)
-    pool[0].snapshot = LoadSnapshot(waiting_uncached_tokens=200_000)  # another gateway's backlog
+    index.set_load(pool[0].id, 200_000)  # another gateway's backlog, as its event stream reports it
     assert policy.select(pool, tokens_request(PROMPT)) is pool[1]
 
 
