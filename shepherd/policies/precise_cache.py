@@ -67,6 +67,7 @@ class PreciseCachePolicy(Policy):
         self._tickets = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._queued: Counter[str] = Counter()  # worker id -> uncached tokens dispatched, no first token yet
+        self._pending_count: Counter[str] = Counter()  # worker id -> requests behind those tokens
         self._overlay: dict[str, Counter[int]] = {}  # worker id -> block name -> pending prompts holding it
         self.assigned: Counter[str] = Counter()
         self.prompt_tokens = 0
@@ -172,7 +173,8 @@ class PreciseCachePolicy(Policy):
         learn = bool(request.body and request.body.get("stream"))
         self._pending[ticket] = _Pending(worker.id, now, uncached, names, features, learn)
         self._queued[worker.id] += uncached
-        if self._queued_count(worker.id) > MAX_PENDING_PER_WORKER:
+        self._pending_count[worker.id] += 1
+        if self._pending_count[worker.id] > MAX_PENDING_PER_WORKER:
             self._drop_oldest(worker.id)
         request.observer = lambda seconds: self.first_token(ticket, seconds)
 
@@ -190,6 +192,9 @@ class PreciseCachePolicy(Policy):
         self._queued[worker_id] -= pending.uncached
         if self._queued[worker_id] <= 0:
             del self._queued[worker_id]
+        self._pending_count[worker_id] -= 1
+        if self._pending_count[worker_id] <= 0:
+            del self._pending_count[worker_id]
         overlay = self._overlay.get(worker_id)
         if overlay is not None and pending.names:
             overlay.subtract(pending.names)
@@ -197,9 +202,6 @@ class PreciseCachePolicy(Policy):
                 if overlay.get(name, 0) <= 0:
                     overlay.pop(name, None)
         return pending
-
-    def _queued_count(self, worker_id: str) -> int:
-        return sum(1 for p in self._pending.values() if p.worker_id == worker_id)
 
     def _drop_oldest(self, worker_id: str) -> None:
         for ticket, pending in self._pending.items():  # insertion order is dispatch order
