@@ -1,11 +1,19 @@
 """How well each policy uses the engines' prefix caches, measured on the realistic simulator.
 
-    python -m bench.routing_quality [--workers 4] [--seconds 25] [--concurrency 32] [--smg PATH]
+    python -m bench.routing_quality [--workers 4] [--seconds 25] [--concurrency 32] [--smg PATH] [--grpc]
 
-Four (or more) simulated engines with a limited KV cache serve two workloads through the gateway:
+Four (or more) simulated engines with a limited KV cache (LRU-evicted by blocks) serve these
+workloads through the gateway:
 
 * multi-turn chat: conversations whose every turn resends the whole history plus a new question;
-* shared prefix: a few long system prompts, each followed by a short distinct question.
+* shared prefix: a few long system prompts, each followed by a short distinct question;
+* long-context RAG: a dozen long documents (a few fit in one engine's cache), picked with a skew,
+  each followed by a short question;
+* agent loop: sessions that resend a growing transcript of tool results step after step; together
+  they need more cache than the fleet has, so engines evict.
+
+`--grpc` runs the engines as gRPC workers (the gateway tokenizes; engines publish KV events, which
+precise_cache and SMG's cache_aware both subscribe to).
 
 For each policy the report gives the prefix-cache hit rate (sum of `cached_tokens` over prompt tokens,
 as the engines report it), time to first token p50/p99, completed requests per second, and how the
@@ -27,7 +35,7 @@ import httpx
 import orjson
 
 from bench.smg import Smg, find_smg
-from shepherd.testing import Gateway, Sim, free_ports
+from shepherd.testing import Gateway, GrpcSim, Sim, free_ports
 from shepherd.transport.lean import LeanTransport
 
 WORDS = ("the quick brown fox jumps over a lazy dog while engines batch tokens and caches keep prefixes warm "
@@ -83,7 +91,8 @@ class Client:
             event = orjson.loads(line[6:])
             if event.get("usage"):
                 self._stats.prompt_tokens += event["usage"]["prompt_tokens"]
-                self._stats.cached_tokens += event["usage"]["prompt_tokens_details"]["cached_tokens"]
+                details = event["usage"].get("prompt_tokens_details") or {}  # absent when nothing was cached
+                self._stats.cached_tokens += details.get("cached_tokens") or 0
             for choice in event.get("choices", []):
                 answer.append(choice.get("delta", {}).get("content") or "")
         self._stats.completed += 1
@@ -113,12 +122,37 @@ async def shared_prefix(client: Client, rng: random.Random, deadline: float, sys
                            {"role": "user", "content": words(rng, 20)}])
 
 
+async def rag(client: Client, rng: random.Random, deadline: float, systems: list[str]) -> None:
+    """A question about one of the documents; a few documents are asked about far more than others."""
+    weights = [1.0 / (rank + 1) for rank in range(len(systems))]
+    while time.monotonic() < deadline:
+        document = rng.choices(systems, weights)[0]
+        await client.chat([{"role": "system", "content": "Answer from this document. " + document},
+                           {"role": "user", "content": words(rng, 25)}])
+
+
+async def agent_loop(client: Client, rng: random.Random, deadline: float, systems: list[str]) -> None:
+    """An agent session: each step sends the transcript so far plus the last tool result."""
+    while time.monotonic() < deadline:
+        messages = [{"role": "system", "content": rng.choice(systems)},
+                    {"role": "user", "content": words(rng, 40)}]
+        for _ in range(12):
+            answer = await client.chat(messages)
+            messages.append({"role": "assistant", "content": answer})
+            messages.append({"role": "user", "content": "tool result: " + words(rng, 120)})
+            if time.monotonic() >= deadline:
+                return
+
+
 # (driver, number of system prompts, words per system prompt). With the default KV capacity a worker
-# can hold about a quarter of either workload's distinct prefixes: the fleet can cache everything only
-# if each prefix lives on one worker.
+# can hold about a quarter of the multi-turn and shared-prefix workloads' distinct prefixes: the fleet
+# can cache everything only if each prefix lives on one worker. RAG's documents need about three
+# quarters of the fleet's cache; the agent sessions' transcripts outgrow it.
 WORKLOADS = {
     "multi-turn chat": (multi_turn, 16, 100),
     "shared prefix": (shared_prefix, 16, 1000),
+    "long-context RAG": (rag, 12, 2500),
+    "agent loop": (agent_loop, 4, 300),
 }
 
 
@@ -140,16 +174,33 @@ async def run_workload(url: str, name: str, concurrency: int, seconds: float, ma
     return stats
 
 
-def reset(sim: Sim) -> None:
-    for url in sim.urls:
-        httpx.post(url + "/flush_cache", timeout=10)
-    sim.reset()
+def reset(sim: Sim | GrpcSim) -> None:
+    if isinstance(sim, Sim):
+        for url in sim.urls:
+            httpx.post(url + "/flush_cache", timeout=10)
+    sim.reset()  # the gRPC simulator's reset flushes its caches too
 
 
-def spread(sim: Sim) -> tuple[float, float]:
-    counts = [sim.stats(i)["requests_total"] for i in range(len(sim.urls))]
+def spread(sim: Sim | GrpcSim) -> tuple[float, float]:
+    count = len(sim.targets) if isinstance(sim, GrpcSim) else len(sim.urls)
+    counts = [sim.stats(i)["requests_total"] for i in range(count)]
     total = sum(counts) or 1
     return min(counts) / total, max(counts) / total
+
+
+def report_precise(url: str) -> None:
+    """What precise_cache learned and how it spread the load (its /kv_index admin report)."""
+    body = httpx.get(url + "/kv_index", timeout=10).json()
+    for report in body["policies"].values():
+        model = report["ttft_model"]
+        shares = " ".join(f"{share:.0%}" for share in report["load_share"].values())
+        print(f"    precise_cache: {report['decisions']} decisions ({report['from_kv_index']} scored from KV events), "
+              f"load shares {shares}; learned TTFT = {model['base_secs'] * 1000:.1f} ms + prompt / "
+              f"{model['prefill_tokens_per_sec']:,.0f} tok/s + {model['per_running_secs'] * 1000:.2f} ms x running "
+              f"({model['observations']:.0f} observations)")
+    for worker, state in body["workers"].items():
+        print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']} gaps={state['gaps']} "
+              f"resyncs={state['resyncs']}")
 
 
 def pd_flags(prefill: Sim, decode: Sim, bootstrap: list[int]) -> list[str]:
@@ -168,7 +219,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--kv-capacity-tokens", type=int, default=12000)
-    parser.add_argument("--policies", nargs="+", default=["round_robin", "power_of_two", "prefix_hash", "cache_aware"])
+    parser.add_argument("--policies", nargs="+",
+                        default=["round_robin", "power_of_two", "prefix_hash", "cache_aware", "precise_cache"])
+    parser.add_argument("--grpc", action="store_true",
+                        help="gRPC engines that publish KV events (no PD runs)")
     parser.add_argument("--smg", help="path to the smg binary (default: .venv-smg/bin/smg, then PATH)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--no-smg", action="store_true", help="skip the SMG comparison")
@@ -178,14 +232,20 @@ def main() -> None:
     args = parser.parse_args()
 
     kv = ["--kv-capacity-tokens", str(args.kv_capacity_tokens), "--record-requests", "0"]
-    sim = Sim(args.workers, *kv)
+    sim: Sim | GrpcSim = GrpcSim(args.workers, "--model", "mock-model", *kv) if args.grpc else Sim(args.workers, *kv)
+    targets_urls = sim.targets if isinstance(sim, GrpcSim) else sim.urls
+    args.no_pd = args.no_pd or args.grpc
     # PD: half the workers prefill (with bootstrap ports), half decode; the prefill policy is what varies.
     half = max(1, args.workers // 2)
     bootstrap = free_ports(half)
-    prefill = Sim(half, "--role", "prefill", "--bootstrap-ports", *map(str, bootstrap), *kv)
-    decode = Sim(half, "--role", "decode", *kv)
+    clusters: list[Sim | GrpcSim] = [sim]
+    if not args.no_pd:
+        prefill = Sim(half, "--role", "prefill", "--bootstrap-ports", *map(str, bootstrap), *kv)
+        decode = Sim(half, "--role", "decode", *kv)
+        clusters += [prefill, decode]
     smg_binary = find_smg(args.smg)
-    print(f"{args.workers} simulated engines, KV capacity {args.kv_capacity_tokens:,} tokens each; "
+    kind = "gRPC" if args.grpc else "HTTP"
+    print(f"{args.workers} simulated {kind} engines, KV capacity {args.kv_capacity_tokens:,} tokens each; "
           f"{args.concurrency} concurrent clients, {args.seconds:.0f}s per run, {args.max_tokens} tokens per answer")
     rows = []
     targets = [(f"shepherd {p}", p, False) for p in args.policies]
@@ -201,39 +261,42 @@ def main() -> None:
     try:
         for workload in args.workloads:
             for label, policy, pd in targets:
-                for cluster in (sim, prefill, decode):
+                for cluster in clusters:
                     reset(cluster)
                 flags = pd_flags(prefill, decode, bootstrap) if pd else []
                 if policy == "smg":
-                    gateway: Gateway | Smg = Smg(smg_binary, [] if pd else sim.urls, "cache_aware",  # type: ignore[arg-type]
+                    gateway: Gateway | Smg = Smg(smg_binary, [] if pd else targets_urls, "cache_aware",  # type: ignore[arg-type]
                                                  extra_args=flags)
                 elif pd:
                     gateway = Gateway([], "--prefill-policy", policy, "--decode-policy", "round_robin",
                                       "--log-level", "warn", *flags, *args.gateway_args, expect_workers=2 * half)
                 else:
-                    gateway = Gateway(sim.urls, "--policy", policy, "--log-level", "warn",
-                                      "--load-monitor-interval", "1", *args.gateway_args)
+                    gateway = Gateway(targets_urls, "--policy", policy, "--log-level", "warn",
+                                      "--load-monitor-interval", "1", *args.gateway_args,
+                                      expect_workers=len(targets_urls))
                 try:
                     stats = asyncio.run(run_workload(gateway.url, workload, args.concurrency, args.seconds,
                                                      args.max_tokens))
+                    if policy == "precise_cache" and not pd:
+                        report_precise(gateway.url)
                 finally:
                     gateway.stop()
-                low, high = spread(prefill if pd else sim)
+                low, high = spread(clusters[1] if pd else sim)
                 rows.append((workload, label, stats, low, high))
                 print(f"  done: {workload} / {label}", flush=True)
     finally:
-        for cluster in (sim, prefill, decode):
+        for cluster in clusters:
             cluster.stop()
 
     print()
-    print(f"{'workload':<16} {'router':<28} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} "
+    print(f"{'workload':<17} {'router':<28} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} "
           f"{'min/max worker share':>21} {'errors':>6}")
     for workload, label, stats, low, high in rows:
         hit = stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
         p50 = statistics.median(stats.ttft) * 1000 if stats.ttft else float("nan")
         p99 = stats.ttft[int(len(stats.ttft) * 0.99)] * 1000 if stats.ttft else float("nan")
         rate = stats.completed / stats.elapsed  # type: ignore[attr-defined]
-        print(f"{workload:<16} {label:<28} {hit:>8.1%} {p50:>7.0f}ms {p99:>7.0f}ms {rate:>7.1f} "
+        print(f"{workload:<17} {label:<28} {hit:>8.1%} {p50:>7.0f}ms {p99:>7.0f}ms {rate:>7.1f} "
               f"{low:>10.1%} / {high:<8.1%} {stats.errors:>6}")
     print("(PD rows: worker share is over the prefill workers; hit rate is the prefill side's, as the decode "
           "workers report it)")

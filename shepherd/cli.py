@@ -162,6 +162,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          default=options.power_of_two_load_metric)
     routing.add_argument("--assignment-mode", choices=("random", "min_load", "min_group", "delegate"),
                          default=options.assignment_mode, help="how manual places a new routing key")
+    routing.add_argument("--kv-index", choices=("positional", "none"), default=options.kv_index,
+                         help="precise_cache: index the gRPC engines' KV-cache events (SubscribeKvEvents) by block "
+                              "position and prefix, or none (no subscriptions; the approximate tree only)")
+    routing.add_argument("--block-size", type=int, default=options.block_size,
+                         help="KV cache block size for event-driven routing, when an engine's events do not "
+                              "say (default: %(default)s)")
     routing.add_argument("--cache-boundaries", type=_int_list, default=(),
                          help="comma-separated token positions prefix_hash may hash up to")
     routing.add_argument("--routing-key-headers", nargs="+", default=list(options.routing_key_headers),
@@ -441,6 +447,8 @@ def _policy_options(args: argparse.Namespace) -> PolicyOptions:
         power_of_two_load_metric=args.power_of_two_load_metric,
         assignment_mode=args.assignment_mode,
         cache_boundaries=tuple(args.cache_boundaries),
+        kv_index=args.kv_index,
+        block_size=args.block_size,
         routing_key_headers=tuple(h.lower() for h in args.routing_key_headers),
     )
 
@@ -605,6 +613,10 @@ def _add_mock_worker_args(parser: argparse.ArgumentParser) -> None:
     cost.add_argument("--kv-capacity-tokens", type=int, default=engine.kv_capacity_tokens)
     cost.add_argument("--block-size", type=int, default=engine.block_size)
     cost.add_argument("--no-prefix-cache", action="store_true")
+    cost.add_argument("--no-kv-events", action="store_true",
+                      help="gRPC: answer SubscribeKvEvents with UNIMPLEMENTED, like an engine without events")
+    cost.add_argument("--kv-event-replay", type=int, default=sim.kv_event_replay,
+                      help="KV-event batches kept for a subscriber resuming after a gap (default: %(default)s)")
     grpc = parser.add_argument_group("gRPC engines (SGLang's or vLLM's gRPC service, per --runtime)")
     grpc.add_argument("--grpc", action="store_true", help="serve gRPC instead of HTTP")
     grpc.add_argument("--control-ports", type=int, nargs="+", default=[],
@@ -638,7 +650,8 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
                        gen_ms=args.gen_ms, max_model_len=args.max_model_len, api_key=args.api_key,
                        record_requests=args.record_requests, dp_size=args.dp_size, role=args.role,
                        pd_timeout_secs=args.pd_timeout_secs, params=params, provider=args.provider,
-                       extra_models=tuple(args.extra_models))
+                       extra_models=tuple(args.extra_models), kv_events=not args.no_kv_events,
+                       kv_event_replay=args.kv_event_replay)
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status, latency_ms=args.latency_ms,
                     hang=args.hang, drop_after_chunks=args.drop_after_chunks, exit_after=args.exit_after)
     ports = args.ports or [args.port + i for i in range(args.count)]

@@ -40,6 +40,10 @@ class PolicyOptions:
     eviction_interval_secs: float = 60.0
     max_tree_size: int = 2**26  # characters (or tokens) per model's tree, shared by its workers
 
+    # precise_cache: the engines' KV-cache events
+    kv_index: str = "positional"  # positional: index blocks by (prefix, position) from events; none: no events
+    block_size: int = 16  # tokens per KV block when a worker's events have not said
+
     # least_load / power_of_two
     least_load_kv_pressure_weight: float = 0.15
     least_load_default_throughput: float = 2000.0
@@ -88,6 +92,10 @@ class PolicyOptions:
             raise PolicyOptionError("--assignment-mode must be random, min_load, min_group or delegate")
         if any(b <= 0 for b in self.cache_boundaries):
             raise PolicyOptionError("--cache-boundaries must be positive token positions")
+        if self.kv_index not in ("positional", "none"):
+            raise PolicyOptionError("--kv-index must be positional or none")
+        if self.block_size <= 0:
+            raise PolicyOptionError("--block-size must be positive")
         if not self.routing_key_headers:
             raise PolicyOptionError("--routing-key-headers needs at least one header")
         return self

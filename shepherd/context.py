@@ -10,6 +10,8 @@ import aiohttp
 
 from shepherd.config import GatewayConfig
 from shepherd.discovery import Discovery
+from shepherd.kv.index import KvIndex
+from shepherd.kv.subscriber import KvEventSubscriptions
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
@@ -18,6 +20,7 @@ from shepherd.observability.metrics import LiveState, Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.plugins.registry import PluginRegistry
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
+from shepherd.policies.precise_cache import PreciseCachePolicy
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.refresh import ModelRefresher
 from shepherd.recording.recorder import TrafficRecorder
@@ -64,6 +67,12 @@ class Transports:
         await self.providers.close()
 
 
+def _wants_kv_events(config: GatewayConfig) -> bool:
+    """Subscribe to the engines' KV events when a configured policy reads them."""
+    names = {config.policy, config.prefill_policy, config.decode_policy}
+    return config.policy_options.kv_index != "none" and PreciseCachePolicy.name in names
+
+
 @dataclass
 class AppContext:
     config: GatewayConfig
@@ -92,13 +101,17 @@ class AppContext:
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
     plugins: PluginRegistry | None = None  # WASM plugins, with --enable-wasm
+    kv_index: KvIndex | None = None  # blocks the engines hold, from their KV events (precise_cache)
+    kv_events: KvEventSubscriptions | None = None  # one SubscribeKvEvents stream per gRPC worker
+    pd_policies: tuple[PolicyRegistry, ...] = ()  # with PD: the prefill and decode policies
 
     @classmethod
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
         """Build the context; must run inside the event loop that will serve it. `transports` replaces
         the real HTTP clients (tests pass fake ones)."""
         registry = WorkerRegistry()
-        policies = PolicyRegistry(config.policy, config.policy_options, registry)
+        kv_index = KvIndex(config.policy_options.block_size) if _wants_kv_events(config) else None
+        policies = PolicyRegistry(config.policy, config.policy_options, registry, kv_index)
         registry.subscribe(policies.on_registry_event)
         session = create_upstream_session(config)
         transports = transports or Transports.real(config)
@@ -106,11 +119,15 @@ class AppContext:
         tracing = Tracing(config.otlp_traces_endpoint, config.trace_sample_ratio) if config.enable_trace else None
         http_router = HttpRouter(config, registry, policies, transports.local, metrics, tracing)
         default_router: Router = http_router
+        pd_policies: tuple[PolicyRegistry, ...] = ()
         if config.pd_disaggregation:
-            prefill_policies = PolicyRegistry(config.prefill_policy or config.policy, config.policy_options, registry)
-            decode_policies = PolicyRegistry(config.decode_policy or config.policy, config.policy_options, registry)
-            for pd_policies in (prefill_policies, decode_policies):
-                registry.subscribe(pd_policies.on_registry_event)
+            prefill_policies = PolicyRegistry(config.prefill_policy or config.policy, config.policy_options, registry,
+                                              kv_index)
+            decode_policies = PolicyRegistry(config.decode_policy or config.policy, config.policy_options, registry,
+                                             kv_index)
+            pd_policies = (prefill_policies, decode_policies)
+            for side in pd_policies:
+                registry.subscribe(side.on_registry_event)
             default_router = PdRouter(config, registry, prefill_policies, decode_policies, transports.local, metrics,
                                       tracing)
         router = RouterManager(registry, default_router)
@@ -148,6 +165,11 @@ class AppContext:
             history=create_history(config.history),
         )
         context.discovery = Discovery.from_config(config, manager, registry)
+        context.pd_policies = pd_policies
+        if kv_index is not None:
+            context.kv_index = kv_index
+            context.kv_events = KvEventSubscriptions(kv_index, context.grpc.pool.get)
+            registry.subscribe(context.kv_events.on_registry_event)
         if config.recording.directory:
             context.recorder = TrafficRecorder(config.recording, config.policy_options.routing_key_headers)
         context.health.register_probe("grpc", context.grpc.health)
@@ -158,6 +180,10 @@ class AppContext:
                 admission_queue_depth=lambda: context.admission.queue_depth,
                 admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees))
         return context
+
+    def all_policy_registries(self) -> list[PolicyRegistry]:
+        """The regular path's policies and, with PD, the prefill and decode ones."""
+        return [self.policies, *self.pd_policies]
 
     def start(self) -> None:
         """Start the control plane's background tasks."""
@@ -174,6 +200,8 @@ class AppContext:
     async def close(self) -> None:
         if self.discovery is not None:
             await self.discovery.stop()
+        if self.kv_events is not None:
+            await self.kv_events.stop()
         if self.recorder is not None:
             await self.recorder.close()
         await self.health.stop()

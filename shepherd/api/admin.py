@@ -13,6 +13,7 @@ from aiohttp import web
 from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
+from shepherd.policies.precise_cache import PreciseCachePolicy
 from shepherd.workers.manager import WorkerConflict
 from shepherd.workers.metadata import auth_headers
 from shepherd.workers.spec import SpecError, WorkerSpec
@@ -161,6 +162,20 @@ async def get_loads(request: web.Request) -> web.Response:
                   "failed": len(loads) - successful})
 
 
+async def kv_index(request: web.Request) -> web.Response:
+    """What precise_cache routes by: per model its load spread and learned TTFT constants, and what
+    the KV-event index holds per worker (live stream, blocks, resyncs)."""
+    context = request.app[CONTEXT]
+    reports = {}
+    for registry in context.all_policy_registries():
+        for model, policy in registry.by_model().items():
+            if isinstance(policy, PreciseCachePolicy):
+                reports[model or "default"] = policy.report()
+    index = context.kv_index
+    return _json({"subscribed": index is not None, "workers": index.stats() if index is not None else {},
+                  "policies": reports})
+
+
 def _describe(result: Any) -> str:
     if isinstance(result, BaseException):
         return f"{result.__class__.__name__}: {result}".rstrip(": ")
@@ -175,3 +190,4 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_delete("/workers/{worker_id}", remove_worker)
     app.router.add_post("/flush_cache", flush_cache)
     app.router.add_get("/get_loads", get_loads)
+    app.router.add_get("/kv_index", kv_index)

@@ -8,7 +8,7 @@ decision costs microseconds and can be unit-tested and simulated without sockets
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from shepherd.policies.request_text import extract_routing_text
@@ -25,7 +25,7 @@ class RoutingRequest:
     client sent `input_ids`.
     """
 
-    __slots__ = ("path", "body", "headers", "_text", "_tokens", "_key_headers", "_routing_key")
+    __slots__ = ("path", "body", "headers", "_text", "_tokens", "_key_headers", "_routing_key", "observer")
 
     def __init__(
         self,
@@ -44,6 +44,9 @@ class RoutingRequest:
         self._tokens: tuple[int, ...] | None = tuple(tokens) if tokens is not None else None
         self._key_headers = routing_key_headers
         self._routing_key: str | None | bool = False  # False: not looked up yet
+        # Set by a policy that wants the chosen attempt's time to first byte (None: there was none);
+        # the request lifecycle calls it once per attempt.
+        self.observer: Callable[[float | None], None] | None = None
 
     @property
     def text(self) -> str:

@@ -124,6 +124,28 @@ class RadixTree:
             break
         return pos, self._tenants[node]
 
+    def match_by_tenant(self, key: Key) -> dict[str, int]:
+        """For every tenant on `key`'s path, the length of the prefix of `key` it has seen."""
+        depth: dict[str, int] = {}
+        children = self.root.children
+        pos = 0
+        length = len(key)
+        while pos < length:
+            child = children.get(key[pos])
+            if child is None:
+                break
+            label = child.label
+            end = pos + len(label)
+            full = key[pos:end] == label
+            reached = end if full else pos + _common_prefix(key, pos, label)
+            for tenant in child.tenants:
+                depth[tenant] = reached
+            if not full:
+                break
+            pos = end
+            children = child.children
+        return depth
+
     # -- updates ------------------------------------------------------------------------------
 
     def insert(self, key: Key, tenant: str) -> None:

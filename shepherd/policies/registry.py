@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from shepherd.config import PolicyOptions
+from shepherd.kv.index import KvIndex
 from shepherd.periodic import Periodic
 from shepherd.policies.base import Policy
 from shepherd.policies.cache_aware import CacheAwarePolicy
@@ -21,8 +22,9 @@ log = logging.getLogger("shepherd.policies")
 
 class PolicyRegistry:
     def __init__(self, default_policy: str, options: PolicyOptions | None = None,
-                 registry: WorkerRegistry | None = None) -> None:
+                 registry: WorkerRegistry | None = None, kv_index: KvIndex | None = None) -> None:
         self.default_name = default_policy
+        self.kv_index = kv_index  # what the engines' KV events say they hold (precise_cache reads it)
         self.options = options or PolicyOptions()
         self._registry = registry
         self._by_model: dict[str | None, Policy] = {}
@@ -33,11 +35,11 @@ class PolicyRegistry:
     def for_model(self, model: str | None) -> Policy:
         policy = self._by_model.get(model)
         if policy is None:
-            policy = self._by_model[model] = create_policy(self.default_name, self.options)
+            policy = self._by_model[model] = create_policy(self.default_name, self.options, kv_index=self.kv_index)
         return policy
 
     def set_model_policy(self, model: str, policy_name: str) -> Policy:
-        policy = create_policy(policy_name, self.options)
+        policy = create_policy(policy_name, self.options, kv_index=self.kv_index)
         self._by_model[model] = policy
         return policy
 

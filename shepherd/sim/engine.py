@@ -9,7 +9,11 @@ The cost model follows the reference's description of an SGLang/vLLM-like engine
 * a step lasts `max(prefill_tokens / prefill_tps, decode_base_ms + decode_per_req_ms * batch)`;
 * prompt and output blocks of `block_size` tokens are keyed by a rolling hash of the whole prefix,
   so a cached block means the entire prefix up to it was seen; the cache is LRU-evicted between
-  a high and a low watermark of the KV capacity.
+  a high and a low watermark of the KV capacity. A prompt's blocks are touched last-block-first, so
+  its first block is the most recently used and eviction takes the tails of prefixes before their
+  heads (as vLLM frees a request's blocks in reverse order), never orphaning a cached child;
+* every change to the block cache (stored with parent and token ids, removed, cleared) is
+  published as a KV event, batched per step (`kv_events.KvEventLog`).
 
 Tokens are delivered after the step's sleep, as a real engine would emit them.
 """
@@ -22,6 +26,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+
+from shepherd.sim.kv_events import Event, KvEventLog
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class EngineParams:
     prefix_cache: bool = True
     kv_high_watermark: float = 0.92
     kv_low_watermark: float = 0.85
+
+
+# The engine's own hash root, like vLLM's NONE_HASH: its block hashes are its business; the gateway
+# names blocks itself from the token ids the events carry.
+ENGINE_HASH_SEED = 0x5EED_CAFE
 
 
 def block_keys(token_ids: Sequence[int], block_size: int, seed: int = 0) -> list[int]:
@@ -105,11 +116,13 @@ class SimRequest:
 
 
 class Engine:
-    def __init__(self, params: EngineParams | None = None) -> None:
+    def __init__(self, params: EngineParams | None = None, kv_event_replay: int = 4096) -> None:
         self.params = params or EngineParams()
         self._waiting: deque[SimRequest] = deque()
         self._running: list[SimRequest] = []
-        self._blocks: OrderedDict[int, None] = OrderedDict()  # LRU order, oldest first
+        # LRU order, oldest first: block key -> (parent key or None, the block's token ids)
+        self._blocks: OrderedDict[int, tuple[int | None, tuple[int, ...]]] = OrderedDict()
+        self.events = KvEventLog(kv_event_replay)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.cache_hit_rate = 0.0  # EWMA of cached/prompt at admission
@@ -143,7 +156,7 @@ class Engine:
         request = SimRequest(prompt_ids, max_new, output_ids)
         request.prefilled = prefilled
         if self.params.prefix_cache:
-            request.keys = block_keys(prompt_ids, self.params.block_size)
+            request.keys = block_keys(prompt_ids, self.params.block_size, ENGINE_HASH_SEED)
             request._tail_key = request.keys[-1] if request.keys else 0
             request.cached_tokens = self._cached_prefix(request)
             request.uncached_tokens = request.prompt_tokens - request.cached_tokens
@@ -162,6 +175,28 @@ class Engine:
 
     def flush_cache(self) -> None:
         self._blocks.clear()
+        self.events.cleared()
+        self.events.flush()
+
+    def cached_blocks(self) -> int:
+        return len(self._blocks)
+
+    def snapshot_events(self) -> list[Event]:
+        """Every live block as a stored event, parents before children (a KV-event resync)."""
+        blocks = self._blocks
+        emitted: set[int] = set()
+        events: list[Event] = []
+        for key in blocks:
+            chain = []
+            cursor: int | None = key
+            while cursor is not None and cursor in blocks and cursor not in emitted:
+                chain.append(cursor)
+                cursor = blocks[cursor][0]
+            for block in reversed(chain):
+                emitted.add(block)
+                parent, tokens = blocks[block]
+                events.append(("stored", parent, ((block, tokens),)))
+        return events
 
     @property
     def num_running(self) -> int:
@@ -246,6 +281,7 @@ class Engine:
                 still_running.append(request)
         self._running = still_running
         self._evict()
+        self.events.flush()
 
         decode_secs = (params.decode_base_ms + params.decode_per_req_ms * len(decoded)) / 1000.0
         prefill_secs = prefilled / params.prefill_tps
@@ -271,12 +307,7 @@ class Engine:
                 break
             self._waiting.popleft()
             if params.prefix_cache:
-                for key in request.keys:
-                    if key in self._blocks:
-                        self._blocks.move_to_end(key)
-                    else:
-                        self._blocks[key] = None
-                        used += params.block_size
+                used += self._store_prompt(request) * params.block_size
                 used += request.prompt_tokens % params.block_size
             else:
                 used += request.prompt_tokens
@@ -284,6 +315,31 @@ class Engine:
             if request.prompt_tokens:
                 self.cache_hit_rate = 0.8 * self.cache_hit_rate + 0.2 * (request.cached_tokens / request.prompt_tokens)
             self._running.append(request)
+
+    def _store_prompt(self, request: SimRequest) -> int:
+        """Cache the prompt's blocks (publishing the new ones) and touch them; the count added."""
+        blocks, size, ids = self._blocks, self.params.block_size, request.prompt_ids
+        added = 0
+        run: list[tuple[int, tuple[int, ...]]] = []
+        run_parent: int | None = None
+        parent: int | None = None
+        for index, key in enumerate(request.keys):
+            if key not in blocks:
+                tokens = tuple(ids[index * size:(index + 1) * size])
+                blocks[key] = (parent, tokens)
+                if not run:
+                    run_parent = parent
+                run.append((key, tokens))
+                added += 1
+            elif run:
+                self.events.stored(run_parent, run)
+                run = []
+            parent = key
+        if run:
+            self.events.stored(run_parent, run)
+        for key in reversed(request.keys):
+            blocks.move_to_end(key)
+        return added
 
     def _cached_prefix(self, request: SimRequest) -> int:
         matched = 0
@@ -302,10 +358,14 @@ class Engine:
         sequence.extend(request._output_ids[out_from:request.generated])
         if len(request.keys) * size != start:  # a partial prompt tail: the block straddles it
             return
-        key = hash((request._tail_key, tuple(sequence[-size:])))
+        tokens = tuple(sequence[-size:])
+        parent = request._tail_key if request.keys else None
+        key = hash((request._tail_key, tokens))
         request.keys.append(key)
         request._tail_key = key
-        self._blocks[key] = None
+        if key not in self._blocks:
+            self._blocks[key] = (parent, tokens)
+            self.events.stored(parent, [(key, tokens)])
         self._blocks.move_to_end(key)
 
     def _evict(self) -> None:
@@ -317,5 +377,7 @@ class Engine:
             return
         target = params.kv_low_watermark * capacity
         size = params.block_size
+        dropped: list[int] = []
         while self._blocks and len(self._blocks) * size > target:
-            self._blocks.popitem(last=False)
+            dropped.append(self._blocks.popitem(last=False)[0])
+        self.events.removed(dropped)

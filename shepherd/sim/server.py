@@ -69,6 +69,8 @@ class SimConfig:
     dp_size: int = 1  # data-parallel ranks, each its own engine (SGLang's --dp-size)
     role: str = "regular"  # regular | prefill | decode (PD disaggregation, see sim/pd.py)
     pd_timeout_secs: float = 5.0  # decode: how long to wait for the prefill's KV
+    kv_events: bool = True  # gRPC: serve SubscribeKvEvents (off: the engine has no event stream)
+    kv_event_replay: int = 4096  # batches kept for subscribers resuming after a gap
     params: EngineParams = field(default_factory=EngineParams)
 
 

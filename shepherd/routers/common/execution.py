@@ -29,6 +29,7 @@ from shepherd.config import GatewayConfig, RetryConfig
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
+from shepherd.policies.base import RoutingRequest
 from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, WORKER
 from shepherd.routers.common.attempt import Attempt, give_verdict
 from shepherd.routers.common.retry import Backoff, RetryableFailure
@@ -77,12 +78,15 @@ class Lifecycle(Generic[C]):
         body: Mapping[str, Any] | None,
         select: Callable[[frozenset[Worker]], C],
         attempt: Callable[[Execution[C], C, bool], Awaitable[web.StreamResponse]],
+        routing: RoutingRequest | None = None,
     ) -> web.StreamResponse:
-        """Serve one request: `select(tried)` a candidate, `attempt(execution, candidate, final)` it."""
+        """Serve one request: `select(tried)` a candidate, `attempt(execution, candidate, final)` it.
+        `routing`: the features the policy chose by; its `observer`, when the policy set one, hears each
+        attempt's time to first byte."""
         if model is not None:
             request[MODEL] = model
         started = time.perf_counter()
-        execution = Execution(self, request, model)
+        execution = Execution(self, request, model, routing)
         try:
             response = await execution.run(select, attempt)
         except GatewayError as exc:
@@ -115,8 +119,11 @@ class Lifecycle(Generic[C]):
 class Execution(Generic[C]):
     """One client request on its way through the attempts."""
 
-    def __init__(self, lifecycle: Lifecycle[C], request: web.Request, model: str | None) -> None:
+    def __init__(self, lifecycle: Lifecycle[C], request: web.Request, model: str | None,
+                 routing: RoutingRequest | None = None) -> None:
         self.lifecycle = lifecycle
+        self.routing = routing
+        self._attempt_started = 0.0
         self.request = request
         self.model = model
         self.request_id: str = request[REQUEST_ID]
@@ -132,12 +139,20 @@ class Execution(Generic[C]):
         """Open an attempt on `worker` (close it, whatever happens)."""
         self.tried.add(worker)
         self.request[WORKER] = worker.url
+        self._attempt_started = time.perf_counter()
         return Attempt(worker, self, busy_statuses)
 
     def first_byte(self) -> None:
         """The answer's first bytes are on their way to the client (time to first token, once)."""
         if FIRST_CHUNK not in self.request:
-            self.request[FIRST_CHUNK] = time.perf_counter()
+            now = self.request[FIRST_CHUNK] = time.perf_counter()
+            self._observe(now - self._attempt_started)
+
+    def _observe(self, seconds: float | None) -> None:
+        routing = self.routing
+        if routing is not None and routing.observer is not None:
+            observer, routing.observer = routing.observer, None
+            observer(seconds)
 
     def remaining(self) -> float:
         """Seconds left until the request's deadline (what the next send may take at most)."""
@@ -195,6 +210,7 @@ class Execution(Generic[C]):
                 return last.response
             raise last.error
         finally:
+            self._observe(None)  # an attempt that never produced a first byte (no-op once one did)
             for pending in self._awaiting_verdict:  # no other worker contradicted their 500
                 give_verdict(pending, poisoned=False)
             self._awaiting_verdict.clear()

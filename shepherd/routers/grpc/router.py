@@ -104,7 +104,7 @@ class GrpcRouter:
             finally:
                 engine.close()  # aborts the engine request unless every answer arrived
 
-        return await self.lifecycle.run(request, upstream_path, model, body, select, attempt)
+        return await self.lifecycle.run(request, upstream_path, model, body, select, attempt, routing)
 
     async def _respond(self, request: web.Request, path: str, prepared: Prepared, meta: ResponseMeta,
                        engine: EngineCall, first: Any, engine_id: str) -> web.StreamResponse:

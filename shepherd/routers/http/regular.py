@@ -72,7 +72,7 @@ class HttpRouter:
                 payload = orjson.dumps({**body, "data_parallel_rank": worker.dp_rank})
             return await self.forward(execution, worker, method, upstream_path, payload, final)
 
-        return await self.lifecycle.run(request, upstream_path, model, body, select, attempt)
+        return await self.lifecycle.run(request, upstream_path, model, body, select, attempt, routing)
 
     async def forward(self, execution: Execution[Any], worker: Worker, method: str, path: str,
                       payload: bytes | None, final: bool) -> web.StreamResponse:

@@ -43,7 +43,33 @@ def control_app(core: SimCore, info: SimInfo) -> web.Application:
         core.reset()
         return _json({"status": "reset"})
 
+    async def kv_events(request: web.Request) -> web.Response:
+        """KV-event faults: lose the next `drop_batches` batches, or `disconnect` every subscriber."""
+        engine = core.engine
+        if engine is None:
+            return _json({"error": "the canned engine has no KV cache"}, 400)
+        log_ = engine.events
+        disconnected = 0
+        if request.method == "POST":
+            try:
+                changes = orjson.loads(await request.read())
+            except orjson.JSONDecodeError as exc:
+                return _json({"error": str(exc)}, 400)
+            if not isinstance(changes, dict):
+                return _json({"error": "the body must be a JSON object"}, 400)
+            drop = changes.get("drop_batches", 0)
+            if not isinstance(drop, int) or drop < 0:
+                return _json({"error": "drop_batches must be a non-negative integer"}, 400)
+            log_.drop_batches += drop
+            if changes.get("disconnect"):
+                disconnected = log_.disconnect()
+        return _json({"sequence": log_.seq, "subscribers": log_.subscribers, "published": log_.batches_published,
+                      "dropped": log_.batches_dropped, "pending_drops": log_.drop_batches,
+                      "cached_blocks": engine.cached_blocks(), "disconnected": disconnected})
+
     app = web.Application()
+    app.router.add_get("/sim/kv_events", kv_events)
+    app.router.add_post("/sim/kv_events", kv_events)
     app.router.add_get("/health", health)
     app.router.add_get("/sim/stats", stats)
     app.router.add_get("/sim/faults", faults)

@@ -94,8 +94,10 @@ class _Canned:
 
 class SimCore:
     def __init__(self, model: str, tokenizer: Tokenizer, engine: Engine | None, output_tokens: int,
-                 max_model_len: int, gen_ms: float = 0.0, record_requests: int = 100) -> None:
+                 max_model_len: int, gen_ms: float = 0.0, record_requests: int = 100,
+                 kv_events: bool = True) -> None:
         self.model = model
+        self.kv_events = kv_events and engine is not None
         self.tokenizer = tokenizer
         self.engine = engine
         self.output_tokens = output_tokens

@@ -73,9 +73,10 @@ class GrpcSimCluster:
         tokenizer = await asyncio.to_thread(Tokenizer.from_path, path)
         directory = await asyncio.to_thread(_tokenizer_dir, path)
         for i, port in enumerate(self.requested_ports):
-            engine = Engine(config.params) if config.engine == "realistic" else None
+            engine = Engine(config.params, config.kv_event_replay) if config.engine == "realistic" else None
             core = SimCore(config.model, tokenizer, engine, config.output_tokens, config.max_model_len,
-                           gen_ms=config.gen_ms, record_requests=config.record_requests)
+                           gen_ms=config.gen_ms, record_requests=config.record_requests,
+                           kv_events=config.kv_events)
             info = SimInfo(config.model, tokenizer_dir=directory,
                            advertise_tokenizer_path=options.advertise_tokenizer_path,
                            max_model_len=config.max_model_len,

@@ -1,0 +1,240 @@
+"""precise_cache: route to the worker with the lowest expected time to first token.
+
+For every candidate the policy estimates
+
+    TTFT = model(prefill tokens ahead of this request's first token, requests running there)
+
+where the prefill ahead is the worker's queued prefill (tokens the gateway sent it that have not
+produced a first token yet, or the waiting uncached tokens its KV-event stream's load record reports
+if larger: other gateways send to it too) plus this prompt's uncached part. What a worker holds comes from:
+
+* the KV-event index (shepherd.kv) for workers whose event stream is live: the blocks the engine
+  really holds, evictions included, plus the blocks of prompts the gateway has just sent it (until
+  their first token, by then the engine's own events have reported them);
+* the approximate tree of what the gateway sent, for workers without events (HTTP workers, engines
+  that publish none, a stream being resynchronised), on token ids when known, else on characters.
+
+The constants are learned online from the TTFTs the gateway observes (ttft_model.py). Guards: a
+worker carrying far more requests than the fleet's mean (the cache_aware spill gate's thresholds)
+is not a candidate while another is, so a hot prefix cannot pile everything onto its holder; an
+idle worker always costs little, so none starves. Ties go to the less loaded worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from shepherd.config import PolicyOptions
+from shepherd.kv.blocks import prompt_blocks
+from shepherd.kv.index import KvIndex
+from shepherd.policies.base import Policy, RoutingRequest
+from shepherd.policies.radix_tree import RadixTree
+from shepherd.policies.ttft_model import Features, TtftModel
+from shepherd.workers.worker import Worker
+
+PENDING_TTL_SECS = 60.0  # a dispatched request that never reported back stops counting as queued
+MAX_PENDING_PER_WORKER = 4096
+
+
+@dataclass(slots=True)
+class _Pending:
+    worker_id: str
+    at: float
+    uncached: int
+    names: list[int]  # the prompt's blocks, held on the worker as soon as it admits the request
+    features: Features
+    learn: bool  # streamed: the first byte is the first token (a whole answer's time is not a TTFT)
+
+
+class PreciseCachePolicy(Policy):
+    name = "precise_cache"
+
+    def __init__(self, options: PolicyOptions, index: KvIndex | None = None, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._options = options
+        self.index = index or KvIndex(options.block_size)
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self.model = TtftModel()
+        self.text_tree = RadixTree("")
+        self.token_tree = RadixTree(())
+        self._tickets = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._queued: Counter[str] = Counter()  # worker id -> uncached tokens dispatched, no first token yet
+        self._pending_count: Counter[str] = Counter()  # worker id -> requests behind those tokens
+        self._overlay: dict[str, Counter[int]] = {}  # worker id -> block name -> pending prompts holding it
+        self.assigned: Counter[str] = Counter()
+        self.prompt_tokens = 0
+        self.expected_cached_tokens = 0
+        self.from_index = 0  # decisions where at least one candidate was scored from engine events
+
+    # -- the decision -------------------------------------------------------------------------
+
+    def select(self, workers: Sequence[Worker], request: RoutingRequest) -> Worker | None:
+        now = self._clock()
+        self._expire(now)
+        tokens = request.tokens
+        text = request.text if tokens is None else ""
+        prompt = len(tokens) if tokens is not None else request.estimated_tokens
+        matched = self._matched(workers, tokens, text, prompt)
+
+        eligible = self._not_overloaded(workers)
+        best: Worker | None = None
+        best_key: tuple[float, int, int] | None = None
+        best_features: Features | None = None
+        for worker in eligible:
+            uncached = max(0, prompt - matched.get(worker.id, 0))
+            features = self.model.features(self._queued_tokens(worker) + uncached, worker.load)
+            key = (self.model.predict(features), worker.load, worker.processed)
+            if best_key is None or key < best_key:
+                best, best_key, best_features = worker, key, features
+        assert best is not None and best_features is not None
+
+        chosen_matched = matched.get(best.id, 0)
+        self._record(best, request, tokens, text, prompt - chosen_matched, best_features, now)
+        self.assigned[best.id] += 1
+        self.prompt_tokens += prompt
+        self.expected_cached_tokens += chosen_matched
+        return best
+
+    def _matched(self, workers: Sequence[Worker], tokens: tuple[int, ...] | None, text: str,
+                 prompt: int) -> dict[str, int]:
+        """Prompt tokens each worker is expected to hold already."""
+        index = self.index
+        matched: dict[str, int] = {}
+        live = [w for w in workers if index.is_live(w.id)] if tokens is not None else []
+        if live:
+            assert tokens is not None
+            size = index.block_size(w.id for w in live)
+            names = prompt_blocks(tokens, size)
+            for worker in live:
+                matched[worker.id] = self._held_blocks(worker.id, names) * size
+            self.from_index += 1
+        others = [w for w in workers if w.id not in matched]
+        if others:
+            key: str | tuple[int, ...] = tokens if tokens is not None else text
+            if key:
+                tree = self.token_tree if tokens is not None else self.text_tree
+                depth = tree.match_by_tenant(key)
+                for worker in others:
+                    seen = depth.get(worker.id, 0)
+                    matched[worker.id] = seen if tokens is not None else prompt * seen // len(key)
+        return matched
+
+    def _held_blocks(self, worker_id: str, names: Sequence[int]) -> int:
+        """Leading blocks the engine holds, or will once it admits what the gateway just sent it."""
+        index = self.index
+        overlay = self._overlay.get(worker_id)
+        for position, name in enumerate(names):
+            if not index.holds(worker_id, name) and not (overlay and overlay.get(name)):
+                return position
+        return len(names)
+
+    def _queued_tokens(self, worker: Worker) -> int:
+        """Prefill tokens ahead of a new request: what this gateway sent and has not seen start, or the
+        engine's own count if it is larger (other gateways' traffic). The engine's count is read from
+        the load record on its KV-event stream (fresh every scheduler step), not from the load poll,
+        whose figure is up to a poll interval old and would steer a whole interval's traffic away."""
+        queued = self._queued.get(worker.id, 0)
+        reported = self.index.waiting_uncached_tokens(worker.id)
+        return reported if reported > queued else queued
+
+    def _not_overloaded(self, workers: Sequence[Worker]) -> Sequence[Worker]:
+        if len(workers) < 2:
+            return workers
+        options = self._options
+        mean = sum(w.load for w in workers) / len(workers)
+        margin = min(options.balance_abs_threshold, max(4.0, 2.0 * math.sqrt(mean)))
+        limit = max(mean * options.balance_rel_threshold, mean + margin)
+        eligible = [w for w in workers if w.load <= limit]
+        return eligible or workers
+
+    # -- what happens after the decision ------------------------------------------------------
+
+    def _record(self, worker: Worker, request: RoutingRequest, tokens: tuple[int, ...] | None, text: str,
+                uncached: int, features: Features, now: float) -> None:
+        key: str | tuple[int, ...] = tokens if tokens is not None else text
+        if key:
+            (self.token_tree if tokens is not None else self.text_tree).insert(key, worker.id)
+        names: list[int] = []
+        if tokens is not None and self.index.is_live(worker.id):
+            names = prompt_blocks(tokens, self.index.block_size((worker.id,)))
+            self._overlay.setdefault(worker.id, Counter()).update(names)
+        previous = request.observer
+        if previous is not None:  # a retry: the earlier attempt will not report back
+            previous(None)
+        ticket = next(self._tickets)
+        learn = bool(request.body and request.body.get("stream"))
+        self._pending[ticket] = _Pending(worker.id, now, uncached, names, features, learn)
+        self._queued[worker.id] += uncached
+        self._pending_count[worker.id] += 1
+        if self._pending_count[worker.id] > MAX_PENDING_PER_WORKER:
+            self._drop_oldest(worker.id)
+        request.observer = lambda seconds: self.first_token(ticket, seconds)
+
+    def first_token(self, ticket: int, seconds: float | None) -> None:
+        """The attempt behind `ticket` produced its first bytes after `seconds` (None: it never will)."""
+        pending = self._release(ticket)
+        if pending is not None and seconds is not None and pending.learn:
+            self.model.observe(pending.features, seconds)
+
+    def _release(self, ticket: int) -> _Pending | None:
+        pending = self._pending.pop(ticket, None)
+        if pending is None:
+            return None
+        worker_id = pending.worker_id
+        self._queued[worker_id] -= pending.uncached
+        if self._queued[worker_id] <= 0:
+            del self._queued[worker_id]
+        self._pending_count[worker_id] -= 1
+        if self._pending_count[worker_id] <= 0:
+            del self._pending_count[worker_id]
+        overlay = self._overlay.get(worker_id)
+        if overlay is not None and pending.names:
+            overlay.subtract(pending.names)
+            for name in pending.names:
+                if overlay.get(name, 0) <= 0:
+                    overlay.pop(name, None)
+        return pending
+
+    def _drop_oldest(self, worker_id: str) -> None:
+        for ticket, pending in self._pending.items():  # insertion order is dispatch order
+            if pending.worker_id == worker_id:
+                self._release(ticket)
+                return
+
+    def _expire(self, now: float) -> None:
+        pending = self._pending
+        while pending:
+            ticket, oldest = next(iter(pending.items()))
+            if now - oldest.at < PENDING_TTL_SECS:
+                return
+            self._release(ticket)
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def on_worker_removed(self, worker: Worker) -> None:
+        self.text_tree.remove_tenant(worker.id)
+        self.token_tree.remove_tenant(worker.id)
+        for ticket in [t for t, p in self._pending.items() if p.worker_id == worker.id]:
+            self._release(ticket)
+        self._overlay.pop(worker.id, None)
+
+    def maintain(self) -> None:
+        limit = self._options.max_tree_size
+        self.text_tree.evict(limit)
+        self.token_tree.evict(limit)
+
+    def report(self) -> dict[str, object]:
+        """Load spread, the learned constants and what the index knows, for the admin API and benches."""
+        total = sum(self.assigned.values()) or 1
+        return {"policy": self.name, "decisions": sum(self.assigned.values()), "from_kv_index": self.from_index,
+                "load_share": {w: n / total for w, n in sorted(self.assigned.items())},
+                "expected_hit_rate": self.expected_cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
+                "ttft_model": self.model.snapshot(), "pending": len(self._pending), "kv_index": self.index.stats()}

@@ -1,0 +1,243 @@
+"""The KV-event index, the TTFT cost model and the precise_cache policy, on plain objects."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from smg_grpc_proto.generated import common_pb2
+
+from shepherd.config import PolicyOptions
+from shepherd.kv.blocks import prompt_blocks
+from shepherd.kv.index import KvIndex
+from shepherd.kv.subscriber import EventStream, _Resubscribe
+from shepherd.policies.base import RoutingRequest
+from shepherd.policies.precise_cache import PreciseCachePolicy
+from shepherd.policies.ttft_model import TtftModel
+from shepherd.sim.engine import Engine, EngineParams
+from shepherd.workers.worker import Worker
+
+BS = 16
+
+
+def workers(n: int) -> list[Worker]:
+    return [Worker(id=f"id{i}", url=f"grpc://w{i}", model_ids=("m",)) for i in range(n)]
+
+
+def tokens_request(tokens: list[int], stream: bool = True) -> RoutingRequest:
+    return RoutingRequest("/v1/chat/completions", {"stream": stream}, {}, text="x", tokens=tokens)
+
+
+def engine_store(index: KvIndex, worker_id: str, tokens: list[int], salt: int = 99) -> list[int]:
+    """Store `tokens` as an engine would report it: its own hashes (salted), parent links, token ids."""
+    hashes, blocks, parent = [], [], salt
+    for start in range(0, len(tokens) - BS + 1, BS):
+        parent = hash((parent, tuple(tokens[start:start + BS])))
+        hashes.append(parent)
+        blocks.append((parent, tokens[start:start + BS]))
+    index.stored(worker_id, None, blocks, BS)
+    index.set_live(worker_id, True)
+    return hashes
+
+
+PROMPT = list(range(1000, 1320))  # 20 blocks
+
+
+# -- the index ---------------------------------------------------------------------------------
+
+def test_index_names_blocks_from_token_ids_whatever_the_engine_hash() -> None:
+    index = KvIndex(BS)
+    engine_store(index, "a", PROMPT, salt=1)
+    engine_store(index, "b", PROMPT[:160], salt=2)  # another engine, another hash scheme
+    matched = index.matched_blocks(prompt_blocks(PROMPT, BS), ["a", "b", "c"])
+    assert matched == {"a": 20, "b": 10, "c": 0}
+
+
+def test_removed_blocks_stop_matching_and_an_unknown_parent_is_not_guessed() -> None:
+    index = KvIndex(BS)
+    hashes = engine_store(index, "a", PROMPT)
+    index.removed("a", hashes[5:])
+    assert index.matched_blocks(prompt_blocks(PROMPT, BS), ["a"]) == {"a": 5}
+    index.stored("a", 123456, [(1, PROMPT[:BS])], BS)  # its parent's store was never seen
+    assert index.stats()["a"]["unnamed"] == 1
+    index.clear("a")
+    assert index.blocks("a") == 0 and index.matched_blocks(prompt_blocks(PROMPT, BS), ["a"]) == {"a": 0}
+
+
+def _batch(seq: int, stored: list[int] | None = None, snapshot: bool = False) -> common_pb2.KvEventBatch:
+    events = []
+    if stored is not None:
+        blocks = [common_pb2.KvBlock(block_hash=seq * 1000 + i, token_ids=stored[i * BS:(i + 1) * BS], block_size=BS)
+                  for i in range(len(stored) // BS)]
+        events.append(common_pb2.KvCacheEvent(stored=common_pb2.KvBlocksStored(blocks=blocks)))
+    batch = common_pb2.KvEventBatch(sequence_number=seq, events=events)
+    if snapshot:
+        batch.snapshot.CopyFrom(common_pb2.KvSnapshotChunk(index=0, count=1))
+    return batch
+
+
+def test_a_sequence_gap_distrusts_the_worker_and_asks_for_a_replay() -> None:
+    index = KvIndex(BS)
+    stream = EventStream("a", index)
+    stream.subscribed(0)
+    stream.apply(_batch(5, PROMPT[:32], snapshot=True))
+    stream.apply(_batch(6, PROMPT[32:64]))
+    assert index.is_live("a") and stream.start_sequence() == 7
+    with pytest.raises(_Resubscribe) as again:
+        stream.apply(_batch(9, PROMPT[64:96]))
+    assert again.value.start == 7 and not index.is_live("a")
+    stream.subscribed(7)
+    with pytest.raises(_Resubscribe) as rebuild:  # the replay does not reach back: start over
+        stream.apply(_batch(10))
+    assert rebuild.value.start == 0 and index.blocks("a") == 0
+    stream.subscribed(0)
+    stream.apply(_batch(10, PROMPT[:16], snapshot=True))
+    assert index.is_live("a") and index.blocks("a") == 1
+
+
+def test_a_repeat_or_heartbeat_changes_nothing() -> None:
+    index = KvIndex(BS)
+    stream = EventStream("a", index)
+    stream.subscribed(0)
+    stream.apply(_batch(3, PROMPT[:32], snapshot=True))
+    stream.apply(_batch(3))
+    assert index.blocks("a") == 2 and stream.start_sequence() == 4
+
+
+def test_the_simulated_engine_publishes_stores_evictions_and_clears() -> None:
+    engine = Engine(EngineParams(kv_capacity_tokens=640, block_size=BS))
+    subscription = engine.events.subscribe(0, engine.snapshot_events)
+    for offset in range(4):  # four 320-token prompts into a 640-token cache
+        engine.enqueue([offset * 10_000 + i for i in range(320)], 1, [1])
+        while engine.has_work:
+            engine.step()
+    assert subscription.initial[0].snapshot
+    batches = []
+    while not subscription.queue.empty():
+        batches.append(subscription.queue.get_nowait())
+    kinds = Counter(event[0] for batch in batches if batch for event in batch.events)
+    assert kinds["stored"] >= 4 and kinds["removed"] >= 1
+    assert [b.seq for b in batches if b] == sorted(b.seq for b in batches if b)
+    engine.flush_cache()
+    assert subscription.queue.get_nowait().events == [("cleared",)]  # type: ignore[union-attr]
+
+
+def test_eviction_takes_a_prefix_tail_before_its_head() -> None:
+    engine = Engine(EngineParams(kv_capacity_tokens=640, block_size=BS))
+    first = list(range(320))
+    engine.enqueue(first, 1, [1])
+    while engine.has_work:
+        engine.step()
+    engine.enqueue([50_000 + i for i in range(320)], 1, [1])
+    while engine.has_work:
+        engine.step()
+    request = engine.enqueue(first, 1, [1])
+    assert 0 < request.cached_tokens < 320  # the head survived, the tail went
+
+
+# -- the cost model ----------------------------------------------------------------------------
+
+def test_the_model_learns_a_slower_engine_from_observed_ttfts() -> None:
+    model = TtftModel()
+    rng = random.Random(1)
+    for _ in range(400):  # an engine at 2,000 tokens/s, 20 ms base, 2 ms per running request
+        tokens, running = rng.randint(0, 6000), rng.randint(0, 30)
+        model.observe(model.features(tokens, running), 0.02 + tokens / 2000 + 0.002 * running)
+    base, per_token, per_running = model.theta
+    assert 1800 < 1 / per_token < 2200
+    assert abs(base - 0.02) < 0.005 and abs(per_running - 0.002) < 0.0005
+
+
+def test_the_model_ignores_impossible_observations_and_stays_physical() -> None:
+    model = TtftModel()
+    for _ in range(50):
+        model.observe(model.features(4000, 0), -1.0)
+        model.observe(model.features(4000, 0), 1e6)
+    assert model.observations == 0
+    for _ in range(200):
+        model.observe(model.features(100, 0), 0.0)  # nothing costs time: still never negative
+    assert all(value >= 0 for value in model.theta) and model.theta[1] > 0
+
+
+# -- the policy --------------------------------------------------------------------------------
+
+def test_policy_routes_to_the_engine_that_holds_the_prompt_not_the_one_that_was_sent_it() -> None:
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    pool = workers(3)
+    for worker in pool:
+        index.set_live(worker.id, True)
+    first = policy.select(pool, tokens_request(PROMPT))
+    assert first is not None
+    request = tokens_request(PROMPT)
+    # The engine evicted it (the approximate tree still says `first`), and another engine holds it.
+    index.clear(first.id)
+    policy.first_token(1, 0.05)
+    holder = next(w for w in pool if w is not first)
+    engine_store(index, holder.id, PROMPT)
+    assert policy.select(pool, request) is holder
+
+
+def test_policy_falls_back_to_the_tree_for_a_worker_without_events() -> None:
+    policy = PreciseCachePolicy(PolicyOptions(), KvIndex(BS))
+    pool = workers(3)  # none live
+    first = policy.select(pool, tokens_request(PROMPT))
+    assert first is not None
+    first_request_observer = policy._pending  # released on first token below
+    assert first_request_observer
+    policy.first_token(1, 0.05)
+    assert policy.select(pool, tokens_request(PROMPT)) is first
+
+
+def test_dispatched_prompts_count_as_held_and_queued_until_their_first_token() -> None:
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    pool = workers(2)
+    for worker in pool:
+        index.set_live(worker.id, True)
+    first = policy.select(pool, tokens_request(PROMPT))
+    # Before any event arrives the same prefix follows its first request (the overlay).
+    assert policy.select(pool, tokens_request(PROMPT)) is first
+    # A burst of cold prompts spreads: each one queues prefill on the worker it went to.
+    picks = Counter(policy.select(pool, tokens_request([7_000_000 * k + i for i in range(320)])).id  # type: ignore[union-attr]
+                    for k in range(1, 9))
+    assert set(picks.values()) == {4}
+
+
+def test_a_hot_prefix_does_not_pile_onto_its_holder() -> None:
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index, random.Random(0))
+    pool = workers(4)
+    holder = pool[0]
+    for worker in pool:
+        index.set_live(worker.id, True)
+    engine_store(index, holder.id, PROMPT)
+    holder.load = 40
+    for worker in pool[1:]:
+        worker.load = 2
+    assert policy.select(pool, tokens_request(PROMPT)) is not holder  # over the spill gate
+
+
+def test_an_engine_reported_queue_counts_against_a_worker() -> None:
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    pool = workers(2)
+    for worker in pool:
+        index.set_live(worker.id, True)
+    engine_store(index, pool[0].id, PROMPT)
+    index.set_load(pool[0].id, 200_000)  # another gateway's backlog, as its event stream reports it
+    assert policy.select(pool, tokens_request(PROMPT)) is pool[1]
+
+
+def test_a_failed_attempt_releases_its_queue_and_a_retry_replaces_it() -> None:
+    policy = PreciseCachePolicy(PolicyOptions(), KvIndex(BS))
+    pool = workers(2)
+    request = tokens_request(PROMPT)
+    policy.select(pool, request)
+    policy.select(pool, request)  # the retry: the first attempt's ticket is released
+    assert len(policy._pending) == 1
+    assert request.observer is not None
+    request.observer(None)
+    assert not policy._pending and not policy._queued
+    assert policy.model.observations == 0
