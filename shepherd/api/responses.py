@@ -13,8 +13,10 @@ from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.conversations import storage_errors
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
-from shepherd.headers import presented_key
+from shepherd.headers import ROUTED_WORKER_HEADER, presented_key
+from shepherd.request_keys import WORKER
 from shepherd.responses.executor import ResponsesExecutor
+from shepherd.responses.history import stored_response
 from shepherd.responses.output import replay_events
 from shepherd.routers.common.sse import ClientGone, end_stream, event_frame, send, start_sse
 from shepherd.storage.base import StoredResponse
@@ -24,8 +26,14 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
 
-def _json(value: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(value), content_type="application/json")
+def _json(value: Any, request: web.Request | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(value), content_type="application/json", headers=_routed(request))
+
+
+def _routed(request: web.Request | None) -> dict[str, str]:
+    """The worker that served the model call (rewritten to its id like every routed answer's)."""
+    worker = request.get(WORKER) if request is not None else None
+    return {ROUTED_WORKER_HEADER: worker} if worker else {}
 
 
 def _not_found(response_id: str) -> GatewayError:
@@ -42,7 +50,7 @@ async def _stored(request: web.Request) -> StoredResponse:
 
 async def _sse(request: web.Request, events: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
     """Write `events` as a Responses event stream; a client that leaves stops only its own copy."""
-    response = await start_sse(request, {})
+    response = await start_sse(request, _routed(request))
     try:
         async for event in events:
             await send(response, event_frame(event["type"], event))
@@ -67,13 +75,21 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                 return await _sse(request, run.follow())
             return _json(run.events[0]["response"])
         if work.parsed.stream:
-            stream = await work.open_stream()
+            if work.parsed.store:  # on record while it streams; and a store that is down is a 503 before any event
+                await context.history.store_response(stored_response(work.parsed, work.response))
+            try:
+                stream = await work.open_stream()
+            except GatewayError as exc:
+                if work.parsed.store:
+                    work.failed(exc)
+                    await executor.persist_quietly(work)
+                raise
             events = executor.foreground_events(work, stream)
             try:
                 return await _sse(request, events)
             finally:
                 await events.aclose()  # a client gone: the model call is closed, its upstream aborted
-        return _json(await executor.foreground(work))
+        return _json(await executor.foreground(work), request)
     finally:
         if ticket is not None and admission is not None:
             admission.release(ticket)

@@ -140,6 +140,7 @@ class Work:
         return patched
 
     async def _relayed(self, stream: ChatStream, sequence: int) -> AsyncIterator[dict[str, Any]]:
+        started: Any = None  # the created event's response, until in_progress went out
         async for event in stream:
             if not isinstance(event.get("type"), str):
                 continue
@@ -150,6 +151,14 @@ class Work:
                     self.response = event["response"]
                     self._sequence = sequence
                     return  # the terminal event is ours (sent after the response is stored)
+            if kind == "response.created":
+                started = event.get("response")
+            elif kind == "response.in_progress":
+                started = None
+            elif started is not None:  # a provider that skips in_progress: the client still gets OpenAI's grammar
+                yield {"type": "response.in_progress", "sequence_number": sequence, "response": started}
+                sequence += 1
+                started = None
             yield {**event, "sequence_number": sequence}
             sequence += 1
             self._sequence = sequence
@@ -204,6 +213,9 @@ class ResponsesExecutor:
             await stream.aclose()
         await work.persist()
         yield work.terminal()
+
+    async def persist_quietly(self, work: Work) -> None:
+        await _quietly(work.persist())
 
     async def start_background(self, work: Work) -> Run:
         run = self.runs.admit(work.id)

@@ -167,6 +167,7 @@ async def call_model(context: HasRouter, request: web.Request, chat_body: Mappin
             await task
         raise
     if sink.opened.done():
+        _carry_back(sub, request)  # the worker is known once its stream started
         stream = ChatStream(task, sink, request, sub)
         if stream.status >= 400:
             payload = b""
