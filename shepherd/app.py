@@ -18,6 +18,7 @@ from shepherd.api.dashboard import add_dashboard_routes
 from shepherd.api.inference import add_inference_routes
 from shepherd.api.keys import CONTEXT
 from shepherd.api.parse import add_parse_routes
+from shepherd.api.responses import add_response_routes
 from shepherd.api.tokenize import add_tokenizer_routes
 from shepherd.api.utility import add_utility_routes
 from shepherd.api.wasm import add_wasm_routes
@@ -61,6 +62,7 @@ def build_app(context: AppContext) -> web.Application:
     add_parse_routes(app)
     add_tokenizer_routes(app)
     add_conversation_routes(app)
+    add_response_routes(app)
     return app
 
 

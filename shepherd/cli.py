@@ -71,6 +71,9 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--port", type=int, default=defaults.port, help="port to bind (default: %(default)s)")
     server.add_argument("--max-payload-size", type=_size, default=defaults.max_payload_size,
                         help="largest request body accepted, e.g. 512M (default: 512 MiB)")
+    server.add_argument("--max-background-responses", type=int, default=defaults.max_background_responses,
+                        help="background Responses running at once; 0 runs them in the foreground "
+                             "(default: %(default)s)")
     server.add_argument("--request-timeout-secs", type=float, default=defaults.request_timeout_secs,
                         help="bound on every upstream call, streamed body included (default: %(default)s)")
     server.add_argument("--connect-timeout-secs", type=float, default=defaults.connect_timeout_secs,
@@ -483,6 +486,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         request_timeout_secs=args.request_timeout_secs,
         connect_timeout_secs=args.connect_timeout_secs,
         max_payload_size=args.max_payload_size,
+        max_background_responses=args.max_background_responses,
         upstream_pool_idle_timeout_secs=args.upstream_pool_idle_timeout_secs,
         worker_startup_timeout_secs=args.worker_startup_timeout_secs,
         worker_startup_check_interval_secs=args.worker_startup_check_interval,

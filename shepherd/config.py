@@ -450,6 +450,7 @@ class GatewayConfig:
     request_timeout_secs: float = 1800.0
     connect_timeout_secs: float = 10.0
     max_payload_size: int = 512 * 1024 * 1024
+    max_background_responses: int = 1024  # background Responses running at once (0: run them in the foreground)
     upstream_pool_idle_timeout_secs: float = 3.0
 
     # Worker registration (control plane).
@@ -549,6 +550,8 @@ class GatewayConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.worker_drain_timeout_secs < 0:
             raise ConfigError("--worker-drain-timeout-secs must not be negative")
+        if self.max_background_responses < 0:
+            raise ConfigError(f"--max-background-responses must be 0 or more, got {self.max_background_responses}")
         if self.max_payload_size <= 0:
             raise ConfigError(f"--max-payload-size must be positive, got {self.max_payload_size}")
         self.retry.validate()

@@ -52,7 +52,7 @@ ITEM_STATUSES = frozenset({"in_progress", "completed", "incomplete"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _storage_errors(handler: Handler) -> Handler:
+def storage_errors(handler: Handler) -> Handler:
     """Storage failures as client-facing errors (the gateway keeps serving)."""
 
     @functools.wraps(handler)
@@ -226,7 +226,7 @@ def _item_list(items: list[ConversationItem], has_more: bool, warnings: list[str
 
 # -- routes --------------------------------------------------------------------------------------------
 
-@_storage_errors
+@storage_errors
 async def create_conversation(request: web.Request) -> web.Response:
     body = await _body(request)
     metadata = _metadata_object(body, required=False)
@@ -240,12 +240,12 @@ async def create_conversation(request: web.Request) -> web.Response:
     return _json(conversation.to_json())
 
 
-@_storage_errors
+@storage_errors
 async def get_conversation(request: web.Request) -> web.Response:
     return _json((await _conversation(request)).to_json())
 
 
-@_storage_errors
+@storage_errors
 async def update_conversation(request: web.Request) -> web.Response:
     body = await _body(request)
     patch = _metadata_object(body, required=True)
@@ -263,7 +263,7 @@ async def update_conversation(request: web.Request) -> web.Response:
     return _json(updated.to_json())
 
 
-@_storage_errors
+@storage_errors
 async def delete_conversation(request: web.Request) -> web.Response:
     conversation_id = request.match_info["conversation_id"]
     if not await _store(request).delete_conversation(conversation_id):
@@ -287,7 +287,7 @@ def _page_query(request: web.Request) -> tuple[int, str, str | None]:
     return limit, order, query.get("after") or None
 
 
-@_storage_errors
+@storage_errors
 async def list_items(request: web.Request) -> web.Response:
     limit, order, after = _page_query(request)
     conversation = await _conversation(request)
@@ -299,7 +299,7 @@ async def list_items(request: web.Request) -> web.Response:
     return _item_list(page.items, page.has_more)
 
 
-@_storage_errors
+@storage_errors
 async def add_items(request: web.Request) -> web.Response:
     body = await _body(request)
     items = _request_items(body, required=True)
@@ -319,13 +319,13 @@ async def _linked_item(request: web.Request) -> tuple[Conversation, Conversation
     return conversation, item
 
 
-@_storage_errors
+@storage_errors
 async def get_item(request: web.Request) -> web.Response:
     _, item = await _linked_item(request)
     return _json(item_json(item))
 
 
-@_storage_errors
+@storage_errors
 async def delete_item(request: web.Request) -> web.Response:
     conversation, item = await _linked_item(request)
     await _store(request).unlink_item(conversation.id, item.id)  # the item itself stays (responses may cite it)

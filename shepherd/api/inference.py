@@ -26,7 +26,6 @@ INFERENCE_ROUTES: dict[str, str] = {
     "/rerank": "/v1/rerank",
     "/v1/classify": "/v1/classify",
     "/v1/messages": "/v1/messages",
-    "/v1/responses": "/v1/responses",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,188 @@
+"""The Responses API routes: create (plain, streamed, background), retrieve (or follow), delete,
+cancel, and list a response's input items. The work is the executor's (shepherd/responses)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shepherd.api.body import parse_json_object, read_body
+from shepherd.api.conversations import storage_errors
+from shepherd.api.keys import CONTEXT
+from shepherd.errors import GatewayError
+from shepherd.headers import ROUTED_WORKER_HEADER, presented_key
+from shepherd.request_keys import WORKER
+from shepherd.responses.executor import ResponsesExecutor
+from shepherd.responses.history import stored_response
+from shepherd.responses.output import replay_events
+from shepherd.routers.common.sse import ClientGone, end_stream, event_frame, send, start_sse
+from shepherd.storage.base import StoredResponse
+
+EXECUTOR: web.AppKey[ResponsesExecutor] = web.AppKey("shepherd_responses", ResponsesExecutor)
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+
+def _json(value: Any, request: web.Request | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(value), content_type="application/json", headers=_routed(request))
+
+
+def _routed(request: web.Request | None) -> dict[str, str]:
+    """The worker that served the model call (rewritten to its id like every routed answer's)."""
+    worker = request.get(WORKER) if request is not None else None
+    return {ROUTED_WORKER_HEADER: worker} if worker else {}
+
+
+def _not_found(response_id: str) -> GatewayError:
+    return GatewayError(404, "response_not_found", f"Response with id '{response_id}' not found.")
+
+
+async def _stored(request: web.Request) -> StoredResponse:
+    response_id = request.match_info["response_id"]
+    stored = await request.app[CONTEXT].history.get_response(response_id)
+    if stored is None:
+        raise _not_found(response_id)
+    return stored
+
+
+async def _sse(request: web.Request, events: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
+    """Write `events` as a Responses event stream; a client that leaves stops only its own copy."""
+    response = await start_sse(request, _routed(request))
+    try:
+        async for event in events:
+            await send(response, event_frame(event["type"], event))
+    except ClientGone:
+        return response
+    await end_stream(response)
+    return response
+
+
+@storage_errors
+async def create_response(request: web.Request) -> web.StreamResponse:
+    context = request.app[CONTEXT]
+    executor = request.app[EXECUTOR]
+    body = parse_json_object(await read_body(request, context.config.max_payload_size))
+    admission = context.admission if context.config.admission.enabled else None
+    ticket = await admission.acquire(presented_key(request.headers)) if admission else None
+    try:
+        work = await executor.prepare(request, body)
+        if work.parsed.background:
+            run = await executor.start_background(work)
+            if work.parsed.stream:
+                return await _sse(request, run.follow())
+            return _json(run.events[0]["response"])
+        if work.parsed.stream:
+            if work.parsed.store:  # on record while it streams; and a store that is down is a 503 before any event
+                await context.history.store_response(stored_response(work.parsed, work.response))
+            try:
+                stream = await work.open_stream()
+            except GatewayError as exc:
+                if work.parsed.store:
+                    work.failed(exc)
+                    await executor.persist_quietly(work)
+                raise
+            events = executor.foreground_events(work, stream)
+            try:
+                return await _sse(request, events)
+            finally:
+                await events.aclose()  # a client gone: the model call is closed, its upstream aborted
+        return _json(await executor.foreground(work), request)
+    finally:
+        if ticket is not None and admission is not None:
+            admission.release(ticket)
+
+
+@storage_errors
+async def get_response(request: web.Request) -> web.StreamResponse:
+    stored = await _stored(request)
+    if request.query.get("stream") not in ("true", "1"):
+        return _json(stored.raw_response)
+    try:
+        after = int(request.query.get("starting_after", "-1"))
+    except ValueError:
+        raise GatewayError(400, "invalid_value", "'starting_after' must be an integer",
+                           param="starting_after") from None
+    run = request.app[EXECUTOR].runs.get(stored.id)
+    if run is not None:
+        return await _sse(request, run.follow(after))
+    return await _sse(request, replay_events(stored.raw_response, after))
+
+
+@storage_errors
+async def delete_response(request: web.Request) -> web.Response:
+    stored = await _stored(request)
+    executor = request.app[EXECUTOR]
+    run = executor.runs.get(stored.id)
+    if run is not None:
+        await executor.runs.cancel(run)
+    if not await request.app[CONTEXT].history.delete_response(stored.id):
+        raise _not_found(stored.id)
+    return _json({"id": stored.id, "object": "response.deleted", "deleted": True})
+
+
+@storage_errors
+async def cancel_response(request: web.Request) -> web.Response:
+    stored = await _stored(request)
+    executor = request.app[EXECUTOR]
+    history = request.app[CONTEXT].history
+    run = executor.runs.get(stored.id)
+    if run is not None:
+        await executor.runs.cancel(run)
+        stored = await _stored(request)
+    status = stored.raw_response.get("status")
+    if status == "cancelled":
+        return _json(stored.raw_response)
+    if status in ("completed", "incomplete"):
+        raise GatewayError(400, "response_already_completed", "Cannot cancel a completed response.")
+    if status == "failed":
+        raise GatewayError(400, "response_already_failed", "Cannot cancel a failed response.")
+    if stored.raw_response.get("background") and status in ("queued", "in_progress"):
+        # Its work is not running here (a restart dropped it): the record is all there is to cancel.
+        stored.raw_response = {**stored.raw_response, "status": "cancelled"}
+        await history.store_response(stored)
+        return _json(stored.raw_response)
+    raise GatewayError(400, "invalid_request", "Only responses created with 'background': true can be cancelled")
+
+
+@storage_errors
+async def list_input_items(request: web.Request) -> web.Response:
+    stored = await _stored(request)
+    query = request.query
+    raw_limit = query.get("limit", str(DEFAULT_PAGE))
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise GatewayError(400, "invalid_value", f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise GatewayError(400, "invalid_value", "'order' must be asc or desc", param="order")
+    items = list(stored.input) if order == "asc" else list(reversed(stored.input))
+    after = query.get("after")
+    if after:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise GatewayError(400, "invalid_value", "'after' must be the id of an input item of this response",
+                               param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:limit]
+    return _json({"object": "list", "data": page, "first_id": page[0].get("id") if page else None,
+                  "last_id": page[-1].get("id") if page else None, "has_more": len(items) > limit})
+
+
+def add_response_routes(app: web.Application) -> None:
+    app[EXECUTOR] = ResponsesExecutor(app[CONTEXT])
+
+    async def stop_runs(app: web.Application) -> None:
+        await app[EXECUTOR].runs.close()
+
+    app.on_shutdown.append(stop_runs)
+    app.router.add_post("/v1/responses", create_response)
+    app.router.add_get("/v1/responses/{response_id}", get_response)
+    app.router.add_delete("/v1/responses/{response_id}", delete_response)
+    app.router.add_post("/v1/responses/{response_id}/cancel", cancel_response)
+    app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)
