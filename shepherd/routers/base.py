@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
 
 class Router(Protocol):
-    serves_messages: bool  # False: `/v1/messages` is translated to the path's Chat Completions
+    def serves_messages(self, model: str | None) -> bool:
+        """False: `/v1/messages` for this model is translated to the path's Chat Completions."""
+        ...
 
     async def route(
         self,
@@ -23,6 +25,7 @@ class Router(Protocol):
         ...
 
 
+@runtime_checkable
 class TokenCounter(Protocol):
     """A path that tokenizes prompts itself (gRPC) can count a Chat request's prompt tokens."""
 

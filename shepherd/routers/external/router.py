@@ -47,7 +47,8 @@ log = logging.getLogger("shepherd.router.external")
 
 
 class ExternalRouter:
-    serves_messages = True  # providers speak Messages or have it translated by their plan
+    def serves_messages(self, model: str | None) -> bool:
+        return True  # providers speak Messages or have it translated by their plan
 
     def __init__(
         self,

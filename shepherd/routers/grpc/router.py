@@ -42,7 +42,8 @@ LABELS = PathLabels("grpc", "regular", "grpc")
 
 
 class GrpcRouter:
-    serves_messages = False  # the pipeline serves Chat; Messages is translated to it
+    def serves_messages(self, model: str | None) -> bool:
+        return False  # the pipeline serves Chat; Messages is translated to it
 
     def __init__(self, config: GatewayConfig, registry: WorkerRegistry, policies: PolicyRegistry,
                  pool: GrpcClientPool, tokenizers: TokenizerRegistry, outputs: OutputFactory | None = None,

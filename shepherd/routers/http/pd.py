@@ -53,7 +53,8 @@ Pair = tuple[Worker, Worker]  # (prefill, decode)
 
 
 class PdRouter:
-    serves_messages = True  # the engines serve /v1/messages themselves
+    def serves_messages(self, model: str | None) -> bool:
+        return True  # the engines serve /v1/messages themselves
 
     def __init__(
         self,
