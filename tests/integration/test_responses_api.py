@@ -336,3 +336,32 @@ def httpx_free_port() -> int:
     from shepherd.testing import free_ports
 
     return free_ports(1)[0]
+
+
+# -- the openai-agents SDK: a two-turn agent with a function tool, on its default (Responses) model ----
+
+@pytest.mark.parametrize("backend", CHAT_BACKENDS)
+async def test_an_agent_uses_a_tool_and_continues_its_chain(deployment: Deployment, backend: str) -> None:
+    import agents
+
+    agents.set_tracing_disabled(True)
+    calls: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        calls.append(city)
+        return f"18C and sunny in {city}"
+
+    client = openai.AsyncOpenAI(base_url=deployment.gateway.url + "/v1", api_key="client-key", max_retries=0)
+    agents.set_default_openai_client(client, use_for_tracing=False)
+    agent = agents.Agent(name="weather", instructions="Answer weather questions.", tools=[get_weather],
+                         model=MODELS[backend])
+    first = await agents.Runner.run(agent, "Use get_weather for Paris")
+    assert calls == ["Paris"]
+    assert "18C and sunny in Paris" in str(first.final_output)
+    second = await agents.Runner.run(agent, "Thanks! Anything else?", previous_response_id=first.last_response_id)
+    assert second.final_output and calls == ["Paris"]
+    stored = await client.responses.retrieve(str(second.last_response_id))
+    assert stored.previous_response_id == first.last_response_id
+    await client.close()
