@@ -75,6 +75,9 @@ class ResponseRequest:
         instructions = body.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
             raise _bad("'instructions' must be a string", "instructions")
+        chat_tools(body.get("tools"))  # checked now: a bad request costs no history lookup
+        chat_tool_choice(body.get("tool_choice"))
+        chat_response_format(body.get("text"))
         return cls(body=body, model=model, input_items=normalize_input(body.get("input")),
                    stream=bool(body.get("stream")), store=store, background=background,
                    previous_response_id=previous or None, conversation_id=conversation or None, include=include)
