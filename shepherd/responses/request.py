@@ -16,6 +16,9 @@ from typing import Any
 from shepherd.errors import GatewayError
 from shepherd.storage.base import new_item_id
 
+# OpenAI's `include` values. Logprobs are asked of the model; input image URLs are kept in the stored
+# input anyway; reasoning items carry their text in `content`, so there is nothing to encrypt; the
+# rest name outputs of hosted tools, which are refused in `tools`, so they can never apply.
 INCLUDABLE = frozenset({"message.output_text.logprobs", "reasoning.encrypted_content",
                         "message.input_image.image_url", "file_search_call.results", "web_search_call.results",
                         "web_search_call.action.sources", "computer_call_output.output.image_url",
