@@ -211,7 +211,11 @@ class ResponsesExecutor:
             return
         finally:
             await stream.aclose()
-        await work.persist()
+        try:
+            await work.persist()
+        except StorageError as exc:  # the answer went out but is not on record: the client must know
+            yield work.failed(exc)
+            return
         yield work.terminal()
 
     async def persist_quietly(self, work: Work) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 from shepherd.errors import GatewayError
 from shepherd.storage.base import new_item_id
 
+# OpenAI's `include` values. Logprobs are asked of the model; input image URLs are kept in the stored
+# input anyway; reasoning items carry their text in `content`, so there is nothing to encrypt; the
+# rest name outputs of hosted tools, which are refused in `tools`, so they can never apply.
 INCLUDABLE = frozenset({"message.output_text.logprobs", "reasoning.encrypted_content",
                         "message.input_image.image_url", "file_search_call.results", "web_search_call.results",
                         "web_search_call.action.sources", "computer_call_output.output.image_url",
@@ -75,6 +78,9 @@ class ResponseRequest:
         instructions = body.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
             raise _bad("'instructions' must be a string", "instructions")
+        chat_tools(body.get("tools"))  # checked now: a bad request costs no history lookup
+        chat_tool_choice(body.get("tool_choice"))
+        chat_response_format(body.get("text"))
         return cls(body=body, model=model, input_items=normalize_input(body.get("input")),
                    stream=bool(body.get("stream")), store=store, background=background,
                    previous_response_id=previous or None, conversation_id=conversation or None, include=include)

@@ -295,6 +295,9 @@ class SimWorker:
         if any(len(p) + max_new > self.config.max_model_len for p in prompts):
             return self._error(400, f"This model's maximum context length is {self.config.max_model_len} tokens")
         finish = "length" if requested is not None else "stop"
+        if self.config.provider == "anthropic" and requested is not None and requested >= self.config.output_tokens:
+            # Anthropic clients must always send max_tokens: as that provider it is a ceiling, not a length.
+            max_new, finish = self.config.output_tokens, "stop"
         n = body.get("n", 1) if not batched else 1
         if not isinstance(n, int) or n < 1 or n > 128:
             return self._error(400, "n must be an integer between 1 and 128")

@@ -70,7 +70,7 @@ def _is_json_error(payload: Any) -> bool:
     return payload.get("object") == "error" and isinstance(payload.get("message"), str)  # an engine's own 4xx
 
 
-@pytest.mark.parametrize("path", sorted(INFERENCE_ROUTES))
+@pytest.mark.parametrize("path", sorted([*INFERENCE_ROUTES, "/v1/responses"]))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(body=_BODIES)

@@ -131,8 +131,24 @@ def test_instructions_are_not_inherited_and_formats_and_limits_are_passed(deploy
     assert body["response_format"] == {"type": "json_schema",
                                        "json_schema": {"name": "reply", "schema": schema, "strict": True}}
     assert second.instructions is None and second.text.format.type == "json_schema"  # type: ignore[union-attr]
-    client.responses.create(model=MODELS["http"], input="json please", text={"format": {"type": "json_object"}})
-    assert _last_body(deployment.http)["response_format"] == {"type": "json_object"}
+    client.responses.create(model=MODELS["http"], input="json please", text={"format": {"type": "json_object"}},
+                            include=["message.output_text.logprobs"], top_logprobs=2)
+    body = _last_body(deployment.http)
+    assert body["response_format"] == {"type": "json_object"} and body["logprobs"] is True
+    assert body["top_logprobs"] == 2
+
+
+def test_a_client_leaving_a_stream_stops_the_engine(deployment: Deployment) -> None:
+    sim = deployment.slow
+    with httpx.Client(base_url=deployment.gateway.url, timeout=30) as http, http.stream(
+            "POST", "/v1/responses", json={"model": "sim-slow", "input": "long", "stream": True,
+                                           "max_output_tokens": 500}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if "response.output_text.delta" in line:
+                assert sim.stats()["in_flight"] == 1  # (leaving iter_lines closes the response)
+                break
+    wait_until(lambda: sim.stats()["in_flight"] == 0, 10, message="the engine request to be dropped")
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["plain", "streamed"])
@@ -336,3 +352,32 @@ def httpx_free_port() -> int:
     from shepherd.testing import free_ports
 
     return free_ports(1)[0]
+
+
+# -- the openai-agents SDK: a two-turn agent with a function tool, on its default (Responses) model ----
+
+@pytest.mark.parametrize("backend", CHAT_BACKENDS)
+async def test_an_agent_uses_a_tool_and_continues_its_chain(deployment: Deployment, backend: str) -> None:
+    import agents
+
+    agents.set_tracing_disabled(True)
+    calls: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        calls.append(city)
+        return f"18C and sunny in {city}"
+
+    client = openai.AsyncOpenAI(base_url=deployment.gateway.url + "/v1", api_key="client-key", max_retries=0)
+    agents.set_default_openai_client(client, use_for_tracing=False)
+    agent = agents.Agent(name="weather", instructions="Answer weather questions.", tools=[get_weather],
+                         model=MODELS[backend])
+    first = await agents.Runner.run(agent, "Use get_weather for Paris")
+    assert calls == ["Paris"]
+    assert "18C and sunny in Paris" in str(first.final_output)
+    second = await agents.Runner.run(agent, "Thanks! Anything else?", previous_response_id=first.last_response_id)
+    assert second.final_output and calls == ["Paris"]
+    stored = await client.responses.retrieve(str(second.last_response_id))
+    assert stored.previous_response_id == first.last_response_id
+    await client.close()
