@@ -196,13 +196,14 @@ class Gateway(Process):
 class GrpcSim(Process):
     """`shepherd mock-worker --grpc`: gRPC engines, each with an HTTP control port for the /sim/ routes."""
 
-    def __init__(self, count: int = 1, *flags: str, runtime: str = "sglang") -> None:
+    def __init__(self, count: int = 1, *flags: str, runtime: str = "sglang", timeout: float = 20.0) -> None:
         ports = free_ports(2 * count)
         self.ports, self.control_ports = ports[:count], ports[count:]
         self.targets = [f"grpc://127.0.0.1:{p}" for p in self.ports]
         self.controls = [f"http://127.0.0.1:{p}" for p in self.control_ports]
         super().__init__(["mock-worker", "--grpc", "--runtime", runtime, "--ports", *map(str, self.ports),
-                          "--control-ports", *map(str, self.control_ports), *flags], self.controls[-1] + "/health")
+                          "--control-ports", *map(str, self.control_ports), *flags], self.controls[-1] + "/health",
+                         timeout)
 
     def stats(self, index: int = 0) -> dict[str, Any]:
         return httpx.get(self.controls[index] + "/sim/stats", timeout=5).json()
