@@ -232,7 +232,8 @@ def main() -> None:
     args = parser.parse_args()
 
     kv = ["--kv-capacity-tokens", str(args.kv_capacity_tokens), "--record-requests", "0"]
-    sim: Sim | GrpcSim = GrpcSim(args.workers, "--model", "mock-model", *kv) if args.grpc else Sim(args.workers, *kv)
+    sim: Sim | GrpcSim = (GrpcSim(args.workers, "--model", "mock-model", *kv, timeout=90) if args.grpc
+                          else Sim(args.workers, *kv))
     targets_urls = sim.targets if isinstance(sim, GrpcSim) else sim.urls
     args.no_pd = args.no_pd or args.grpc
     # PD: half the workers prefill (with bootstrap ports), half decode; the prefill policy is what varies.

@@ -85,12 +85,13 @@ class PreciseCachePolicy(Policy):
         matched = self._matched(workers, tokens, text, prompt)
 
         eligible = self._not_overloaded(workers)
+        fleet = sum(w.load for w in workers) / len(workers)
         best: Worker | None = None
         best_key: tuple[float, int, int] | None = None
         best_features: Features | None = None
         for worker in eligible:
             uncached = max(0, prompt - matched.get(worker.id, 0))
-            features = self.model.features(self._queued_tokens(worker) + uncached, worker.load)
+            features = self.model.features(self._queued_tokens(worker) + uncached, worker.load, fleet)
             key = (self.model.predict(features), worker.load, worker.processed)
             if best_key is None or key < best_key:
                 best, best_key, best_features = worker, key, features

@@ -152,7 +152,7 @@ class Gateway(Process):
         super().__init__([*args, *flags], self.url + "/liveness", env=env, checkout=checkout)
         expected = len(worker_urls) if expect_workers is None else expect_workers
         if open_admin or admin_key:
-            wait_until(lambda: len(self.workers()) >= expected, 20, message=f"{expected} workers to register")
+            wait_until(lambda: self._registered(expected), 60, 0.2, message=f"{expected} workers to register")
         elif expected:
             wait_until(lambda: httpx.get(self.url + "/readiness", timeout=5, verify=False).status_code == 200, 20,
                        message="a ready worker")
@@ -170,6 +170,12 @@ class Gateway(Process):
         if self._history_dir is not None:
             shutil.rmtree(self._history_dir, ignore_errors=True)
         return code
+
+    def _registered(self, expected: int) -> bool:
+        try:
+            return len(self.workers()) >= expected
+        except httpx.TimeoutException:  # a busy machine: the gateway is still loading (tokenizers)
+            return False
 
     def workers(self) -> list[dict[str, Any]]:
         response = httpx.get(self.url + "/workers", headers=self._admin_headers, timeout=5, verify=False)
@@ -190,13 +196,14 @@ class Gateway(Process):
 class GrpcSim(Process):
     """`shepherd mock-worker --grpc`: gRPC engines, each with an HTTP control port for the /sim/ routes."""
 
-    def __init__(self, count: int = 1, *flags: str, runtime: str = "sglang") -> None:
+    def __init__(self, count: int = 1, *flags: str, runtime: str = "sglang", timeout: float = 20.0) -> None:
         ports = free_ports(2 * count)
         self.ports, self.control_ports = ports[:count], ports[count:]
         self.targets = [f"grpc://127.0.0.1:{p}" for p in self.ports]
         self.controls = [f"http://127.0.0.1:{p}" for p in self.control_ports]
         super().__init__(["mock-worker", "--grpc", "--runtime", runtime, "--ports", *map(str, self.ports),
-                          "--control-ports", *map(str, self.control_ports), *flags], self.controls[-1] + "/health")
+                          "--control-ports", *map(str, self.control_ports), *flags], self.controls[-1] + "/health",
+                         timeout)
 
     def stats(self, index: int = 0) -> dict[str, Any]:
         return httpx.get(self.controls[index] + "/sim/stats", timeout=5).json()

@@ -144,9 +144,21 @@ def test_the_model_learns_a_slower_engine_from_observed_ttfts() -> None:
     for _ in range(400):  # an engine at 2,000 tokens/s, 20 ms base, 2 ms per running request
         tokens, running = rng.randint(0, 6000), rng.randint(0, 30)
         model.observe(model.features(tokens, running), 0.02 + tokens / 2000 + 0.002 * running)
-    base, per_token, per_running = model.theta
+    base, per_token, per_running, _ = model.theta
     assert 1800 < 1 / per_token < 2200
     assert abs(base - 0.02) < 0.005 and abs(per_running - 0.002) < 0.0005
+
+
+def test_congestion_that_slows_every_worker_is_not_learned_as_a_per_worker_cost() -> None:
+    model = TtftModel()
+    rng = random.Random(2)
+    for _ in range(600):  # TTFT follows the fleet's load (a busy host), not the chosen worker's
+        fleet = rng.uniform(0, 30)
+        running = max(0.0, fleet + rng.uniform(-3, 3))
+        tokens = rng.randint(0, 4000)
+        model.observe(model.features(tokens, running, fleet), 0.01 + tokens / 8000 + 0.02 * fleet)
+    _, per_token, per_running, per_fleet = model.theta
+    assert per_running < 0.004 < 0.014 < per_fleet and 7000 < 1 / per_token < 9000  # most of it on the fleet
 
 
 def test_the_model_ignores_impossible_observations_and_stays_physical() -> None:
