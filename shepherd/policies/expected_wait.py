@@ -13,6 +13,7 @@ the in-flight count.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 
 from shepherd.config import PolicyOptions
 from shepherd.workers.worker import Worker
@@ -27,6 +28,13 @@ class ExpectedWait:
         # worker id -> (the snapshot it was computed from, score): a reported worker's score changes
         # only with a new report (snapshots are replaced, never changed) or a record() on it.
         self._scores: dict[str, tuple[object, float]] = {}
+        # The last fleet scored whole: its workers, their snapshots, the scores, each id's index.
+        # The next decision over the same workers and snapshots (the common case between two
+        # polls) compares those lists in C and rescores only the worker record() changed.
+        self._fleet: tuple[Worker, ...] = ()
+        self._fleet_snapshots: list[object] = []
+        self._fleet_scores: list[float] = []
+        self._fleet_index: dict[str, int] = {}
 
     def _tally(self, worker: Worker) -> tuple[int, int]:
         entry = self._tallies.get(worker.id)
@@ -40,6 +48,11 @@ class ExpectedWait:
         pending_tokens, pending_requests = self._tally(worker)
         self._tallies[worker.id] = (seq, pending_tokens + tokens, pending_requests + 1)
         self._scores.pop(worker.id, None)
+        index = self._fleet_index.get(worker.id)
+        if index is not None and worker.snapshot is not None and self._fleet[index] is worker:
+            self._fleet_scores[index] = self.score(worker, self._fleet)
+        else:
+            self._drop_fleet()  # not one the fleet cache can update in place
 
     def dispatched_since_poll(self, worker: Worker) -> int:
         return self._tally(worker)[1]
@@ -65,6 +78,19 @@ class ExpectedWait:
     def scores(self, workers: Sequence[Worker]) -> list[float]:
         """`[score(w, workers) for w in workers]`, reusing each reported worker's score until its
         next report or record(), and working the fleet-wide figures out once, not per worker."""
+        fleet = tuple(workers)
+        snapshots = list(map(_SNAPSHOT, fleet))
+        if fleet == self._fleet and snapshots == self._fleet_snapshots:  # identity first: C-speed
+            return list(self._fleet_scores)
+        out = self._scores_of(workers)
+        if None in snapshots:  # in-flight counts score those workers: they change between decisions
+            self._drop_fleet()
+        else:
+            self._fleet, self._fleet_snapshots, self._fleet_scores = fleet, snapshots, list(out)
+            self._fleet_index = {w.id: i for i, w in enumerate(fleet)}
+        return out
+
+    def _scores_of(self, workers: Sequence[Worker]) -> list[float]:
         cached = self._scores
         out: list[float] = []
         append = out.append
@@ -97,3 +123,10 @@ class ExpectedWait:
     def forget(self, worker: Worker) -> None:
         self._tallies.pop(worker.id, None)
         self._scores.pop(worker.id, None)
+        self._drop_fleet()
+
+    def _drop_fleet(self) -> None:
+        self._fleet, self._fleet_snapshots, self._fleet_scores, self._fleet_index = (), [], [], {}
+
+
+_SNAPSHOT = attrgetter("snapshot")
