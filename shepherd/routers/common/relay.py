@@ -23,6 +23,7 @@ from shepherd.request_keys import USAGE, WANT_USAGE
 from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.execution import Execution
 from shepherd.routers.common.retry import RetryableFailure
+from shepherd.routers.common.sink import open_stream
 from shepherd.routers.common.sse import end_stream, stream_error_frame, whole_events
 from shepherd.transport.base import TransportResponse
 from shepherd.transport.errors import UpstreamError, UpstreamTimeout
@@ -88,8 +89,7 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     """Relay the worker's body chunk by chunk as it arrives. With `transform`, whole SSE events are
     rewritten one by one (so a chunk that ends mid-event waits for the rest of that event)."""
     request, upstream = execution.request, response_of(attempt)
-    response = web.StreamResponse(status=upstream.status, headers=headers)
-    await response.prepare(request)
+    response = await open_stream(request, upstream.status, headers)
     is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
     chunk = b"\n\n"
     metrics = execution.lifecycle.metrics

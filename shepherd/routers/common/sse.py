@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import orjson
 from aiohttp import web
 
+from shepherd.routers.common.sink import open_stream
+
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
@@ -102,10 +104,8 @@ class ClientGone(Exception):
 
 async def start_sse(request: web.Request, headers: Mapping[str, str]) -> web.StreamResponse:
     """Send the head of an event stream the gateway writes itself."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           **headers})
-    await response.prepare(request)
-    return response
+    return await open_stream(request, 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                            **headers})
 
 
 async def send(response: web.StreamResponse, frame: bytes) -> None:

@@ -15,6 +15,7 @@ from shepherd.errors import GatewayError
 from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.execution import Execution
 from shepherd.routers.common.relay import read_answer, response_of, who
+from shepherd.routers.common.sink import open_stream
 from shepherd.routers.common.sse import SSEDecoder, end_stream
 from shepherd.routers.external.plans import StreamTranslator, Translation
 from shepherd.transport.errors import UpstreamError, UpstreamTimeout
@@ -42,8 +43,7 @@ async def translate_stream(execution: Execution[Any], attempt: Attempt, translat
                            f"{who(attempt).capitalize()} answered a streaming request without an event stream")
     headers["Content-Type"] = "text/event-stream"
     headers["Cache-Control"] = "no-cache"
-    response = web.StreamResponse(status=200, headers=headers)
-    await response.prepare(execution.request)
+    response = await open_stream(execution.request, 200, headers)
     decoder = SSEDecoder()
     try:
         async for chunk in upstream.iter_chunks():
