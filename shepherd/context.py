@@ -10,6 +10,8 @@ import aiohttp
 
 from shepherd.config import GatewayConfig
 from shepherd.discovery import Discovery
+from shepherd.mcp.config import load_mcp_config
+from shepherd.mcp.service import McpService
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
@@ -92,6 +94,7 @@ class AppContext:
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
     plugins: PluginRegistry | None = None  # WASM plugins, with --enable-wasm
+    mcp: McpService | None = None  # --mcp-config-path: MCP servers and the tool loop
 
     @classmethod
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
@@ -148,6 +151,8 @@ class AppContext:
             history=create_history(config.history),
         )
         context.discovery = Discovery.from_config(config, manager, registry)
+        if config.mcp_config_path:
+            context.mcp = McpService(load_mcp_config(config.mcp_config_path), metrics)
         if config.recording.directory:
             context.recorder = TrafficRecorder(config.recording, config.policy_options.routing_key_headers)
         context.health.register_probe("grpc", context.grpc.health)
@@ -185,6 +190,8 @@ class AppContext:
         if self.plugins is not None:
             self.plugins.close()
         await self.history.close()
+        if self.mcp is not None:
+            await self.mcp.close()
         if self.tracing is not None:
             self.tracing.shutdown()
         await self.transports.close()

@@ -39,10 +39,12 @@ from typing import Any
 
 import yaml
 
+from shepherd.config import ConfigError
+
 TRANSPORTS = ("stdio", "sse", "streamable")
 
 
-class McpConfigError(ValueError):
+class McpConfigError(ConfigError):
     pass
 
 

@@ -135,9 +135,9 @@ class McpConnection:
                 break
         return found
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout: float | None = None) -> ToolResult:
+    async def call(self, tool: str, arguments: dict[str, Any]) -> ToolResult:
         """Run one tool. A tool's failure is a ToolResult with is_error; raises McpUnavailable or TimeoutError."""
-        limit = timeout if timeout is not None else self.spec.call_timeout_secs
+        limit = self.spec.call_timeout_secs
 
         async def run(session: ClientSession) -> ToolResult:
             try:
@@ -146,7 +146,7 @@ class McpConnection:
             except MCPError as exc:
                 if exc.code == mcp_types.REQUEST_TIMEOUT:
                     raise TimeoutError(f"tool {tool!r} timed out after {limit:g}s") from exc
-                if exc.code == mcp_types.CONNECTION_CLOSED:
+                if _session_lost(exc):
                     raise
                 return ToolResult(f"MCP error {exc.code}: {exc.message}", True)
             if not isinstance(result, mcp_types.CallToolResult):
@@ -163,7 +163,7 @@ class McpConnection:
         except TimeoutError:  # an OSError, but the server is there: the call was just slow
             raise
         except MCPError as exc:
-            if exc.code != mcp_types.CONNECTION_CLOSED:
+            if not _session_lost(exc):
                 raise McpUnavailable(f"MCP server {self.spec.name!r}: {exc.message}") from exc
         except _TRANSPORT_ERRORS:
             pass
@@ -217,6 +217,12 @@ def _result_text(result: mcp_types.CallToolResult) -> str:
         import orjson
         return orjson.dumps(result.structured_content).decode()
     return "\n".join(parts)
+
+
+def _session_lost(exc: MCPError) -> bool:
+    """The connection is gone (closed, or a restarted HTTP server that no longer knows our session)."""
+    return exc.code == mcp_types.CONNECTION_CLOSED or (
+        exc.code == mcp_types.INVALID_REQUEST and "session not found" in exc.message.lower())
 
 
 def _describe(exc: BaseException) -> str:
