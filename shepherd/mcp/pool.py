@@ -36,7 +36,8 @@ class McpPool:
         self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Connect every configured server; a required one that fails raises, an optional one is logged."""
+        """Connect the configured servers: the required ones before returning (one that fails raises),
+        the others in the background (one that fails is logged, and retried when a request needs it)."""
         async def one(connection: McpConnection) -> None:
             try:
                 await connection.tools()
@@ -45,7 +46,12 @@ class McpPool:
                     raise McpUnavailable(f"required MCP server {connection.spec.name!r}: {exc}") from exc
                 log.warning("MCP server %r not connected at launch (it is retried on use): %s",
                             connection.spec.name, exc)
-        await asyncio.gather(*(one(c) for c in self.static.values()))
+        for connection in self.static.values():
+            if not connection.spec.required:
+                task = asyncio.create_task(one(connection))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        await asyncio.gather(*(one(c) for c in self.static.values() if c.spec.required))
 
     async def for_url(self, label: str, url: str, headers: Mapping[str, str]) -> McpConnection:
         """A per-request server's connection, reused while its URL and headers stay the same."""
@@ -73,6 +79,8 @@ class McpPool:
     async def close(self) -> None:
         connections = [*self.static.values(), *self._dynamic.values()]
         self._dynamic.clear()
+        for task in self._closing:
+            task.cancel()
         await asyncio.gather(*(c.close() for c in connections), *self._closing, return_exceptions=True)
 
 

@@ -32,6 +32,7 @@ from shepherd.routers.common.sse import (
 )
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # the SDK's client logs every MCP request at INFO
 
 MAX_TOOL_LABELS = 256
 
