@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("shepherd-test")
 
@@ -31,13 +32,29 @@ def weather(city: str) -> str:
 
 @server.tool(description="Always fails.")
 def explode(reason: str = "boom") -> str:
-    raise RuntimeError(f"tool failed: {reason}")
+    raise ToolError(f"tool failed: {reason}")
 
 
 @server.tool(description="Sleep for some seconds, then answer.")
 async def sleep(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return f"slept {seconds}"
+
+
+_arrived: list[int] = []
+_all_here = asyncio.Event()
+
+
+@server.tool(description="Wait (up to 5 s) until `parties` calls of this tool are running at once.")
+async def rendezvous(parties: int) -> str:
+    _arrived.append(1)
+    if len(_arrived) >= parties:
+        _all_here.set()
+    try:
+        await asyncio.wait_for(_all_here.wait(), 5)
+    except TimeoutError:
+        return "alone"
+    return "met"
 
 
 @server.tool(description="The HTTP request headers this server received (lower-cased names).")

@@ -24,7 +24,8 @@ ROOT = str(Path(__file__).resolve().parents[2])
 
 def stdio_entry(name: str = "local", **extra: object) -> dict[str, object]:
     return {"name": name, "protocol": "stdio", "command": sys.executable,
-            "args": ["-m", "shepherd.testing.mcp_server", "stdio"], "env": {"PYTHONPATH": ROOT}, **extra}
+            "args": ["-m", "shepherd.testing.mcp_server", "stdio"], "env": {"PYTHONPATH": ROOT},
+            "connect_timeout_secs": 60, **extra}  # a loaded test machine starts Python slowly
 
 
 class HttpServer:
