@@ -82,7 +82,8 @@ def test_parallel_calls_in_one_turn_and_failures_as_results() -> None:
             assert [m["tool_call_id"] for m in tool_messages] == ["c1", "c2", "c3", "c4", "c5"]
             assert tool_messages[2]["content"].startswith("Error:")
             assert [c["output"] for c in answer["mcp_calls"][:2]] == ["met", "met"]  # both ran at once
-            assert answer["choices"][0]["message"]["content"].startswith("done: met | met | Error: Error executing tool explode: tool failed: boom")
+            assert answer["choices"][0]["message"]["content"].startswith(
+                "done: met | met | Error: Error executing tool explode: tool failed: boom")
             assert answer["usage"]["prompt_tokens"] == 20
             offered = {t["function"]["name"] for t in model.bodies[0]["tools"]}
             assert {"add", "sleep", "explode"} <= offered
