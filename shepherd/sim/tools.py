@@ -245,3 +245,35 @@ def _thirds(text: str) -> list[str]:
     """Arguments arrive in fragments that split the JSON mid-token, as real streams do."""
     step = max(1, len(text) // 3)
     return [text[i:i + step] for i in range(0, len(text), step)]
+
+
+# -- gRPC engines: the same script, read from a Qwen3-style rendered prompt ----------------------------
+
+def rendered_prompt_answer(prompt: str) -> str | None:
+    """The scripted answer for a prompt rendered with a Qwen3-style chat template (what a gRPC engine
+    sees): tool results after the last user turn are quoted; otherwise a tool from the `<tools>` block
+    that the last user message names is called, as `<tool_call>` JSON. None: an ordinary answer."""
+    turns = prompt.split("<|im_start|>")
+    last_user = next((t for t in reversed(turns) if t.startswith("user")), None)
+    if last_user is None or "<tools>\n" not in prompt:
+        return None
+    if "<tool_response>" in last_user:
+        results = [part.split("</tool_response>")[0].strip() for part in last_user.split("<tool_response>")[1:]]
+        return "Tool result: " + "; ".join(results)
+    tools: dict[str, Mapping[str, Any]] = {}
+    block = prompt.split("<tools>\n", 1)[1].split("</tools>", 1)[0]
+    for line in block.splitlines():
+        try:
+            spec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        function = spec.get("function", spec) if isinstance(spec, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            schema = function.get("parameters")
+            tools[function["name"]] = schema if isinstance(schema, Mapping) else {}
+    user_text = last_user[len("user"):].split("<|im_end|>")[0].strip()
+    name = next((name for name in tools if name in user_text), None)
+    if name is None:
+        return None
+    call = {"name": name, "arguments": _arguments(tools[name], user_text)}
+    return "<tool_call>\n" + orjson.dumps(call).decode() + "\n</tool_call>"

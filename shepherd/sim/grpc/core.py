@@ -18,6 +18,7 @@ from shepherd.sim.engine import Engine, EngineParams, SimRequest
 from shepherd.sim.grpc.faults import GrpcFaults, GrpcStats
 from shepherd.sim.grpc.script import Outcome, answer_text, decide
 from shepherd.sim.text import request_seed
+from shepherd.sim.tools import rendered_prompt_answer
 from shepherd.tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger("shepherd.sim.grpc")
@@ -132,6 +133,8 @@ class SimCore:
 
     def _script(self, generate: SimGenerate, index: int) -> list[int]:
         text = self.faults.response_text
+        if text is None:
+            text = rendered_prompt_answer(self.tokenizer.decode(generate.input_ids, skip_special_tokens=False))
         if text is None:
             seed = request_seed(self.model, tuple(generate.input_ids), index, generate.seed)
             text = answer_text(seed, self.tokenizer, self.output_tokens)
