@@ -14,7 +14,7 @@ import orjson
 import pytest
 import yaml
 
-from shepherd.testing import Gateway, Sim, wait_until
+from shepherd.testing import Gateway, GrpcSim, Sim, wait_until
 from tests.integration.test_mcp_servers import HttpServer, stdio_entry
 
 MODEL = "mock-model"
@@ -162,3 +162,29 @@ def _gone(pid: int) -> bool:
         return True
 
 
+
+
+
+@pytest.fixture(scope="module")
+def grpc_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    engine = GrpcSim(1, "--model", "qwen3-tools")
+    try:
+        gw = Gateway(engine.targets, "--mcp-config-path",
+                     write_config(tmp_path_factory.mktemp("grpc"), [stdio_entry("local")]))
+        yield gw
+        gw.stop()
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_loop_on_a_grpc_engine(grpc_gateway: Gateway, stream: bool) -> None:
+    """A gRPC engine: the gateway renders the MCP tools into the Qwen3 template, parses the engine's
+    `<tool_call>` text back into calls, runs them, and renders the results for the next turn."""
+    ask = {"model": "qwen3-tools", "messages": [{"role": "user", "content": "what is the weather in Lima"}]}
+    if stream:
+        chunks = list(client(grpc_gateway).chat.completions.create(**ask, stream=True))  # type: ignore[call-overload]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        text = client(grpc_gateway).chat.completions.create(**ask).choices[0].message.content  # type: ignore[call-overload]
+    assert text == "Tool result: sunny, 21C in Lima"
