@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 
 from shepherd.config import ConfigError
 from shepherd.errors import GatewayError
@@ -20,6 +21,7 @@ from shepherd.mcp.connection import McpUnavailable
 from shepherd.mcp.pool import McpPool
 from shepherd.mcp.session import ToolSession
 from shepherd.observability.metrics import Metrics
+from shepherd.request_keys import SPAN
 from shepherd.routers.common.model_call import call_model
 from shepherd.routers.common.sse import (
     DONE_FRAME,
@@ -83,6 +85,15 @@ class McpService:
         if not isinstance(body.get("messages"), list):
             raise GatewayError(400, "invalid_type", "'messages' must be a list", param="messages")
         session = await self.chat_session(body)
+        parent = request.get(SPAN)
+        tracing = context.tracing
+        if tracing is not None and parent is not None:
+            def start_span(server: str, tool: str) -> Any:
+                span = tracing.start_child(parent, f"mcp.call {tool}", SpanKind.CLIENT)
+                span.set_attribute("mcp.server", server)
+                span.set_attribute("mcp.tool", tool)
+                return span
+            session.start_span = start_span
 
         async def model(chat_body: dict[str, Any]) -> Any:
             return await call_model(context, request, chat_body)

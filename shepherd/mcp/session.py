@@ -20,6 +20,7 @@ import orjson
 from shepherd.mcp.connection import McpConnection, McpUnavailable, ToolInfo
 
 Observe = Callable[[str, str, str, float], None]  # (server label, tool, status, seconds)
+StartSpan = Callable[[str, str], Any]  # (server label, tool) -> an OpenTelemetry span, ended after the call
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class McpCallRecord:
 class ToolSession:
     bindings: dict[str, ToolBinding] = field(default_factory=dict)
     observe: Observe | None = None
+    start_span: StartSpan | None = None
 
     @classmethod
     async def build(cls, servers: Iterable[tuple[str, McpConnection]], taken: Iterable[str],
@@ -95,6 +97,16 @@ class ToolSession:
     async def execute(self, call_id: str, name: str, arguments: str) -> McpCallRecord:
         binding = self.bindings[name]
         record = McpCallRecord(call_id, binding.label, binding.tool.name, arguments)
+        span = self.start_span(binding.label, binding.tool.name) if self.start_span is not None else None
+        try:
+            return await self._execute(binding, record)
+        finally:
+            if span is not None:
+                span.set_attribute("mcp.status", record.status)
+                span.end()
+
+    async def _execute(self, binding: ToolBinding, record: McpCallRecord) -> McpCallRecord:
+        arguments = record.arguments
         started = time.perf_counter()
         try:
             parsed = orjson.loads(arguments) if arguments.strip() else {}

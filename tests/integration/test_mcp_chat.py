@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import openai
@@ -14,8 +16,9 @@ import orjson
 import pytest
 import yaml
 
-from shepherd.testing import Gateway, GrpcSim, Sim, wait_until
+from shepherd.testing import Gateway, GrpcSim, Sim, free_ports, wait_until
 from tests.integration.test_mcp_servers import HttpServer, stdio_entry
+from tests.integration.test_observability import _OtlpReceiver
 
 MODEL = "mock-model"
 
@@ -188,3 +191,28 @@ def test_the_loop_on_a_grpc_engine(grpc_gateway: Gateway, stream: bool) -> None:
     else:
         text = client(grpc_gateway).chat.completions.create(**ask).choices[0].message.content  # type: ignore[call-overload]
     assert text == "Tool result: sunny, 21C in Lima"
+
+
+def test_each_mcp_call_is_a_span_in_the_requests_trace(sim: Sim, tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    receiver = ThreadingHTTPServer(("127.0.0.1", port), _OtlpReceiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    gw = Gateway(sim.urls, "--mcp-config-path", write_config(tmp_path, [stdio_entry("local")]), "--enable-trace",
+                 "--otlp-traces-endpoint", f"http://127.0.0.1:{port}/v1/traces")
+    try:
+        trace = "1af7651916cd43dd8448eb211c80319d"
+        client(gw).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "what is the weather in Bern"}],
+            extra_headers={"traceparent": f"00-{trace}-b7ad6b7169203331-01"})
+
+        def mcp_spans() -> list:
+            return [s for s in _OtlpReceiver.spans if s.trace_id.hex() == trace and s.name.startswith("mcp.")]
+
+        wait_until(lambda: mcp_spans(), 10, message="the MCP span to be exported")
+        span = mcp_spans()[0]
+        attributes = {a.key: a.value.string_value for a in span.attributes}
+        assert span.name == "mcp.call weather" and span.kind == span.SPAN_KIND_CLIENT
+        assert attributes == {"mcp.server": "local", "mcp.tool": "weather", "mcp.status": "completed"}
+    finally:
+        gw.stop()
+        receiver.shutdown()
