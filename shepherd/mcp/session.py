@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +61,16 @@ class ToolSession:
 
     @classmethod
     async def build(cls, servers: Iterable[tuple[str, McpConnection]], taken: Iterable[str],
-                    observe: Observe | None = None) -> tuple[ToolSession, list[tuple[str, str]]]:
-        """Bindings for every reachable server's tools; also the (label, error) of those unreachable."""
+                    observe: Observe | None = None, allowed: Mapping[str, frozenset[str] | None] | None = None,
+                    ) -> tuple[ToolSession, list[tuple[str, str]]]:
+        """Bindings for every reachable server's tools (only `allowed[label]` where given: a request's
+        own narrowing of what its config allows); also the (label, error) of those unreachable."""
         servers = list(servers)
-        listed = await asyncio.gather(*(c.tools() for _, c in servers), return_exceptions=True)
+        gathered = await asyncio.gather(*(c.tools() for _, c in servers), return_exceptions=True)
+        limits = allowed or {}
+        listed = [tools if isinstance(tools, BaseException) or limits.get(label) is None
+                  else tuple(t for t in tools if t.name in (limits[label] or ()))
+                  for (label, _), tools in zip(servers, gathered, strict=True)]
         session, failures = cls(observe=observe), []
         used = set(taken)
         counts: dict[str, int] = {}

@@ -186,3 +186,39 @@ def test_pool_refuses_private_urls_and_bounds_its_size() -> None:
         assert await pool.for_url("a", "http://127.0.0.1:1/mcp", {}) is not first  # evicted (LRU of 2)
         await pool.close()
     asyncio.run(run())
+
+
+def test_per_request_servers_are_bounded_checked_and_narrowed() -> None:
+    server = HttpServer("streamable")
+
+    async def run() -> None:
+        from shepherd.mcp.session import ToolSession
+        pool = McpPool(parse_mcp_config({"servers": [stdio_entry("local")], "request_servers": {
+            "max_per_request": 1, "allow_private_networks": True, "call_timeout_secs": 5}}))
+        try:
+            found = await pool.for_request([
+                {"type": "function", "name": "ignored"},
+                {"type": "mcp", "server_label": "local", "allowed_tools": ["add"]},
+                {"type": "mcp", "server_label": "dyn", "server_url": server.url, "allowed_tools": ["weather"]}])
+            assert [(label, names) for label, _, names in found] == [("local", frozenset({"add"})),
+                                                                    ("dyn", frozenset({"weather"}))]
+            session, failures = await ToolSession.build([(label, conn) for label, conn, _ in found], [],
+                                                        allowed={label: names for label, _, names in found})
+            assert not failures and sorted(session.bindings) == ["add", "weather"]
+            record = await session.execute("c1", "weather", '{"city": "Kyiv"}')
+            assert record.output == "sunny, 21C in Kyiv" and record.server_label == "dyn"
+            with pytest.raises(McpUrlRefused, match="at most 1"):
+                await pool.for_request([{"type": "mcp", "server_label": "a", "server_url": server.url},
+                                        {"type": "mcp", "server_label": "b", "server_url": server.url}])
+            with pytest.raises(McpUrlRefused, match="no configured MCP server"):
+                await pool.for_request([{"type": "mcp", "server_label": "nobody"}])
+        finally:
+            await pool.close()
+
+        strict = McpPool(parse_mcp_config({}))
+        with pytest.raises(McpUrlRefused, match="private or local"):
+            await strict.for_request([{"type": "mcp", "server_label": "x", "server_url": server.url}])
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
