@@ -109,6 +109,8 @@ class Gateway:
         self.context = AppContext.create(self.config)
         try:
             await self.context.history.start()  # schema created or migrated before the first request
+            if self.context.mcp is not None:
+                await self.context.mcp.start()  # a required MCP server that cannot connect stops the launch
         except BaseException:
             await self.context.close()
             raise

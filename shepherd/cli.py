@@ -259,6 +259,9 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     logs.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     _add_hardening_args(parser)
     _add_history_args(parser)
+    parser.add_argument("--mcp-config-path", default=None, metavar="PATH",
+                        help="YAML file of MCP servers; their tools are offered on Chat Completions and run by "
+                             "the gateway (see shepherd/mcp/config.py)")
 
 
 def _add_hardening_args(parser: argparse.ArgumentParser) -> None:
@@ -555,6 +558,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_l1_max_memory=args.tokenizer_cache_l1_max_memory,
         recording=_recording_config(args),
         history=_history_config(args),
+        mcp_config_path=args.mcp_config_path,
     )
 
 

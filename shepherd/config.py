@@ -504,6 +504,7 @@ class GatewayConfig:
     external_model_refresh_secs: float = 10.0  # a model-list refresh on a miss happens at most this often
 
     history: HistoryConfig = field(default_factory=HistoryConfig)  # chat history storage
+    mcp_config_path: str | None = None  # MCP servers whose tools the gateway runs (shepherd/mcp/config.py)
 
     @property
     def settle_secs(self) -> float:

@@ -12,6 +12,8 @@ from shepherd.config import GatewayConfig
 from shepherd.discovery import Discovery
 from shepherd.kv.index import KvIndex
 from shepherd.kv.subscriber import KvEventSubscriptions
+from shepherd.mcp.config import load_mcp_config
+from shepherd.mcp.service import McpService
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
@@ -104,6 +106,7 @@ class AppContext:
     kv_index: KvIndex | None = None  # blocks the engines hold, from their KV events (precise_cache)
     kv_events: KvEventSubscriptions | None = None  # one SubscribeKvEvents stream per gRPC worker
     pd_policies: tuple[PolicyRegistry, ...] = ()  # with PD: the prefill and decode policies
+    mcp: McpService | None = None  # --mcp-config-path: MCP servers and the tool loop
 
     @classmethod
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
@@ -170,6 +173,8 @@ class AppContext:
             context.kv_index = kv_index
             context.kv_events = KvEventSubscriptions(kv_index, context.grpc.pool.get)
             registry.subscribe(context.kv_events.on_registry_event)
+        if config.mcp_config_path:
+            context.mcp = McpService(load_mcp_config(config.mcp_config_path), metrics)
         if config.recording.directory:
             context.recorder = TrafficRecorder(config.recording, config.policy_options.routing_key_headers)
         context.health.register_probe("grpc", context.grpc.health)
@@ -213,6 +218,8 @@ class AppContext:
         if self.plugins is not None:
             self.plugins.close()
         await self.history.close()
+        if self.mcp is not None:
+            await self.mcp.close()
         if self.tracing is not None:
             self.tracing.shutdown()
         await self.transports.close()

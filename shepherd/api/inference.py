@@ -15,6 +15,7 @@ from shepherd.context import AppContext
 from shepherd.errors import GatewayError
 from shepherd.headers import presented_key
 from shepherd.request_keys import FIRST_CHUNK, USAGE, WANT_USAGE, WORKER
+from shepherd.routers.common.model_call import CHAT_PATH
 
 # gateway path -> the worker path it is forwarded to
 INFERENCE_ROUTES: dict[str, str] = {
@@ -49,7 +50,10 @@ def _inference_handler(upstream_path: str) -> Handler:
             request[WANT_USAGE] = True
             status = 500
             try:
-                response = await context.router.route(request, upstream_path, raw, body)
+                if context.mcp is not None and context.mcp.pool.static and upstream_path == CHAT_PATH:
+                    response = await context.mcp.handle_chat(context, request, body)
+                else:
+                    response = await context.router.route(request, upstream_path, raw, body)
                 status = response.status
                 return response
             except GatewayError as exc:

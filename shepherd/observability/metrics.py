@@ -120,6 +120,13 @@ class Metrics:
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                      2.5, 5), registry=r))
 
+        self.mcp_calls = _Cached(Counter(
+            "smg_mcp_tool_calls_total", "MCP tool calls run by the gateway, by outcome", ["server", "tool", "status"],
+            registry=r))
+        self.mcp_duration = _Cached(Histogram(
+            "smg_mcp_tool_call_duration_seconds", "Time of one MCP tool call", ["server", "tool"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r))
+
     def attach(self, state: LiveState) -> None:
         """Expose the gateway's live state (workers, admission, cache trees) at scrape time."""
         self._serves = state.serves
