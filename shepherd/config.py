@@ -275,7 +275,7 @@ def parse_selector(entries: list[str] | tuple[str, ...]) -> tuple[tuple[str, str
 class RetryConfig:
     """A request that failed before any byte reached the client moves to another worker, after a backoff."""
 
-    max_retries: int = 4  # retries after the first attempt (SMG's default of 5 attempts)
+    max_retries: int = 5  # SMG's meaning: total attempts, the first included (1: never retry)
     initial_backoff_ms: float = 50.0
     max_backoff_ms: float = 30_000.0
     backoff_multiplier: float = 1.5
@@ -283,7 +283,7 @@ class RetryConfig:
 
     @property
     def attempts(self) -> int:
-        return 1 + self.max_retries
+        return max(1, self.max_retries)  # as SMG: 0 behaves like 1
 
     def validate(self) -> None:
         if self.max_retries < 0:
@@ -418,7 +418,7 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
     worker_urls: tuple[str, ...] = ()
-    policy: str = "round_robin"
+    policy: str = "cache_aware"  # SMG's default
     policy_options: PolicyOptions = field(default_factory=PolicyOptions)
 
     # Prefill/decode disaggregation.
@@ -447,6 +447,7 @@ class GatewayConfig:
     # Worker registration (control plane).
     worker_startup_timeout_secs: float = 1800.0
     worker_startup_check_interval_secs: float = 1.0
+    worker_startup_delay_secs: float = 0.0  # grace before the first probe of a new worker
     worker_drain_timeout_secs: float = 30.0
     worker_api_key: str | None = None
 
@@ -480,6 +481,7 @@ class GatewayConfig:
 
     # Observability.
     prometheus_host: str = "0.0.0.0"
+    prometheus_duration_buckets: tuple[float, ...] = ()  # empty: the built-in duration buckets
     prometheus_port: int = 29000
     disable_metrics: bool = False
     enable_trace: bool = False

@@ -134,6 +134,8 @@ class WorkerManager:
 
     async def _probe_and_register(self, spec: WorkerSpec, job: Job) -> None:
         deadline = time.monotonic() + self._config.worker_startup_timeout_secs
+        if self._config.worker_startup_delay_secs > 0:
+            await asyncio.sleep(self._config.worker_startup_delay_secs)
         attempt = 0
         while True:
             attempt += 1
