@@ -41,6 +41,7 @@ from shepherd.config import (
     RetryConfig,
     ServerLimits,
     WasmConfig,
+    concurrency_bound,
     parse_selector,
 )
 from shepherd.config_sources import ENV_PREFIX, ConfigSourceError, add_config_argument, apply_sources
@@ -497,13 +498,6 @@ def _recording_config(args: argparse.Namespace) -> RecordingConfig:
                            max_file_bytes=args.record_max_file_size, max_files=args.record_max_files)
 
 
-def _concurrency_bound(value: int) -> int:
-    """SMG's reading of --max-concurrent-requests: -1 derives a bound from the host, 0 (or below -1) none."""
-    if value == -1:
-        return max(4096, 1024 * (os.cpu_count() or 1))
-    return max(0, value)
-
-
 def _int_list(value: str) -> tuple[int, ...]:
     return tuple(int(part) for part in value.split(",") if part.strip())
 
@@ -574,7 +568,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         ),
         discovery=_discovery_config(args),
         admission=AdmissionConfig(
-            max_concurrent_requests=_concurrency_bound(args.max_concurrent_requests), queue_size=args.queue_size,
+            max_concurrent_requests=concurrency_bound(args.max_concurrent_requests), queue_size=args.queue_size,
             queue_timeout_secs=args.queue_timeout_secs, rate_limit_tokens_per_second=args.rate_limit_tokens_per_second,
             per_key_max_concurrent_requests=args.per_key_max_concurrent_requests,
             per_key_rate_limit_tokens_per_second=args.per_key_rate_limit_tokens_per_second,

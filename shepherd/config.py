@@ -181,11 +181,19 @@ class BreakerConfig:
             raise ConfigError("--cb-timeout-duration-secs and --cb-window-duration-secs must be positive")
 
 
+def concurrency_bound(value: int = -1) -> int:
+    """SMG's reading of --max-concurrent-requests: -1 derives a bound from the host (1024 per core, at
+    least 4096), 0 (or below -1) means none."""
+    if value == -1:
+        return max(4096, 1024 * (os.cpu_count() or 1))
+    return max(0, value)
+
+
 @dataclass(frozen=True)
 class AdmissionConfig:
     """How many requests the gateway takes on at once, and how fast."""
 
-    max_concurrent_requests: int = 0  # 0 (or negative): unlimited
+    max_concurrent_requests: int = field(default_factory=concurrency_bound)  # 0: unlimited
     queue_size: int = 100  # requests that may wait for a slot; beyond it: 429
     queue_timeout_secs: float = 60.0  # a request waiting longer: 503
     rate_limit_tokens_per_second: float = 0.0  # 0: no rate limit

@@ -54,7 +54,19 @@ _KV_INDEX = _not_built("the KV-event index", "issue 22",
                        "cache_aware uses its approximate tree meanwhile: drop the flag")
 _RL = Refusal("the RL control plane (/v1/rl)", "call the engines' control routes directly")
 
+_LATER = "issue 21 follow-up"
+
 REFUSED: dict[str, Refusal] = {
+    "--health-check-port": _not_built("a dedicated probe listener", _LATER, "probe /liveness, /readiness and "
+                                      "/health on --port"),
+    "--model-alias": _not_built("model aliases", _LATER, "serve the model under the name clients use "
+                                "(--served-model-name on the engine)"),
+    "--sse-keepalive-secs": _not_built("SSE keep-alive frames", _LATER, "raise the idle timeout of proxies in "
+                                       "front of the gateway"),
+    "--tokenizer-cache-l0-max-memory": _not_built("a memory bound on the L0 tokenizer cache", _LATER,
+                                                  "bound it by entries with --tokenizer-cache-l0-max-entries"),
+    "--disable-tokenizer-autoload": _not_built("turning tokenizer autoload off", _LATER, "drop the flag; "
+                                               "tokenizers are loaded only for gRPC workers and --model-path"),
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
@@ -124,6 +136,24 @@ REFUSED_VALUES: dict[tuple[str, str], Refusal] = {
 }
 
 
+
+def _missing_parsers() -> dict[tuple[str, str], Refusal]:
+    """SMG's tool/reasoning parser names that Shepherd's registries lack (the registries hold SMG's aliases
+    where the format is the same)."""
+    from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
+    from shepherd.parsers.tool import TOOL_PARSER_NAMES
+
+    refusals: dict[tuple[str, str], Refusal] = {}
+    for flag, known, kind in (("--tool-call-parser", TOOL_PARSER_NAMES, "tool-call"),
+                              ("--reasoning-parser", REASONING_PARSER_NAMES, "reasoning")):
+        for name in reference_flag(flag)["choices"] or ():
+            if name not in known:
+                refusals[(flag, name)] = Refusal(
+                    f"the {name!r} {kind} parser", f"name one of {', '.join(sorted(known))} "
+                    "(passthrough: no parsing), or leave the flag out to detect it from the model name")
+    return refusals
+
+
 def reference() -> dict[str, Any]:
     """SMG's own flag list: {"source", "version", "flags": [{"flag", "aliases", "takes_value", ...}]}."""
     text = resources.files("shepherd.data").joinpath("smg_launch_flags.json").read_text(encoding="utf-8")
@@ -136,3 +166,6 @@ def reference_flag(flag: str) -> dict[str, Any]:
         if flag == entry["flag"] or flag in entry["aliases"]:
             return dict(entry)
     raise KeyError(flag)
+
+
+REFUSED_VALUES.update(_missing_parsers())
