@@ -100,9 +100,8 @@ class Lifecycle(Generic[C]):
         now = time.perf_counter()
         labels = (self.labels.router_type, self.labels.backend_type, metrics.model_label(model), endpoint)
         metrics.generation_duration(*labels).observe(now - started)
-        first = request.get(FIRST_CHUNK)
-        if first is not None:
-            metrics.ttft(*labels).observe(first - started)
+        first = request.get(FIRST_CHUNK)  # set by streamed answers; a whole answer's first byte is its end
+        metrics.ttft(*labels).observe((first if first is not None else now) - started)
         usage = request.get(USAGE)
         if not usage:
             return
