@@ -5,16 +5,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL = sh -c 'apt-get install -y "$$0" || (apt-get update && apt-get install -y "$$0")'
 
-.PHONY: run test test-unit test-servers ci lint typecheck bench bench-setup clean test-tools browser
+.PHONY: smg-flags run test test-unit test-servers ci lint typecheck bench bench-setup clean test-tools browser
 
-$(STAMP): pyproject.toml
+RUN_STAMP := $(VENV)/.installed-run
+
+# `make run` installs the gateway alone; the test tools (SDKs, linters, ...) come with the first `make test`.
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/shepherd demo
+
+# SMG's own `smg launch` flag list, as data for the flag-table test (needs `make bench-setup` first).
+smg-flags:
+	.venv-smg/bin/python scripts/dump_smg_flags.py > shepherd/data/smg_launch_flags.json
 
 test: $(STAMP) test-tools browser test-servers
 	$(BIN)/python -m pytest

@@ -12,18 +12,20 @@ import os
 from shepherd.config import ConfigError, GatewayConfig
 from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
 from shepherd.parsers.tool import TOOL_PARSER_NAMES
-from shepherd.policies.factory import POLICY_NAMES
+from shepherd.policies.factory import MAIN_POLICY_NAMES, POLICY_NAMES
 from shepherd.providers.startup import ProviderFlagError, parse_external_provider
 
 
 def checked(config: GatewayConfig) -> GatewayConfig:
     """The config, validated and with every name it uses known; ConfigError names the first bad value."""
     config.validate()
-    if config.policy not in POLICY_NAMES:
-        raise ConfigError(f"--policy must be one of {', '.join(POLICY_NAMES)}, got {config.policy!r}")
-    for name in (config.prefill_policy, config.decode_policy):
-        if name is not None and name not in POLICY_NAMES:
-            raise ConfigError(f"--prefill-policy/--decode-policy must be one of {', '.join(POLICY_NAMES)}")
+    if config.policy not in MAIN_POLICY_NAMES:
+        raise ConfigError(f"--policy must be one of {', '.join(MAIN_POLICY_NAMES)}, got {config.policy!r}"
+                          + (" (bucket is a --prefill-policy only, as in SMG)" if config.policy == "bucket" else ""))
+    if config.prefill_policy is not None and config.prefill_policy not in POLICY_NAMES:
+        raise ConfigError(f"--prefill-policy must be one of {', '.join(POLICY_NAMES)}")
+    if config.decode_policy is not None and config.decode_policy not in MAIN_POLICY_NAMES:
+        raise ConfigError(f"--decode-policy must be one of {', '.join(MAIN_POLICY_NAMES)}")
     if config.tool_call_parser is not None and config.tool_call_parser not in TOOL_PARSER_NAMES:
         raise ConfigError(f"--tool-call-parser must be one of {', '.join(sorted(TOOL_PARSER_NAMES))}, "
                           f"got {config.tool_call_parser!r}")

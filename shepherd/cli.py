@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import shepherd
+from shepherd import smg_flags
 from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
@@ -40,17 +41,19 @@ from shepherd.config import (
     RetryConfig,
     ServerLimits,
     WasmConfig,
+    concurrency_bound,
     parse_selector,
 )
 from shepherd.config_sources import ENV_PREFIX, ConfigSourceError, add_config_argument, apply_sources
 from shepherd.observability.logging import setup_logging
 from shepherd.parsers.reasoning import REASONING_PARSER_NAMES
 from shepherd.parsers.tool import TOOL_PARSER_NAMES
-from shepherd.policies.factory import POLICY_NAMES
+from shepherd.policies.factory import MAIN_POLICY_NAMES, POLICY_NAMES
 from shepherd.sim.engine import EngineParams
 from shepherd.sim.faults import Faults
 from shepherd.sim.provider import PROVIDER_APIS
 from shepherd.sim.server import SimConfig
+from shepherd.smg_flags import REFUSED, REFUSED_VALUES
 from shepherd.storage.base import StorageError
 
 
@@ -101,15 +104,20 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     access.add_argument("--control-plane-api-keys", nargs="*", default=[], metavar="ID:NAME:ROLE:KEY",
                         help="keys for admin routes; role admin may call them")
     access.add_argument("--jwt-issuer", default=None, help="accept JWTs from this issuer on admin routes")
-    access.add_argument("--jwt-audience", default=None)
+    access.add_argument("--jwt-audience", default=None, help="the audience JWTs must name")
     access.add_argument("--jwt-jwks-uri", default=None, help="where the issuer's signing keys are published")
     access.add_argument("--jwt-role-mapping", nargs="*", default=[], metavar="CLAIM_VALUE=ROLE",
                         help="map role/roles/groups claim values to gateway roles (e.g. platform-admins=admin)")
 
     observability = parser.add_argument_group("observability")
-    observability.add_argument("--prometheus-host", default=defaults.prometheus_host)
+    observability.add_argument("--prometheus-host", default=None,
+                               help="the /metrics listener's address (default: the unspecified address of "
+                                    "--host's family, :: for an IPv6 host, else 0.0.0.0)")
     observability.add_argument("--prometheus-port", type=int, default=defaults.prometheus_port,
                                help="the /metrics listener's port (default: %(default)s)")
+    observability.add_argument("--prometheus-duration-buckets", type=float, nargs="+", default=[],
+                               help="bucket bounds in seconds of every duration histogram (default: 0.001 to "
+                                    "7200 s, as SMG)")
     observability.add_argument("--disable-metrics", action="store_true", help="no Prometheus metrics at all")
     observability.add_argument("--enable-trace", action="store_true", help="export OpenTelemetry spans over OTLP")
     observability.add_argument("--otlp-traces-endpoint", default=defaults.otlp_traces_endpoint,
@@ -137,11 +145,14 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--external-model-refresh-secs", type=float, default=defaults.external_model_refresh_secs,
                          help="a request for an unknown model re-reads the providers' model lists at most this "
                               "often (default: %(default)s)")
+    workers.add_argument("--worker-startup-delay", type=float, default=0.0, dest="worker_startup_delay_secs",
+                         help="grace period in seconds before the first probe of a new worker (default: %(default)s)")
     workers.add_argument("--worker-drain-timeout-secs", type=float, default=defaults.worker_drain_timeout_secs,
                          help="how long a removed worker's in-flight requests may take (default: %(default)s)")
 
     grpc = parser.add_argument_group("gRPC workers: tokenizers and the tokenization cache")
-    grpc.add_argument("--model-path", default=None, help="local model directory whose tokenizer gRPC workers use")
+    grpc.add_argument("--model-path", "--model", default=None,
+                      help="local model directory whose tokenizer gRPC workers use")
     grpc.add_argument("--tokenizer-path", default=None,
                       help="local tokenizer directory or tokenizer.json (wins over --model-path)")
     grpc.add_argument("--chat-template", default=None, help="a .jinja file that overrides the model's chat template")
@@ -154,15 +165,16 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                       help="L1 memory bound in bytes, e.g. 50M (default: 50 MiB)")
 
     routing = parser.add_argument_group("routing")
-    routing.add_argument("--policy", choices=POLICY_NAMES, default=defaults.policy,
-                         help="load-balancing policy (default: %(default)s)")
+    routing.add_argument("--policy", choices=MAIN_POLICY_NAMES, default=defaults.policy,
+                         help="load-balancing policy; in PD mode for both legs unless overridden "
+                              "(default: %(default)s, as SMG)")
     options = PolicyOptions()
     for flag, kind, help_text in _POLICY_FLAGS:
         name = flag.removeprefix("--").replace("-", "_")
-        routing.add_argument(flag, dest=name, type=kind, default=getattr(options, name),
+        routing.add_argument(flag, *_SMG_ALIASES.get(flag, ()), dest=name, type=kind, default=getattr(options, name),
                              help=f"{help_text} (default: %(default)s)")
     routing.add_argument("--power-of-two-load-metric", choices=("expected_wait", "requests", "least_requests"),
-                         default=options.power_of_two_load_metric)
+                         default=options.power_of_two_load_metric, help="what power_of_two compares")
     routing.add_argument("--assignment-mode", choices=("random", "min_load", "min_group", "delegate"),
                          default=options.assignment_mode, help="how manual places a new routing key")
     routing.add_argument("--kv-index", choices=("positional", "none"), default=options.kv_index,
@@ -183,6 +195,9 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          help="route to each data-parallel rank of an engine as a worker of its own")
 
     parsing = parser.add_argument_group("output parsing (gRPC workers and /parse/*)")
+    parsing.add_argument("--parser", choices=("legacy", "symphony"), default="legacy",
+                         help="which parsers read reasoning and tool calls: legacy, the per-model parsers below "
+                              "(default: %(default)s; symphony is refused)")
     parsing.add_argument("--tool-call-parser", default=None, metavar="NAME",
                          help="tool-call format of the served models (default: detected from the model name); "
                               f"one of {', '.join(sorted(TOOL_PARSER_NAMES))}")
@@ -196,46 +211,63 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     pd.add_argument("--prefill", nargs="+", action="append", default=[], metavar=("URL", "BOOTSTRAP_PORT"),
                     help="a prefill worker and, SGLang style, its bootstrap port (or none); repeatable")
     pd.add_argument("--decode", action="append", default=[], metavar="URL", help="a decode worker; repeatable")
-    pd.add_argument("--prefill-policy", choices=POLICY_NAMES, default=None, help="default: --policy")
-    pd.add_argument("--decode-policy", choices=POLICY_NAMES, default=None, help="default: --policy")
+    pd.add_argument("--prefill-policy", choices=POLICY_NAMES, default=None,
+                    help="policy of the prefill leg; bucket is a prefill-only policy (default: --policy)")
+    pd.add_argument("--decode-policy", choices=MAIN_POLICY_NAMES, default=None,
+                    help="policy of the decode leg (default: --policy)")
     pd.add_argument("--pd-transfer", choices=("auto", "sglang", "vllm"), default=defaults.pd_transfer,
                     help="KV hand-over: sglang (both legs at once), vllm (prefill then decode), "
                          "auto (by the prefill worker's runtime)")
 
     retries = parser.add_argument_group("retries")
     retries.add_argument("--retry-max-retries", type=int, default=defaults.retry.max_retries,
-                         help="retries after the first attempt (default: %(default)s)")
-    retries.add_argument("--retry-initial-backoff-ms", type=float, default=defaults.retry.initial_backoff_ms)
-    retries.add_argument("--retry-max-backoff-ms", type=float, default=defaults.retry.max_backoff_ms)
-    retries.add_argument("--retry-backoff-multiplier", type=float, default=defaults.retry.backoff_multiplier)
-    retries.add_argument("--retry-jitter-factor", type=float, default=defaults.retry.jitter_factor)
-    retries.add_argument("--disable-retries", action="store_true", help="never retry a failed request")
+                         help="attempts per request, the first included, as SMG (1: no retry; default: %(default)s)")
+    retries.add_argument("--retry-initial-backoff-ms", type=float, default=defaults.retry.initial_backoff_ms,
+                         help="backoff before the first retry")
+    retries.add_argument("--retry-max-backoff-ms", type=float, default=defaults.retry.max_backoff_ms,
+                         help="ceiling of the backoff between attempts")
+    retries.add_argument("--retry-backoff-multiplier", type=float, default=defaults.retry.backoff_multiplier,
+                         help="growth of the backoff per attempt (at least 1)")
+    retries.add_argument("--retry-jitter-factor", type=float, default=defaults.retry.jitter_factor,
+                         help="share (0-1) by which each backoff is moved at random, either way")
+    retries.add_argument("--disable-retries", action="store_true",
+                         help="never retry a failed request (as --retry-max-retries 1)")
 
     health = parser.add_argument_group("health checks")
     hc = HealthConfig()
-    health.add_argument("--health-check-endpoint", default=hc.endpoint)
-    health.add_argument("--health-check-interval-secs", type=float, default=hc.interval_secs)
-    health.add_argument("--health-check-timeout-secs", type=float, default=hc.timeout_secs)
+    health.add_argument("--health-check-endpoint", default=hc.endpoint, help="path probed on each worker")
+    health.add_argument("--health-check-interval-secs", type=float, default=hc.interval_secs,
+                        help="seconds between probes of a registered worker")
+    health.add_argument("--health-check-timeout-secs", type=float, default=hc.timeout_secs,
+                        help="bound on one probe")
     health.add_argument("--health-failure-threshold", type=int, default=hc.failure_threshold,
                         help="failed probes in a row that take a worker out of rotation (default: %(default)s)")
     health.add_argument("--health-success-threshold", type=int, default=hc.success_threshold,
                         help="good probes in a row that bring it back (default: %(default)s)")
-    health.add_argument("--disable-health-check", action="store_true")
-    health.add_argument("--remove-unhealthy-workers", action=argparse.BooleanOptionalAction, default=False,
-                        help="remove a worker that stays unhealthy instead of waiting for it to recover")
+    health.add_argument("--disable-health-check", action="store_true", help="never probe registered workers")
+    health.add_argument("--remove-unhealthy-workers", "--worker-auto-recovery", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="remove a worker that stays unhealthy (service discovery re-adds it once its engine "
+                             "is back) instead of waiting for it to recover (default: on with service discovery, "
+                             "else off)")
 
     breaker = parser.add_argument_group("circuit breaker")
     cb = BreakerConfig()
-    breaker.add_argument("--cb-failure-threshold", type=int, default=cb.failure_threshold)
-    breaker.add_argument("--cb-success-threshold", type=int, default=cb.success_threshold)
-    breaker.add_argument("--cb-timeout-duration-secs", type=float, default=cb.timeout_secs)
-    breaker.add_argument("--cb-window-duration-secs", type=float, default=cb.window_secs)
-    breaker.add_argument("--disable-circuit-breaker", action="store_true")
+    breaker.add_argument("--cb-failure-threshold", type=int, default=cb.failure_threshold,
+                         help="failures within the window that open a worker's circuit")
+    breaker.add_argument("--cb-success-threshold", type=int, default=cb.success_threshold,
+                         help="successes in half-open state that close it again")
+    breaker.add_argument("--cb-timeout-duration-secs", type=float, default=cb.timeout_secs,
+                         help="seconds an open circuit waits before a trial request")
+    breaker.add_argument("--cb-window-duration-secs", type=float, default=cb.window_secs,
+                         help="sliding window in which failures are counted")
+    breaker.add_argument("--disable-circuit-breaker", action="store_true", help="never open a worker's circuit")
 
     admission = parser.add_argument_group("admission control")
     ac = AdmissionConfig()
-    admission.add_argument("--max-concurrent-requests", type=int, default=ac.max_concurrent_requests,
-                           help="requests in flight at once (0 or -1: unlimited)")
+    admission.add_argument("--max-concurrent-requests", type=int, default=-1,
+                           help="requests in flight at once, streamed bodies included; -1: derived from the host "
+                                "(1024 per core, at least 4096), 0: unlimited (default: %(default)s, as SMG)")
     admission.add_argument("--queue-size", type=int, default=ac.queue_size,
                            help="requests that may wait for a slot before 429s (default: %(default)s)")
     admission.add_argument("--queue-timeout-secs", type=float, default=ac.queue_timeout_secs,
@@ -255,13 +287,46 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     _add_wasm_args(parser)
 
     logs = parser.add_argument_group("logging")
-    logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level)
+    logs.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default=defaults.log_level,
+                      help="log verbosity")
     logs.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     _add_hardening_args(parser)
     _add_history_args(parser)
     parser.add_argument("--mcp-config-path", default=None, metavar="PATH",
                         help="YAML file of MCP servers; their tools are offered on Chat Completions and run by "
                              "the gateway (see shepherd/mcp/config.py)")
+    _add_refused_args(parser)
+
+
+_REFUSED_PREFIX = "refused_smg_"  # the dest of every refused flag: refused_smg_<flag>
+
+
+def _add_refused_args(parser: argparse.ArgumentParser) -> None:
+    """SMG's flags that Shepherd lacks: accepted by the parser so they can be refused by name, in one place
+    (`refused_flag`), whether they come from the command line, the environment or a --config file."""
+    declared = {name for action in parser._actions for name in action.option_strings}  # noqa: SLF001
+    group = parser.add_argument_group("SMG flags Shepherd refuses (each names what to use instead)")
+    for flag, refusal in REFUSED.items():
+        entry = smg_flags.reference_flag(flag)
+        names = [name for name in (entry["flag"], *entry["aliases"]) if name not in declared]
+        help_text = f"refused: {refusal.message(flag)}".replace("%", "%%")
+        dest = _REFUSED_PREFIX + flag.removeprefix("--").replace("-", "_")
+        if entry["takes_value"]:
+            group.add_argument(*names, dest=dest, nargs="*", default=None, metavar="VALUE", help=help_text)
+        else:
+            group.add_argument(*names, dest=dest, action="store_const", const=True, default=None, help=help_text)
+
+
+def refused_flag(args: argparse.Namespace) -> str | None:
+    """The refusal line for the first SMG flag (or flag value) given that Shepherd lacks, else None."""
+    for name, value in vars(args).items():
+        if name.startswith(_REFUSED_PREFIX) and value is not None:
+            flag = "--" + name.removeprefix(_REFUSED_PREFIX).replace("_", "-")
+            return REFUSED[flag].message(flag)
+    for (flag, refused_value), refusal in REFUSED_VALUES.items():
+        if getattr(args, flag.removeprefix("--").replace("-", "_"), None) == refused_value:
+            return refusal.message(f"{flag} {refused_value}")
+    return None
 
 
 def _add_hardening_args(parser: argparse.ArgumentParser) -> None:
@@ -365,7 +430,7 @@ def _wasm_config(args: argparse.Namespace) -> WasmConfig:
 def _add_history_args(parser: argparse.ArgumentParser) -> None:
     defaults = HistoryConfig()
     history = parser.add_argument_group("chat history (stored responses, conversations)")
-    history.add_argument("--history-backend", choices=HISTORY_BACKENDS, default=defaults.backend,
+    history.add_argument("--history-backend", choices=(*HISTORY_BACKENDS, "oracle"), default=defaults.backend,
                          help="where history is kept (default: %(default)s, a file under --history-data-dir)")
     history.add_argument("--history-data-dir", default=None,
                          help="sqlite: folder of history.sqlite3 (default: $XDG_DATA_HOME/shepherd, "
@@ -402,6 +467,12 @@ def _history_config(args: argparse.Namespace) -> HistoryConfig:
         redis_op_timeout_secs=args.redis_op_timeout_secs,
     )
 
+
+# SMG's other spellings of the policy tunables.
+_SMG_ALIASES = {"--cache-threshold": ("--cache-match-threshold",),
+                "--balance-abs-threshold": ("--spill-abs-threshold",),
+                "--balance-rel-threshold": ("--spill-rel-threshold",),
+                "--max-idle-secs": ("--sticky-key-idle-secs",)}
 
 # (flag, type, help) for the numeric policy tunables; defaults come from PolicyOptions.
 _POLICY_FLAGS: tuple[tuple[str, type, str], ...] = (
@@ -496,7 +567,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         worker_drain_timeout_secs=args.worker_drain_timeout_secs,
         worker_api_key=args.worker_api_key,
         retry=RetryConfig(
-            max_retries=0 if args.disable_retries else args.retry_max_retries,
+            max_retries=1 if args.disable_retries else args.retry_max_retries,
             initial_backoff_ms=args.retry_initial_backoff_ms, max_backoff_ms=args.retry_max_backoff_ms,
             backoff_multiplier=args.retry_backoff_multiplier, jitter_factor=args.retry_jitter_factor,
         ),
@@ -505,7 +576,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             endpoint=args.health_check_endpoint, interval_secs=args.health_check_interval_secs,
             timeout_secs=args.health_check_timeout_secs, failure_threshold=args.health_failure_threshold,
             success_threshold=args.health_success_threshold, disabled=args.disable_health_check,
-            remove_unhealthy=args.remove_unhealthy_workers,
+            remove_unhealthy=(args.remove_unhealthy_workers if args.remove_unhealthy_workers is not None
+                              else _discovery_config(args).provider is not None),  # SMG: recovery by re-discovery
         ),
         breaker=BreakerConfig(
             failure_threshold=args.cb_failure_threshold, success_threshold=args.cb_success_threshold,
@@ -514,7 +586,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         ),
         discovery=_discovery_config(args),
         admission=AdmissionConfig(
-            max_concurrent_requests=max(0, args.max_concurrent_requests), queue_size=args.queue_size,
+            max_concurrent_requests=concurrency_bound(args.max_concurrent_requests), queue_size=args.queue_size,
             queue_timeout_secs=args.queue_timeout_secs, rate_limit_tokens_per_second=args.rate_limit_tokens_per_second,
             per_key_max_concurrent_requests=args.per_key_max_concurrent_requests,
             per_key_rate_limit_tokens_per_second=args.per_key_rate_limit_tokens_per_second,
@@ -537,7 +609,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         ca_cert_paths=tuple(args.ca_cert_paths),
         client_cert_path=args.client_cert_path,
         client_key_path=args.client_key_path,
-        prometheus_host=args.prometheus_host,
+        prometheus_host=args.prometheus_host or ("::" if ":" in args.host else "0.0.0.0"),
         prometheus_port=args.prometheus_port,
         disable_metrics=args.disable_metrics,
         enable_trace=args.enable_trace,
@@ -769,31 +841,47 @@ def _run(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        default = action.default
+        shown = ("off" if default in (None, False) and action.nargs == 0
+                 else "none" if default in (None, [], ()) else "%(default)s")
+        return f"{text} (default: {shown})".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shepherd", description="Shepherd: an LLM inference gateway")
+    parser = argparse.ArgumentParser(prog="shepherd", description="Shepherd: an LLM inference gateway",
+                                     formatter_class=_DefaultsShown)
     parser.add_argument("--version", action="version", version=f"shepherd {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     launch = commands.add_parser(
-        "launch", help="run the gateway in front of existing workers",
+        "launch", help="run the gateway in front of existing workers", formatter_class=_DefaultsShown,
         description=f"Every flag below can also be set in a --config YAML file (key: the flag without --) or as "
                     f"an environment variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}WORKER_URLS); the command line "
                     "wins over the environment, which wins over the file.")
     _add_launch_args(launch)
     _add_recording_args(launch)
     launch.set_defaults(run=_run_launch, sourced_from=launch)
-    mock = commands.add_parser("mock-worker", help="run simulated inference engines")
+    mock = commands.add_parser("mock-worker", help="run simulated inference engines", formatter_class=_DefaultsShown)
     _add_mock_worker_args(mock)
     mock.set_defaults(run=_run_mock_worker)
     from shepherd.replay.command import add_replay_args
 
     replay = commands.add_parser("replay", help="which routing policy suits a recorded (or synthetic) trace")
     add_replay_args(replay)
-    demo = commands.add_parser("demo", help="a gateway in front of simulated engines, for a first try")
+    demo = commands.add_parser("demo", help="a gateway in front of simulated engines, for a first try",
+                               formatter_class=_DefaultsShown)
     demo.add_argument("--port", type=int, default=30000)
     demo.add_argument("--worker-port", type=int, default=31001)
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--model", default="mock-model")
-    demo.add_argument("--policy", choices=POLICY_NAMES, default="round_robin")
+    demo.add_argument("--policy", choices=MAIN_POLICY_NAMES, default="round_robin",
+                      help="the gateway's policy (default: %(default)s, so the two engines visibly take turns)")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -812,12 +900,19 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     sourced_from = getattr(args, "sourced_from", None)
     if sourced_from is not None:
         apply_sources(sourced_from, args, argv[argv.index(args.command) + 1:], environ)
+        refusal = refused_flag(args)
+        if refusal is not None:
+            raise ConfigSourceError(refusal)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a first try: say what there is, as `--help` does
+        build_parser().print_help()
+        return 0
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+        args = parse_args(argv, os.environ)
     except ConfigSourceError as exc:
         print(f"shepherd: {exc}", file=sys.stderr)
         return 2

@@ -189,11 +189,19 @@ class BreakerConfig:
             raise ConfigError("--cb-timeout-duration-secs and --cb-window-duration-secs must be positive")
 
 
+def concurrency_bound(value: int = -1) -> int:
+    """SMG's reading of --max-concurrent-requests: -1 derives a bound from the host (1024 per core, at
+    least 4096), 0 (or below -1) means none."""
+    if value == -1:
+        return max(4096, 1024 * (os.cpu_count() or 1))
+    return max(0, value)
+
+
 @dataclass(frozen=True)
 class AdmissionConfig:
     """How many requests the gateway takes on at once, and how fast."""
 
-    max_concurrent_requests: int = 0  # 0 (or negative): unlimited
+    max_concurrent_requests: int = field(default_factory=concurrency_bound)  # 0: unlimited
     queue_size: int = 100  # requests that may wait for a slot; beyond it: 429
     queue_timeout_secs: float = 60.0  # a request waiting longer: 503
     rate_limit_tokens_per_second: float = 0.0  # 0: no rate limit
@@ -283,7 +291,7 @@ def parse_selector(entries: list[str] | tuple[str, ...]) -> tuple[tuple[str, str
 class RetryConfig:
     """A request that failed before any byte reached the client moves to another worker, after a backoff."""
 
-    max_retries: int = 4  # retries after the first attempt (SMG's default of 5 attempts)
+    max_retries: int = 5  # SMG's meaning: total attempts, the first included (1: never retry)
     initial_backoff_ms: float = 50.0
     max_backoff_ms: float = 30_000.0
     backoff_multiplier: float = 1.5
@@ -291,7 +299,7 @@ class RetryConfig:
 
     @property
     def attempts(self) -> int:
-        return 1 + self.max_retries
+        return max(1, self.max_retries)  # as SMG: 0 behaves like 1
 
     def validate(self) -> None:
         if self.max_retries < 0:
@@ -426,7 +434,7 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
     worker_urls: tuple[str, ...] = ()
-    policy: str = "round_robin"
+    policy: str = "cache_aware"  # SMG's default
     policy_options: PolicyOptions = field(default_factory=PolicyOptions)
 
     # Prefill/decode disaggregation.
@@ -456,6 +464,7 @@ class GatewayConfig:
     # Worker registration (control plane).
     worker_startup_timeout_secs: float = 1800.0
     worker_startup_check_interval_secs: float = 1.0
+    worker_startup_delay_secs: float = 0.0  # grace before the first probe of a new worker
     worker_drain_timeout_secs: float = 30.0
     worker_api_key: str | None = None
 
@@ -489,6 +498,7 @@ class GatewayConfig:
 
     # Observability.
     prometheus_host: str = "0.0.0.0"
+    prometheus_duration_buckets: tuple[float, ...] = ()  # empty: the built-in duration buckets
     prometheus_port: int = 29000
     disable_metrics: bool = False
     enable_trace: bool = False

@@ -18,7 +18,7 @@ from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
 from shepherd.observability.live_stats import LiveStats
-from shepherd.observability.metrics import LiveState, Metrics
+from shepherd.observability.metrics import DURATION_BUCKETS, LiveState, Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.plugins.registry import PluginRegistry
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
@@ -118,7 +118,7 @@ class AppContext:
         registry.subscribe(policies.on_registry_event)
         session = create_upstream_session(config)
         transports = transports or Transports.real(config)
-        metrics = None if config.disable_metrics else Metrics()
+        metrics = None if config.disable_metrics else Metrics(config.prometheus_duration_buckets or DURATION_BUCKETS)
         tracing = Tracing(config.otlp_traces_endpoint, config.trace_sample_ratio) if config.enable_trace else None
         http_router = HttpRouter(config, registry, policies, transports.local, metrics, tracing)
         default_router: Router = http_router

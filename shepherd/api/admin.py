@@ -94,6 +94,13 @@ async def update_worker(request: web.Request) -> web.Response:
 
 
 async def remove_worker(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT]
+    worker_id = request.match_info["worker_id"]
+    if context.registry.get(worker_id) is None:
+        job = context.manager.cancel_add(worker_id)
+        if job is not None:  # still being probed: nothing to drain, it just never joins
+            return _json({"status": "deleted", "worker_id": worker_id, "url": job.url,
+                          "message": "The worker was still being probed; its registration was cancelled"})
     worker = _worker_or_404(request)
     request.app[CONTEXT].manager.submit_remove(worker)
     body = {"status": "accepted", "worker_id": worker.id, "url": worker.url,

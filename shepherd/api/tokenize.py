@@ -49,8 +49,24 @@ async def _not_ours(request: web.Request, raw: bytes, body: dict[str, Any]) -> w
     context = request.app[CONTEXT]
     model = body.get("model")
     if context.registry.for_model(model):
-        return await context.router.route(request, request.path, raw, body)
+        response = await context.router.route(request, request.path, raw, body)
+        if response.status >= 400 and isinstance(response, web.Response) and not _openai_error(response.body):
+            # The engine does not serve the route (its own 404 text, FastAPI's {"detail": ...}): say so our way.
+            raise GatewayError(404 if response.status in (404, 405) else 502, "tokenizer_not_found",
+                               f"No tokenizer is registered for model `{model}` in the gateway, and its workers "
+                               f"do not serve {request.path} (they answered {response.status})", param="model")
+        return response
     raise GatewayError(404, "tokenizer_not_found", f"No tokenizer is registered for model `{model}`", param="model")
+
+
+def _openai_error(body: Any) -> bool:
+    if not isinstance(body, bytes):
+        return False
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
 
 
 async def tokenize(request: web.Request) -> web.StreamResponse:

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shepherd.api.engine_metrics import engine_metrics
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
 from shepherd.workers.registry import WorkerRegistry
@@ -93,5 +94,6 @@ def add_utility_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model_id:.+}", get_model)  # ids may hold slashes (org/name)
     for path in ("/health_generate", "/get_server_info", "/get_model_info"):
         app.router.add_get(path, _passthrough_get(path))
+    app.router.add_get("/engine_metrics", engine_metrics)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -53,7 +53,9 @@ class _Cached:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, duration_buckets: Sequence[float] = DURATION_BUCKETS) -> None:
+        durations = tuple(sorted(duration_buckets))  # --prometheus-duration-buckets
+        disable_created_metrics()  # as SMG: no *_created series (the library's switch is process-wide)
         self._serves: Callable[[str], bool] = lambda model: False  # set by attach(): the registry's models
         self._state: _StateCollector | None = None
         self._error_codes: set[str] = set()
@@ -63,7 +65,7 @@ class Metrics:
             "smg_http_requests_total", "HTTP requests received", ["method", "path"], registry=r))
         self.http_duration = _Cached(Histogram(
             "smg_http_request_duration_seconds", "HTTP request duration", ["method", "path"],
-            buckets=DURATION_BUCKETS, registry=r))
+            buckets=durations, registry=r))
         self.http_responses = _Cached(Counter(
             "smg_http_responses_total", "HTTP responses sent", ["path", "status_code", "error_code"], registry=r))
         self.router_requests = _Cached(Counter(
@@ -71,8 +73,22 @@ class Metrics:
             ["router_type", "backend_type", "connection_mode", "model", "endpoint", "streaming"], registry=r))
         self.router_duration = _Cached(Histogram(
             "smg_router_request_duration_seconds", "Routed request duration (successful requests)",
-            ["router_type", "backend_type", "connection_mode", "model", "endpoint"], buckets=DURATION_BUCKETS,
+            ["router_type", "backend_type", "connection_mode", "model", "endpoint"], buckets=durations,
             registry=r))
+        generation = ["router_type", "backend_type", "model", "endpoint"]
+        self.ttft = _Cached(Histogram(
+            "smg_router_ttft_seconds", "Time to first token (first byte of a successful answer)", generation,
+            buckets=durations, registry=r))
+        self.tpot = _Cached(Histogram(
+            "smg_router_tpot_seconds", "Time per output token after the first", generation,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5),
+            registry=r))
+        self.tokens = _Cached(Counter(
+            "smg_router_tokens", "Tokens of successful requests, as the worker's usage reports them",
+            [*generation, "token_type"], registry=r))
+        self.generation_duration = _Cached(Histogram(
+            "smg_router_generation_duration_seconds", "Arrival to last byte of a successful request", generation,
+            buckets=durations, registry=r))
         self.router_errors = _Cached(Counter(
             "smg_router_request_errors_total", "Routed requests that ended in an error",
             ["router_type", "backend_type", "connection_mode", "model", "endpoint", "error_type"], registry=r))
@@ -81,7 +97,7 @@ class Metrics:
             ["router_type", "status_code", "error_code"], registry=r))
         self.ttfb = _Cached(Histogram(
             "smg_router_ttfb_seconds", "Streams: time from dispatch to the first body byte from the worker",
-            ["endpoint", "model", "worker"], buckets=DURATION_BUCKETS, registry=r))
+            ["endpoint", "model", "worker"], buckets=durations, registry=r))
         self.inter_chunk = _Cached(Histogram(
             "smg_router_inter_chunk_seconds", "Streams: time between two relayed chunks",
             ["endpoint", "model"], buckets=CHUNK_BUCKETS, registry=r))
@@ -215,14 +231,16 @@ class _StateCollector(Collector):
             ("token_usage", lambda s: s.token_usage), ("gen_throughput", lambda s: s.gen_throughput),
             ("cache_hit_rate", lambda s: s.cache_hit_rate))
         for name, read in engine_fields:
-            yield gauge(f"smg_engine_{name}", f"Engine-reported {name.replace('_', ' ')}", ["worker", "model"],
-                        (([w.url, w.model_id], float(read(w.snapshot))) for w in workers if w.snapshot is not None))
+            yield gauge(f"smg_engine_{name}", f"Engine-reported {name.replace('_', ' ')}",
+                        ["worker", "model", "dp_rank"],
+                        (([w.url, w.model_id, "" if w.dp_rank is None else str(w.dp_rank)], float(read(w.snapshot)))
+                         for w in workers if w.snapshot is not None))
         yield gauge("smg_admission_queue_depth", "Requests waiting for admission", [],
                     iter([([], state.admission_queue_depth())]))
         yield gauge("smg_admission_inflight", "Requests holding an admission slot", [],
                     iter([([], state.admission_in_flight())]))
         trees = list(state.cache_trees())
-        yield gauge("smg_cache_aware_hit_ratio", "cache_aware: share of decisions that found a holder", ["model"],
+        yield gauge("smg_cache_aware_match_ratio", "cache_aware: share of decisions that found a holder", ["model"],
                     (([model or DEFAULT_MODEL], ratio) for model, ratio, _ in trees))
         yield gauge("smg_cache_tree_chars", "cache_aware: characters (or tokens) held in the tree", ["model"],
                     (([model or DEFAULT_MODEL], size) for model, _, size in trees))

@@ -37,6 +37,8 @@ _FACTORIES: dict[str, Callable[[PolicyOptions, random.Random | None, KvIndex | N
 }
 
 POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+# As SMG: bucket splits prefill work by prompt length, so it is a --prefill-policy only.
+MAIN_POLICY_NAMES: tuple[str, ...] = tuple(name for name in POLICY_NAMES if name != BucketPolicy.name)
 # Policies that read engine load reports, so the load monitor must poll for them.
 LOAD_AWARE_POLICIES = frozenset({LeastLoadPolicy.name, PowerOfTwoPolicy.name, CacheAwarePolicy.name,
                                  PreciseCachePolicy.name})

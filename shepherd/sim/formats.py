@@ -69,21 +69,46 @@ class Format:
         return DONE
 
 
+def _top_logprobs(ctx: Context) -> int | None:
+    """None without `logprobs: true`; else how many alternatives each token lists (0-20)."""
+    if ctx.body.get("logprobs") is not True:
+        return None
+    top = ctx.body.get("top_logprobs")
+    return max(0, min(int(top), 20)) if isinstance(top, int) else 0
+
+
+def _token_logprob(piece: str, token_id: int, top: int) -> dict[str, Any]:
+    logprob = _logprob(token_id)
+    alternatives = [{"token": piece, "logprob": logprob, "bytes": list(piece.encode())}]
+    alternatives += [{"token": f"{piece}{i}", "logprob": round(logprob - i * 0.75, 4),
+                      "bytes": list(f"{piece}{i}".encode())} for i in range(1, top)]
+    return {"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": alternatives[:top]}
+
+
+def _chat_logprobs(gen: Generation, tokens: range, ctx: Context) -> dict[str, Any] | None:
+    top = _top_logprobs(ctx)
+    if top is None:
+        return None
+    return {"content": [_token_logprob(gen.pieces[t], gen.token_ids[t], top) for t in tokens], "refusal": None}
+
+
 class ChatFormat(Format):
     def response(self, gens: Sequence[Generation], ctx: Context) -> Any:
         return {
             "id": ctx.request_id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": g.text, "reasoning_content": None,
                                                  "tool_calls": None},
-                         "logprobs": None, "finish_reason": g.finish_reason, "matched_stop": None}
+                         "logprobs": _chat_logprobs(g, range(len(g.pieces)), ctx),
+                         "finish_reason": g.finish_reason, "matched_stop": None}
                         for i, g in enumerate(gens)],
             "usage": openai_usage(gens),
         }
 
-    def _chunk(self, ctx: Context, index: int, delta: dict[str, Any], finish: str | None) -> bytes:
+    def _chunk(self, ctx: Context, index: int, delta: dict[str, Any], finish: str | None,
+               logprobs: dict[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {"id": ctx.request_id, "object": "chat.completion.chunk", "created": ctx.created,
                                  "model": ctx.model,
-                                 "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                 "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                               "finish_reason": finish}]}
         if ctx.include_usage:
             chunk["usage"] = None
@@ -93,7 +118,8 @@ class ChatFormat(Format):
         return b"".join(self._chunk(ctx, i, {"role": "assistant", "content": ""}, None) for i in range(len(gens)))
 
     def stream_token(self, index: int, gen: Generation, token: int, ctx: Context) -> bytes:
-        return self._chunk(ctx, index, {"content": gen.pieces[token]}, None)
+        return self._chunk(ctx, index, {"content": gen.pieces[token]}, None,
+                           _chat_logprobs(gen, range(token, token + 1), ctx))
 
     def stream_finish(self, index: int, gen: Generation, ctx: Context) -> bytes:
         return self._chunk(ctx, index, {}, gen.finish_reason)
@@ -106,12 +132,27 @@ class ChatFormat(Format):
         return sse(usage) + DONE
 
 
+def _completion_logprobs(gen: Generation, ctx: Context) -> dict[str, Any] | None:
+    """The legacy completions shape: `logprobs: N` asks for N alternatives per token (0-5)."""
+    top = ctx.body.get("logprobs")
+    if not isinstance(top, int) or isinstance(top, bool) or top < 0:
+        return None
+    offsets, position = [], 0
+    for piece in gen.pieces:
+        offsets.append(position)
+        position += len(piece)
+    entries = [_token_logprob(p, t, min(top, 5)) for p, t in zip(gen.pieces, gen.token_ids, strict=False)]
+    return {"tokens": list(gen.pieces), "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{alt["token"]: alt["logprob"] for alt in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
+
+
 class CompletionFormat(Format):
     def response(self, gens: Sequence[Generation], ctx: Context) -> Any:
         return {
             "id": ctx.request_id, "object": "text_completion", "created": ctx.created, "model": ctx.model,
-            "choices": [{"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason,
-                         "matched_stop": None} for i, g in enumerate(gens)],
+            "choices": [{"index": i, "text": g.text, "logprobs": _completion_logprobs(g, ctx),
+                         "finish_reason": g.finish_reason, "matched_stop": None} for i, g in enumerate(gens)],
             "usage": openai_usage(gens),
         }
 

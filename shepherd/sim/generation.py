@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from shepherd.sim.engine import Engine, SimRequest
+from shepherd.sim.structured import split_text
 from shepherd.sim.text import output_words, token_texts, word_token_id
 
 
@@ -33,6 +34,12 @@ class Generation:
         self._request: SimRequest | None = None
         if engine is not None:
             self._request = engine.submit(prompt_ids, max_new, self.token_ids, prefilled=prefilled)
+
+    def replace_text(self, text: str) -> None:
+        """Answer with `text` (a structured-output document) over the same tokens; it is complete, so the
+        sequence ends with "stop"."""
+        self.pieces = split_text(text, len(self.words))
+        self.finish_reason = "stop"
 
     @property
     def completion_tokens(self) -> int:

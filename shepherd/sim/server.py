@@ -38,6 +38,7 @@ from shepherd.sim.formats import (
 from shepherd.sim.generation import Generation
 from shepherd.sim.pd import KvTransferError, PdRole
 from shepherd.sim.provider import ProviderPersona
+from shepherd.sim.structured import structured_schema, structured_text
 from shepherd.sim.text import prompt_text, request_seed, tokenize
 from shepherd.sim.tools import (
     ScriptedTurn,
@@ -312,11 +313,16 @@ class SimWorker:
             max_new = min(max_new, 1)  # a prefill worker computes the prompt and one token
         gens: list[Generation] = []
         engine = self._engine_for(body)
+        schema = structured_schema(body) if isinstance(fmt, ChatFormat) else None
+        if schema is not None:
+            max_new = max(max_new, 1)  # a JSON document takes at least one token
         for p_index, prompt in enumerate(prompts):
             for choice in range(n):
                 seed = request_seed(self.config.model, prompt, max_new, body.get("seed"), p_index, choice)
                 gen = Generation(prompt, max_new, seed, finish, engine, self.config.gen_ms / 1000,
                                  prefilled=transferred is not None)
+                if schema is not None:
+                    gen.replace_text(structured_text(schema, seed))
                 if transferred:  # report the prefill side's cache hits, as the KV arrived with them
                     gen.reported_cached = transferred[min(len(gens), len(transferred) - 1)]
                 gens.append(gen)

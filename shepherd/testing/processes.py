@@ -140,6 +140,8 @@ class Gateway(Process):
             open_admin = not any(flag in _KEYED_FLAGS for flag in flags)
         if open_admin:
             args.append("--allow-unauthenticated-admin")
+        if "--policy" not in flags:  # tests count requests per worker; SMG's default (cache_aware) would pin them
+            args += ["--policy", "round_robin"]
         if routed_worker_header is not None:  # tests tell workers apart by URL; None: the default (ids)
             args += ["--routed-worker-header", routed_worker_header]
         self._history_dir: str | None = None

@@ -47,10 +47,11 @@ class Job:
     worker_id: str
     url: str
     kind: str  # "add" | "remove"
-    status: str = "pending"  # pending | failed
+    status: str = "pending"  # pending | failed | cancelled (deleted while pending)
     message: str = ""
     started_at: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)  # an add's registration, to cancel it
 
     def info(self) -> dict[str, object]:
         return {"kind": self.kind, "status": self.status, "message": self.message,
@@ -110,8 +111,22 @@ class WorkerManager:
         worker_id = new_worker_id()
         job = Job(worker_id, spec.url, "add", started_at=time.monotonic())
         self._jobs[worker_id] = job
-        self._spawn(self._register(spec, job))
+        job.task = self._spawn(self._register(spec, job))
         return worker_id
+
+    def cancel_add(self, worker_id: str) -> Job | None:
+        """Forget a worker that is still being probed (or whose registration failed): its probing stops
+        and it is never registered. None when no such add is pending."""
+        job = self._jobs.get(worker_id)
+        if job is None or job.kind != "add":
+            return None
+        del self._jobs[worker_id]
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+        job.status, job.message = "cancelled", "deleted before it was registered"
+        job.finished.set()
+        log.info("worker %s deleted while %s", job.url, "being probed" if job.task else "failed")
+        return job
 
     async def add(self, spec: WorkerSpec) -> Worker:
         """Register a worker and wait until it is routable (used by tests and embedders)."""
@@ -134,6 +149,8 @@ class WorkerManager:
 
     async def _probe_and_register(self, spec: WorkerSpec, job: Job) -> None:
         deadline = time.monotonic() + self._config.worker_startup_timeout_secs
+        if self._config.worker_startup_delay_secs > 0:
+            await asyncio.sleep(self._config.worker_startup_delay_secs)
         attempt = 0
         while True:
             attempt += 1
@@ -269,10 +286,11 @@ class WorkerManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         for task in list(self._tasks):

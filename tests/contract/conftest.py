@@ -27,7 +27,7 @@ GATEWAY_FLAGS = (
     "--policy", "round_robin", "--api-key", GATEWAY_KEY,
     "--control-plane-api-keys", f"ops:ops:admin:{ADMIN_KEY}",
     "--cb-failure-threshold", "3", "--cb-window-duration-secs", "120", "--cb-timeout-duration-secs", "120",
-    "--retry-max-retries", "3", "--retry-initial-backoff-ms", "20", "--retry-max-backoff-ms", "200",
+    "--retry-max-retries", "4", "--retry-initial-backoff-ms", "20", "--retry-max-backoff-ms", "200",
     "--request-timeout-secs", "20", "--health-check-interval-secs", "120",
 )
 

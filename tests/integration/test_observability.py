@@ -71,7 +71,7 @@ def test_counters_and_histograms_move_as_requests_flow(observed: tuple[Sim, Gate
     assert total(after, "smg_worker_health") == 2
     assert total(after, "smg_worker_cb_state") == 0
     assert total(after, "smg_worker_pool_size", model="mock-model") == 2
-    assert 0 < total(after, "smg_cache_aware_hit_ratio", model="mock-model") <= 1
+    assert 0 < total(after, "smg_cache_aware_match_ratio", model="mock-model") <= 1
     wait_until(lambda: total(scrape(gw), "smg_engine_token_usage") >= 0 and
                any(k.startswith("smg_engine_running_requests{") for k in scrape(gw)), 5, message="engine gauges")
 

@@ -143,7 +143,7 @@ def test_a_failing_decode_is_retried_then_reported(gateway: Gateway, cluster: tu
 
 def test_mismatched_room_never_reaches_the_client_as_success(cluster: tuple[Sim, Sim]) -> None:
     prefill, decode = cluster
-    gw = pd_gateway(prefill, decode, "--retry-max-retries", "1")
+    gw = pd_gateway(prefill, decode, "--retry-max-retries", "2")
     try:
         for i in range(2):
             prefill.faults(i, pd_wrong_room=True)

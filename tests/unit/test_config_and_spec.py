@@ -16,7 +16,8 @@ def test_cli_flags_map_to_config() -> None:
     config = config_from_args(args).validate()
     assert config.port == 8080 and config.worker_urls == ("http://a:1", "http://b:2")
     assert config.policy == "random" and config.max_payload_size == 2 * 1024 * 1024
-    assert config.request_timeout_secs == 5 and config.retry.max_retries == 0 and config.log_json
+    assert config.request_timeout_secs == 5 and config.log_json
+    assert config.retry.max_retries == 1 and config.retry.attempts == 1  # SMG: --disable-retries is one attempt
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -48,7 +48,7 @@ async def gateway() -> AsyncIterator[Callable[..., Any]]:
     opened: list[TestClient] = []
 
     async def start(workers: Sequence[tuple[str, Any]], *, kind: str = "http", **config: Any) -> Gateway:
-        config.setdefault("retry", RetryConfig(max_retries=4, initial_backoff_ms=1, max_backoff_ms=2))
+        config.setdefault("retry", RetryConfig(max_retries=5, initial_backoff_ms=1, max_backoff_ms=2))
         config.setdefault("breaker", BreakerConfig(failure_threshold=10))
         settings = GatewayConfig(policy="round_robin", auth=_auth("gateway-key"), disable_metrics=False,
                                  **config)
@@ -132,7 +132,7 @@ async def test_one_deadline_bounds_all_attempts(gateway: Any) -> None:
 
 async def test_retries_back_off_between_attempts(gateway: Any) -> None:
     gw = await gateway([(W1, FakeReply(503, chunks=(b"{}",))), (W2, FakeReply(503, chunks=(b"{}",)))],
-                       retry=RetryConfig(max_retries=2, initial_backoff_ms=30, max_backoff_ms=30, jitter_factor=0))
+                       retry=RetryConfig(max_retries=3, initial_backoff_ms=30, max_backoff_ms=30, jitter_factor=0))
     status, _ = await gw.chat()
     assert status == 503 and len(gw.transport.calls) == 3
     metrics = gw.context.metrics

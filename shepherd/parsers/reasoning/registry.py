@@ -31,6 +31,8 @@ REASONING_FORMATS: MappingProxyType[str, ThinkFormat] = MappingProxyType({
     "kimi_thinking": ThinkFormat(*THINK, starts_in_reasoning=True),
     "step3": ThinkFormat(*THINK, starts_in_reasoning=True),
     "minimax": ThinkFormat(*THINK, starts_in_reasoning=True),
+    "minimax_m2": ThinkFormat(*THINK, starts_in_reasoning=True),  # SMG's name for the same MiniMax-M2 format
+    "base": ThinkFormat(*THINK),  # SMG's generic <think>...</think> parser
     "cohere_cmd": ThinkFormat("<|START_THINKING|>", "<|END_THINKING|>"),
     "nano_v3": ThinkFormat(*THINK),
 })

@@ -30,6 +30,8 @@ TOOL_PARSERS: MappingProxyType[str, type[ToolParser]] = MappingProxyType({
     "qwen": HermesToolParser,
     "hermes": HermesToolParser,
     "qwen25": HermesToolParser,
+    "qwen2.5": HermesToolParser,  # SMG's spelling
+    "qwen3": HermesToolParser,  # SMG: Qwen3 speaks the same <tool_call> JSON
     "qwen_coder": QwenCoderToolParser,
     "qwen3_coder": QwenCoderToolParser,
     "qwen_xml": QwenCoderToolParser,

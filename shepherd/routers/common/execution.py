@@ -30,7 +30,7 @@ from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.base import RoutingRequest
-from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, WORKER
+from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
 from shepherd.routers.common.attempt import Attempt, give_verdict
 from shepherd.routers.common.retry import Backoff, RetryableFailure
 from shepherd.workers.worker import Worker
@@ -93,7 +93,27 @@ class Lifecycle(Generic[C]):
             self._count_request(model, endpoint, body, exc.status, started, exc.code)
             raise
         self._count_request(model, endpoint, body, response.status, started, None)
+        if self.metrics is not None and response.status < 400:
+            self._count_generation(request, model, endpoint, started)
         return response
+
+    def _count_generation(self, request: web.Request, model: str | None, endpoint: str, started: float) -> None:
+        """SMG's latency and token families, on every path (SMG records them for gRPC only)."""
+        metrics = self.metrics
+        assert metrics is not None
+        now = time.perf_counter()
+        labels = (self.labels.router_type, self.labels.backend_type, metrics.model_label(model), endpoint)
+        metrics.generation_duration(*labels).observe(now - started)
+        first = request.get(FIRST_CHUNK)  # set by streamed answers; a whole answer's first byte is its end
+        metrics.ttft(*labels).observe((first if first is not None else now) - started)
+        usage = request.get(USAGE)
+        if not usage:
+            return
+        prompt, completion = int(usage[0] or 0), int(usage[1] or 0)
+        metrics.tokens(*labels, "input").inc(prompt)
+        metrics.tokens(*labels, "output").inc(completion)
+        if first is not None and completion > 1:  # time per output token after the first
+            metrics.tpot(*labels).observe((now - first) / (completion - 1))
 
     def count_refusal(self, endpoint: str, model: str | None, body: Mapping[str, Any] | None, status: int,
                       error_code: str) -> None:
