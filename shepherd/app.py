@@ -143,16 +143,17 @@ class Gateway:
         warn_if_open(self.config, log)
         self.context.start()
         key = self.config.worker_api_key
-        for url in self.config.worker_urls:
-            self.context.manager.submit_add(WorkerSpec(url=normalize_url(url), api_key=key))
-        for url, bootstrap_port in self.config.prefill_urls:
-            self.context.manager.submit_add(WorkerSpec(url=normalize_url(url), api_key=key,
-                                                       bootstrap_port=bootstrap_port, worker_type=WorkerType.PREFILL))
-        for url in self.config.decode_urls:
-            self.context.manager.submit_add(WorkerSpec(url=normalize_url(url), api_key=key,
-                                                       worker_type=WorkerType.DECODE))
-        for value in self.config.external_providers:
-            self.context.manager.submit_add(parse_external_provider(value).to_spec(os.environ))
+        specs = [WorkerSpec(url=normalize_url(url), api_key=key) for url in self.config.worker_urls]
+        specs += [WorkerSpec(url=normalize_url(url), api_key=key, bootstrap_port=bootstrap_port,
+                             worker_type=WorkerType.PREFILL) for url, bootstrap_port in self.config.prefill_urls]
+        specs += [WorkerSpec(url=normalize_url(url), api_key=key, worker_type=WorkerType.DECODE)
+                  for url in self.config.decode_urls]
+        specs += [parse_external_provider(value).to_spec(os.environ) for value in self.config.external_providers]
+        mesh = self.context.mesh
+        for spec in specs:
+            worker_id = self.context.manager.submit_add(spec)
+            if mesh is not None:  # known to the fleet, without replacing what another instance wrote
+                mesh.registry.announce_add(worker_id, spec, startup=True)
         scheme = "https" if self.config.tls_cert_path else "http"
         count = (len(self.config.worker_urls) + len(self.config.prefill_urls) + len(self.config.decode_urls)
                  + len(self.config.external_providers))

@@ -57,6 +57,9 @@ class PolicyOptions:
     routing_key_headers: tuple[str, ...] = DEFAULT_ROUTING_KEY_HEADERS
     max_idle_secs: float = 14400.0
     assignment_mode: str = "random"
+    # manual: place a key by rendezvous hashing over the available workers instead of
+    # assignment_mode, so every instance of a mesh pins it to the same worker without asking the others.
+    agree_across_instances: bool = False
 
     # bucket
     bucket_adjust_interval_secs: float = 5.0

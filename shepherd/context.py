@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ import aiohttp
 
 from shepherd.config import GatewayConfig
 from shepherd.discovery import Discovery
+from shepherd.mesh.mesh import Mesh
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
@@ -92,12 +94,16 @@ class AppContext:
     draining: bool = False  # set on SIGTERM: /readiness answers 503
     closing: bool = field(default=False)  # past the settle window: new requests are refused
     plugins: PluginRegistry | None = None  # WASM plugins, with --enable-wasm
+    mesh: Mesh | None = None  # shared state with other processes and instances (--mesh-redis-url, --workers)
 
     @classmethod
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
         """Build the context; must run inside the event loop that will serve it. `transports` replaces
         the real HTTP clients (tests pass fake ones)."""
         registry = WorkerRegistry()
+        if config.mesh.redis_url is not None:  # sticky keys agree across instances
+            config = dataclasses.replace(config, policy_options=dataclasses.replace(
+                config.policy_options, agree_across_instances=True))
         policies = PolicyRegistry(config.policy, config.policy_options, registry)
         registry.subscribe(policies.on_registry_event)
         session = create_upstream_session(config)
@@ -120,6 +126,10 @@ class AppContext:
         router.register("external", ExternalRouter(config, registry, policies, transports.providers, refresher,
                                                    metrics, tracing))
         health = HealthChecker(config.health, registry, session, remove=manager.submit_remove)
+        mesh = Mesh.create(config, registry, manager, policies)
+        if mesh is not None:
+            health.on_transition = mesh.on_health_transition
+        fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
         if metrics is not None:
             registry.subscribe(_breaker_metrics(metrics))
             health.on_result = lambda worker, ok: metrics.health_checks(
@@ -133,7 +143,7 @@ class AppContext:
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
             health=health,
-            admission=AdmissionController(config.admission, *_admission_counters(metrics)),
+            admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet),
             http_router=http_router,
             router=router,
             refresher=refresher,
@@ -146,6 +156,7 @@ class AppContext:
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
             plugins=PluginRegistry(config.wasm, metrics) if config.wasm.enabled else None,
             history=create_history(config.history),
+            mesh=mesh,
         )
         context.discovery = Discovery.from_config(config, manager, registry)
         if config.recording.directory:
@@ -156,7 +167,8 @@ class AppContext:
             metrics.attach(LiveState(
                 workers=registry.all, serves=registry.serves, requests_in_flight=lambda: context.in_flight,
                 admission_queue_depth=lambda: context.admission.queue_depth,
-                admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees))
+                admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees,
+                mesh=(lambda: (mesh.status.connected, mesh.status.errors)) if mesh is not None else None))
         return context
 
     def start(self) -> None:
@@ -170,8 +182,12 @@ class AppContext:
             self.load_monitor.start()
         if self.discovery is not None:
             self.discovery.start()
+        if self.mesh is not None:
+            self.mesh.start()
 
     async def close(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         if self.recorder is not None:
