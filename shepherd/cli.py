@@ -54,7 +54,7 @@ from shepherd.sim.faults import Faults
 from shepherd.sim.provider import PROVIDER_APIS
 from shepherd.sim.server import SimConfig
 from shepherd.storage.base import StorageError
-from shepherd.supervisor import CHILD_ENV, ChildInfo, Supervisor, child_config
+from shepherd.supervisor import CHILD_ENV, ChildInfo, Supervisor, child_config, stop_with_parent
 
 
 def _size(value: str) -> int:
@@ -694,6 +694,7 @@ def _run_launch(args: argparse.Namespace) -> int:
     child = os.environ.get(CHILD_ENV)
     if child is not None:  # one of the processes of a `--workers N` gateway
         config = child_config(config, ChildInfo.decode(child))
+        stop_with_parent()
     setup_logging(config.log_level, config.log_json, config.log_dir)
     try:
         if config.process.workers > 1 and child is None:

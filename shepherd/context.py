@@ -126,14 +126,15 @@ class AppContext:
         router.register("external", ExternalRouter(config, registry, policies, transports.providers, refresher,
                                                    metrics, tracing))
         health = HealthChecker(config.health, registry, session, remove=manager.submit_remove)
-        mesh = Mesh.create(config, registry, manager, policies)
-        if mesh is not None:
-            health.on_transition = mesh.on_health_transition
-        fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
         if metrics is not None:
             registry.subscribe(_breaker_metrics(metrics))
             health.on_result = lambda worker, ok: metrics.health_checks(
                 worker.worker_type.value, "success" if ok else "failure").inc()
+        # After the metrics' breaker listener: the mesh chains its own behind it.
+        mesh = Mesh.create(config, registry, manager, policies)
+        if mesh is not None:
+            health.on_transition = mesh.on_health_transition
+        fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
         context = cls(
             config=config,
             registry=registry,

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
@@ -69,6 +70,14 @@ class ChildInfo:
     @property
     def metrics_port_file(self) -> str:
         return metrics_port_file(self.folder, self.index)
+
+
+def stop_with_parent() -> None:
+    """In a child: get SIGTERM (and drain) if the supervisor dies, even by SIGKILL (Linux only)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def metrics_port_file(folder: str, index: int) -> str:

@@ -4,7 +4,7 @@ Owner: whoever changes it through the admin API (or starts with it on the comman
 the entry; every instance reconciles its own registry to the map whenever the map's version
 moves (read every --mesh-sync-interval-secs, so a change is everywhere within about one interval).
 * an entry this instance lacks is added (probed here first, under the entry's worker id);
-* an entry whose labels, priority, cost or key changed is patched;
+* an entry that changed since the last reconcile is applied as a patch (labels, priority, cost, key);
 * a worker whose entry went away is drained and removed (only workers the map once listed:
   workers found by this instance's discovery are its own).
 Announcements wait in a bounded outbox and are written in order, so an admin call never waits on
@@ -62,6 +62,7 @@ class RegistrySync:
         self._outbox: deque[tuple[str, bytes | None, bool]] = deque(maxlen=MAX_OUTBOX)
         self._seen_version: int | None = None
         self._listed: set[str] = set()  # base URLs the shared map has listed
+        self._entries: dict[str, bytes] = {}  # the entries as last reconciled: a patch is an entry that changed
 
     # -- announcements (admin API, startup workers) ---------------------------------------------
 
@@ -119,6 +120,8 @@ class RegistrySync:
                 if url not in pending:
                     self._add(worker_id, spec)
                 continue
+            if self._entries.get(url, value) == value:
+                continue  # unchanged since last seen (or first seen here: the worker was added from it)
             for worker in local:
                 changes = self._changes(worker, spec)
                 if changes and worker.status is not WorkerStatus.DRAINING:
@@ -130,6 +133,7 @@ class RegistrySync:
                     log.info("mesh: worker %s removed by a peer; draining it here", url)
                     self._manager.submit_remove(worker)
         self._listed = set(entries)
+        self._entries = dict(entries)
 
     def _add(self, worker_id: str, spec: WorkerSpec) -> None:
         try:
