@@ -1,7 +1,7 @@
 """What the gateway costs: direct to a fast backend vs through Shepherd vs through SMG, in one run.
 
     python -m bench.proxy_overhead [--seconds 8] [--rounds 3] [--smg .venv-smg/bin/smg]
-                                   [--baseline-checkout DIR]
+                                   [--baseline-checkout DIR] [--workers 2 [--workers-only]]
 
 `--baseline-checkout DIR` adds a second Shepherd gateway run from another checkout (for example
 `git worktree add /tmp/base HEAD~3`), so a change is compared with the code before it in one run.
@@ -10,18 +10,24 @@ The backend is the simulator's canned engine (instant answers), so the gateway's
 what the numbers show. Scenarios: non-streaming chat at concurrency 1 and 32, and streaming chat
 (64 tokens per answer) at concurrency 32. Targets run interleaved, `--rounds` times each, and the
 median is reported, so slow drift on a shared machine hits all of them alike.
+
+`--workers N` adds `shepherd launch --workers N` against `--workers 1` in the same run, in front of
+an nginx backend with canned answers (not the Python simulator, which would share the cores and
+cap both), with the gateway's CPU seconds per 1,000 requests (supervisor and children together).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import httpx
 
 from bench.loadgen import LoadResult, have_wrk, run_load
+from bench.nginx_backend import NginxBackend
 from bench.smg import Smg, find_smg
 from shepherd.testing import Gateway, Sim
 
@@ -47,7 +53,13 @@ def main() -> None:
     parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if have_wrk() else "python")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--baseline-checkout", help="also run the Shepherd of this checkout, as `baseline`")
+    parser.add_argument("--workers", type=int, default=0, help="also compare --workers N with --workers 1 (nginx)")
+    parser.add_argument("--workers-only", action="store_true", help="only the --workers comparison")
     args = parser.parse_args()
+    if args.workers:
+        compare_workers(args.workers, args.seconds, args.rounds, args.loadgen == "wrk")
+        if args.workers_only:
+            return
 
     sim = Sim(1, "--engine", "canned", "--record-requests", "0")
     gateway = Gateway(sim.urls, "--policy", "round_robin", "--log-level", "warn")
@@ -88,6 +100,64 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({s: {t: vars(r) for t, r in rs.items()} for s, rs in results.items()}, handle, indent=2)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live and reaped children (a supervisor and its gateways)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as file:
+            return file.read().rpartition(")")[2].split()
+
+    fields = stat(pid)  # after the name: state is [0], utime [11], stime [12], cutime [13], cstime [14]
+    total = sum(int(v) for v in fields[11:15])
+    with open(f"/proc/{pid}/task/{pid}/children") as file:
+        for child in file.read().split():
+            try:
+                total += sum(int(v) for v in stat(int(child))[11:13])
+            except FileNotFoundError:
+                pass
+    return total / tick
+
+
+def compare_workers(count: int, seconds: float, rounds: int, use_wrk: bool) -> None:
+    backend = NginxBackend()
+    flags = ("--policy", "round_robin", "--log-level", "warn", "--history-backend", "memory",
+             "--disable-health-check")
+    gateways = {"workers=1": Gateway([backend.url], *flags, "--workers", "1"),
+                f"workers={count}": Gateway([backend.url], *flags, "--workers", str(count))}
+    time.sleep(2)  # every process up and registered
+    payload = json.dumps(CHAT).encode()
+    rows: dict[tuple[int, str], list[tuple[LoadResult, float]]] = {}
+    try:
+        for concurrency in (32, 64):
+            for _ in range(rounds):
+                for name, gateway in gateways.items():
+                    before = _cpu_seconds(gateway.proc.pid)
+                    result = run_load(gateway.url + "/v1/chat/completions", payload, concurrency, seconds,
+                                      use_wrk=use_wrk)
+                    used = _cpu_seconds(gateway.proc.pid) - before
+                    per_thousand = 1000 * used / max(1.0, result.requests_per_sec * seconds)
+                    rows.setdefault((concurrency, name), []).append((result, per_thousand))
+                    time.sleep(0.5)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+        backend.stop()
+    print(f"\n--workers comparison, nginx backend, {os.cpu_count()} cores, {rounds} rounds x {seconds:.0f}s (median)")
+    print(f"{'scenario':<10} {'gateway':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'CPU s/1k req':>13}")
+    medians: dict[tuple[int, str], float] = {}
+    for (concurrency, name), runs in rows.items():
+        result = _median([r for r, _ in runs])
+        cpu = statistics.median(c for _, c in runs)
+        medians[(concurrency, name)] = result.requests_per_sec
+        print(f"{'chat c=' + str(concurrency):<10} {name:<10} {result.requests_per_sec:>9,.0f} {result.p50_ms:>8.2f} "
+              f"{result.p99_ms:>8.2f} {result.errors:>7} {cpu:>13.3f}")
+    for concurrency in (32, 64):
+        ratio = medians[(concurrency, f"workers={count}")] / medians[(concurrency, "workers=1")]
+        print(f"  chat c={concurrency}: workers={count}/workers=1 throughput {ratio:.2f}")
 
 
 def _median(runs: list[LoadResult]) -> LoadResult:
