@@ -71,11 +71,12 @@ class TreeSync:
             return
         if batch.get("by") == self._instance:
             return
-        policies = self._policies.by_model()
         for model, kind, url, key in batch.get("e", ()):
-            policy = policies.get(model)
             worker = self._registry.get_by_url(url)
-            if not isinstance(policy, CacheAwarePolicy) or worker is None:
+            if worker is None or (model is not None and not self._registry.serves(model)):
+                continue  # a worker or model this instance does not have (yet): nothing to learn
+            policy = self._policies.for_model(model)  # created here if no request named the model yet
+            if not isinstance(policy, CacheAwarePolicy):
                 continue
             if kind == "s":
                 policy.text_tree.insert(str(key), worker.id)

@@ -160,6 +160,40 @@ def test_a_fleet_wide_rate_limit_holds_across_instances(redis: RedisServer, engi
             g.stop()
 
 
+def test_cache_aware_instances_learn_where_the_others_sent_a_prompt(redis: RedisServer,
+                                                                    engines: list[Sim]) -> None:
+    gateways = _instances(redis, [s.urls[0] for s in engines], 2, "--policy", "cache_aware")
+    try:
+        for i in range(8):
+            prompt = f"conversation {i}: " + "a long shared system prompt " * 40
+            body = {**CHAT, "messages": [{"role": "user", "content": prompt}]}
+            with httpx.Client(timeout=10) as client:
+                first = client.post(gateways[0].url + "/v1/chat/completions", json=body)
+                time.sleep(0.4)  # a few sync intervals: the event is written, then read by the other
+                second = client.post(gateways[1].url + "/v1/chat/completions", json=body)
+            assert first.status_code == second.status_code == 200
+            # The other instance never saw this prompt, yet sends it where its cache is warm.
+            assert second.headers["x-smg-routed-worker-id"] == first.headers["x-smg-routed-worker-id"]
+        assert gateways[1].metric("smg_cache_aware_hit_ratio") > 0.9
+    finally:
+        for g in gateways:
+            g.stop()
+
+
+def test_history_on_a_shared_redis_is_shared_by_every_instance(redis: RedisServer, engines: list[Sim]) -> None:
+    history = ("--history-backend", "redis", "--redis-url", redis.url.replace("/0", "/1"))
+    gateways = [Gateway([engines[0].urls[0]], "--mesh-redis-url", redis.url, "--mesh-sync-interval-secs", "0.1",
+                        *history) for _ in range(2)]
+    try:
+        created = httpx.post(gateways[0].url + "/v1/conversations", json={"metadata": {"topic": "fleet"}},
+                             timeout=5).json()
+        read = httpx.get(gateways[1].url + f"/v1/conversations/{created['id']}", timeout=5)
+        assert read.status_code == 200 and read.json()["metadata"] == {"topic": "fleet"}
+    finally:
+        for g in gateways:
+            g.stop()
+
+
 class _Load:
     """Requests in a loop from a few threads through the LB; every status counted."""
 
