@@ -55,6 +55,9 @@ class FileStore(SharedStore):
             os.replace(temporary, path)
         return True
 
+    async def generation(self, namespace: str) -> str:
+        return "local"  # the supervisor's folder lives as long as every process that reads it
+
     async def version(self, namespace: str) -> int:
         return (await asyncio.to_thread(self._read, namespace))[0]
 

@@ -1,7 +1,8 @@
 """The shared store on Redis (redis.asyncio), imported only when --mesh-redis-url is given.
 
 Keys, all under `shepherd:mesh:{name}:` so several gateways can share one Redis:
-  `{ns}` hash of entries, `{ns}:v` its version (INCR on every write, atomically with it);
+  `{ns}` hash of entries, `{ns}:v` its version (INCR on every write, atomically with it),
+  `{ns}:gen` a random token set once: a new one means Redis lost the data (restarted empty);
   `tree` a capped stream of batched cache-aware routing events;
   `rl:{bucket}` token buckets (hash: tokens, ts) updated by a Lua script on Redis's clock.
 """
@@ -9,6 +10,7 @@ Keys, all under `shepherd:mesh:{name}:` so several gateways can share one Redis:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -70,6 +72,14 @@ class RedisStore(SharedStore):
     async def version(self, namespace: str) -> int:
         value = await self._call(self._client.get(self._prefix + namespace + ":v"))
         return int(value or 0)
+
+    async def generation(self, namespace: str) -> str:
+        key = self._prefix + namespace + ":gen"
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(key, uuid.uuid4().hex, nx=True)
+        pipe.get(key)
+        _, value = await self._call(pipe.execute())
+        return bytes(value).decode()
 
     async def read(self, namespace: str) -> tuple[int, dict[str, bytes]]:
         key = self._prefix + namespace

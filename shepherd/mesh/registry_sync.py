@@ -7,6 +7,8 @@ moves (read every --mesh-sync-interval-secs, so a change is everywhere within ab
 * an entry that changed since the last reconcile is applied as a patch (labels, priority, cost, key);
 * a worker whose entry went away is drained and removed (only workers the map once listed:
   workers found by this instance's discovery are its own).
+If the map's data generation changes (Redis restarted without its data), each instance writes back
+the workers it has instead of removing them.
 Announcements wait in a bounded outbox and are written in order, so an admin call never waits on
 (or fails because of) the store; an outage delays them until the store answers again.
 """
@@ -61,6 +63,7 @@ class RegistrySync:
         self._manager = manager
         self._outbox: deque[tuple[str, bytes | None, bool]] = deque(maxlen=MAX_OUTBOX)
         self._seen_version: int | None = None
+        self._generation: str | None = None  # the store's data generation: a new one means it lost its data
         self._listed: set[str] = set()  # base URLs the shared map has listed
         self._entries: dict[str, bytes] = {}  # the entries as last reconciled: a patch is an entry that changed
 
@@ -92,6 +95,14 @@ class RegistrySync:
 
     async def sync(self) -> None:
         try:
+            generation = await self._store.generation(NAMESPACE)
+            if self._generation is not None and generation != self._generation:
+                # Redis restarted empty (or was flushed): what this instance knows is the best record
+                # left, so it is written back rather than read as "every worker was removed".
+                log.warning("mesh: the shared worker registry lost its data; re-announcing this instance's "
+                            "%d workers", len(self._registry))
+                self._republish()
+            self._generation = generation
             await self.flush()
             version = await self._store.version(NAMESPACE)
             if version == self._seen_version:
@@ -103,6 +114,13 @@ class RegistrySync:
             return  # our own changes first, or the reconcile would undo them
         self._reconcile(entries)
         self._seen_version = version
+
+    def _republish(self) -> None:
+        seen: set[str] = set()
+        for worker in self._registry.all():
+            if worker.base_url not in seen and worker.status is not WorkerStatus.DRAINING:
+                seen.add(worker.base_url)
+                self.announce_add(worker.id, spec_of(worker), startup=True)
 
     def _reconcile(self, entries: dict[str, bytes]) -> None:
         by_base: dict[str, list[Worker]] = {}

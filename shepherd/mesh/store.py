@@ -25,6 +25,11 @@ class SharedStore(ABC):
     async def version(self, namespace: str) -> int: ...
 
     @abstractmethod
+    async def generation(self, namespace: str) -> str:
+        """A token that stays the same for as long as the store keeps the namespace's data (one is
+        created when none exists), so a reader can tell "changed" from "lost"."""
+
+    @abstractmethod
     async def read(self, namespace: str) -> tuple[int, dict[str, bytes]]:
         """(version, entries), read together."""
 
