@@ -30,10 +30,11 @@ smg-flags:
 test: $(STAMP) test-tools browser test-servers
 	$(BIN)/python -m pytest
 
-# The real servers the storage tests start on loopback (Debian's packages); installed only when missing.
+# The real servers the storage and scale-out tests start on loopback (Debian's packages); installed only when missing.
 test-servers:
 	@command -v redis-server >/dev/null || $(APT_INSTALL) redis-server
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(APT_INSTALL) postgresql
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || $(APT_INSTALL) haproxy
 
 # The fast in-process tests only (no processes, no sockets beyond loopback test servers).
 test-unit: $(STAMP)
@@ -66,6 +67,7 @@ bench: $(STAMP)
 # wrk (load generator) and SMG in its own venv, for the comparisons in bench/.
 bench-setup:
 	command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y wrk) || echo "install wrk for sharper numbers"
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (command -v apt-get >/dev/null && apt-get install -y nginx) || echo "install nginx for the --workers comparison"
 	test -x .venv-smg/bin/smg || ($(PYTHON) -m venv .venv-smg && .venv-smg/bin/pip install --quiet smg)
 
 clean:

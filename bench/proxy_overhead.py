@@ -1,7 +1,7 @@
 """What the gateway costs: direct to a light backend vs through Shepherd vs through SMG, in one run.
 
     python -m bench.proxy_overhead [--seconds 8] [--rounds 3] [--smg .venv-smg/bin/smg]
-                                   [--baseline-checkout DIR] [--shepherd-flag=--workers=2 ...]
+                                   [--baseline-checkout DIR] [--workers 2] [--shepherd-flag=--x ...]
 
 The backend is nginx (Debian package) answering fixed bytes, started on loopback with a generated
 config (bench/nginx.py): it is not Python and costs a few microseconds per request, so it takes
@@ -60,6 +60,9 @@ def main() -> None:
                         help="an extra `shepherd launch` flag for the Shepherd target (repeatable)")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--baseline-checkout", help="also run the Shepherd of this checkout, as `baseline`")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also run `shepherd launch --workers N` as target `shepherd-wN` (its CPU counts the "
+                             "supervisor and every child)")
     args = parser.parse_args()
     wanted = {name.strip() for name in args.scenarios.split(",")}
     scenarios = [s for s in SCENARIOS if s[0] in wanted]
@@ -71,10 +74,13 @@ def main() -> None:
     smg_binary = find_smg(args.smg)
     smg = Smg(smg_binary, urls, "round_robin") if smg_binary else None
     baseline = Gateway(urls, *flags, checkout=args.baseline_checkout) if args.baseline_checkout else None
+    multi = Gateway(urls, *flags, *args.shepherd_flag, "--workers", str(args.workers)) if args.workers > 1 else None
     targets: dict[str, tuple[str, int]] = {"direct": (backend.url, backend.proc.pid),
                                            "shepherd": (gateway.url, gateway.proc.pid)}
     if baseline is not None:
         targets["baseline"] = (baseline.url, baseline.proc.pid)
+    if multi is not None:
+        targets[f"shepherd-w{args.workers}"] = (multi.url, multi.proc.pid)
     if smg is not None:
         targets["smg"] = (smg.url, smg.proc.pid)
     print(f"backend: nginx; load generator: {args.loadgen}; {args.rounds} rounds x {args.seconds:.0f}s "
@@ -97,7 +103,7 @@ def main() -> None:
                     time.sleep(0.5)
             results[name] = runs
     finally:
-        for process in (smg, baseline, gateway, backend):
+        for process in (smg, baseline, multi, gateway, backend):
             if process is not None:
                 process.stop()
 
@@ -130,11 +136,11 @@ def _ratio(top: list[Run], bottom: list[Run], cpu: bool) -> str:
 
 def _report(results: dict[str, dict[str, list[Run]]]) -> None:
     print()
-    print(f"{'scenario':<12} {'target':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU s/1k':>9} {'errors':>7}")
+    print(f"{'scenario':<12} {'target':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU s/1k':>9} {'errors':>7}")
     for scenario, by_target in results.items():
         for target, runs in by_target.items():
             load, cpu = _median(runs)
-            print(f"{scenario:<12} {target:<9} {load.requests_per_sec:>9,.0f} {load.p50_ms:>8.2f} "
+            print(f"{scenario:<12} {target:<12} {load.requests_per_sec:>9,.0f} {load.p50_ms:>8.2f} "
                   f"{load.p99_ms:>8.2f} {cpu:>9.3f} {load.errors:>7}")
     print()
     print("ratios (same run; median of rounds, min-max in brackets):")
@@ -145,6 +151,11 @@ def _report(results: dict[str, dict[str, list[Run]]]) -> None:
             if other in by_target:
                 lines.append(f"shepherd/{other} req/s {_ratio(shepherd, by_target[other], False)}, "
                              f"CPU per request {_ratio(shepherd, by_target[other], True)}")
+        for multi in (t for t in by_target if t.startswith("shepherd-w")):
+            lines.append(f"{multi}/shepherd req/s {_ratio(by_target[multi], shepherd, False)}, "
+                         f"CPU per request {_ratio(by_target[multi], shepherd, True)}")
+            if "smg" in by_target:
+                lines.append(f"{multi}/smg req/s {_ratio(by_target[multi], by_target['smg'], False)}")
         print(f"  {scenario:<12} " + ("\n" + " " * 15).join(lines))
         if scenario == "chat c=1":
             direct = _median(by_target["direct"])[0].p50_ms

@@ -1,6 +1,7 @@
 """How well each policy uses the engines' prefix caches, measured on the realistic simulator.
 
     python -m bench.routing_quality [--workers 4] [--seconds 25] [--concurrency 32] [--smg PATH] [--grpc]
+                                    [--instances 2 3]
 
 Four (or more) simulated engines with a limited KV cache (LRU-evicted by blocks) serve these
 workloads through the gateway:
@@ -20,6 +21,10 @@ as the engines report it), time to first token p50/p99, completed requests per s
 requests spread over the workers (min and max share; an even split is 1/N each). SMG's cache_aware runs
 against the same engines in the same run when SMG is installed (`make bench-setup`). Engine caches are
 flushed between runs.
+
+`--instances 2 3` adds cache_aware rows for that many gateway instances behind a real HAProxy
+(round robin per request), each pair once sharing state through a real redis-server
+(`--mesh-redis-url`) and once without sharing, to set against the single instance's row.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import orjson
 
 from bench.smg import Smg, find_smg
 from shepherd.testing import Gateway, GrpcSim, Sim, free_ports
+from shepherd.testing.databases import RedisServer
+from shepherd.testing.haproxy import HAProxy
 from shepherd.transport.lean import LeanTransport
 
 WORDS = ("the quick brown fox jumps over a lazy dog while engines batch tokens and caches keep prefixes warm "
@@ -201,6 +208,20 @@ def report_precise(url: str) -> None:
     for worker, state in body["workers"].items():
         print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']} gaps={state['gaps']} "
               f"resyncs={state['resyncs']}")
+class Fleet:
+    """`count` cache_aware gateways behind HAProxy, sharing state on Redis or not."""
+
+    def __init__(self, urls: list[str], count: int, redis: RedisServer | None, extra: list[str]) -> None:
+        mesh = ["--mesh-redis-url", redis.url, "--mesh-name", f"bench{free_ports(1)[0]}"] if redis else []
+        self.gateways = [Gateway(urls, "--policy", "cache_aware", "--log-level", "warn", "--load-monitor-interval",
+                                 "1", *mesh, *extra) for _ in range(count)]
+        self.lb = HAProxy([g.port for g in self.gateways])
+        self.url = self.lb.url
+
+    def stop(self) -> None:
+        self.lb.stop()
+        for gateway in self.gateways:
+            gateway.stop()
 
 
 def pd_flags(prefill: Sim, decode: Sim, bootstrap: list[int]) -> list[str]:
@@ -227,6 +248,8 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--no-smg", action="store_true", help="skip the SMG comparison")
     parser.add_argument("--no-pd", action="store_true", help="skip the prefill/decode runs")
+    parser.add_argument("--instances", type=int, nargs="*", default=[],
+                        help="also cache_aware on this many instances behind HAProxy, with and without the mesh")
     parser.add_argument("--gateway-args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every Shepherd gateway (must come last)")
     args = parser.parse_args()
@@ -259,14 +282,22 @@ def main() -> None:
         targets += [(f"shepherd PD prefill={p}", p, True) for p in ("round_robin", "cache_aware")]
         if use_smg:
             targets.append(("smg PD prefill=cache_aware", "smg", True))
+    for count in args.instances:
+        targets += [(f"shepherd cache_aware x{count} mesh", f"fleet:{count}:mesh", False),
+                    (f"shepherd cache_aware x{count} no sharing", f"fleet:{count}:alone", False)]
+    redis = RedisServer() if args.instances else None
     try:
         for workload in args.workloads:
             for label, policy, pd in targets:
                 for cluster in clusters:
                     reset(cluster)
                 flags = pd_flags(prefill, decode, bootstrap) if pd else []
-                if policy == "smg":
-                    gateway: Gateway | Smg = Smg(smg_binary, [] if pd else targets_urls, "cache_aware",  # type: ignore[arg-type]
+                if policy.startswith("fleet:"):
+                    _, count, sharing = policy.split(":")
+                    gateway: Gateway | Smg | Fleet = Fleet(targets_urls, int(count),
+                                                           redis if sharing == "mesh" else None, args.gateway_args)
+                elif policy == "smg":
+                    gateway = Smg(smg_binary, [] if pd else targets_urls, "cache_aware",  # type: ignore[arg-type]
                                                  extra_args=flags)
                 elif pd:
                     gateway = Gateway([], "--prefill-policy", policy, "--decode-policy", "round_robin",
@@ -288,6 +319,8 @@ def main() -> None:
     finally:
         for cluster in clusters:
             cluster.stop()
+        if redis is not None:
+            redis.stop()
 
     print()
     print(f"{'workload':<17} {'router':<28} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} "

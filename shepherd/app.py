@@ -35,6 +35,7 @@ from shepherd.middleware.routed_worker import install_routed_worker_header
 from shepherd.observability.metrics import Metrics
 from shepherd.plugins.registry import PluginError
 from shepherd.providers.startup import parse_external_provider
+from shepherd.supervisor import metrics_port_file
 from shepherd.workers.spec import WorkerSpec, normalize_url
 from shepherd.workers.worker import WorkerType
 
@@ -123,8 +124,9 @@ class Gateway:
                                      idle_timeout=limits.idle_connection_timeout_secs, handler_cancellation=True,
                                      access_log=None)
         await self._runner.setup()
+        child = self.config.process.child_index is not None  # one of a supervisor's processes: a shared port
         site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=4096, reuse_address=True,
-                           ssl_context=_ssl_context(self.config))
+                           reuse_port=True if child else None, ssl_context=_ssl_context(self.config))
         try:
             await site.start()
         except OSError as exc:
@@ -134,29 +136,43 @@ class Gateway:
                                                  header_timeout=limits.header_read_timeout_secs,
                                                  idle_timeout=limits.idle_connection_timeout_secs, access_log=None)
             await self._metrics_runner.setup()
+            # A supervisor's child answers its supervisor on a private loopback port; the supervisor
+            # serves the merged metrics on --prometheus-port.
+            host, port = ("127.0.0.1", 0) if child else (self.config.prometheus_host, self.config.prometheus_port)
             try:
-                await web.TCPSite(self._metrics_runner, self.config.prometheus_host, self.config.prometheus_port,
-                                  reuse_address=True).start()
+                await web.TCPSite(self._metrics_runner, host, port, reuse_address=True).start()
             except OSError as exc:
-                raise bind_error("metrics", self.config.prometheus_host, self.config.prometheus_port, exc) from None
+                raise bind_error("metrics", host, port, exc) from None
+            if child:
+                self._announce_metrics_port()
         warn_if_open(self.config, log)
         self.context.start()
         key = self.config.worker_api_key
-        for url in self.config.worker_urls:
-            self.context.manager.submit_add(WorkerSpec(url=normalize_url(url), api_key=key))
-        for url, bootstrap_port in self.config.prefill_urls:
-            self.context.manager.submit_add(WorkerSpec(url=normalize_url(url), api_key=key,
-                                                       bootstrap_port=bootstrap_port, worker_type=WorkerType.PREFILL))
-        for url in self.config.decode_urls:
-            self.context.manager.submit_add(WorkerSpec(url=normalize_url(url), api_key=key,
-                                                       worker_type=WorkerType.DECODE))
-        for value in self.config.external_providers:
-            self.context.manager.submit_add(parse_external_provider(value).to_spec(os.environ))
+        specs = [WorkerSpec(url=normalize_url(url), api_key=key) for url in self.config.worker_urls]
+        specs += [WorkerSpec(url=normalize_url(url), api_key=key, bootstrap_port=bootstrap_port,
+                             worker_type=WorkerType.PREFILL) for url, bootstrap_port in self.config.prefill_urls]
+        specs += [WorkerSpec(url=normalize_url(url), api_key=key, worker_type=WorkerType.DECODE)
+                  for url in self.config.decode_urls]
+        specs += [parse_external_provider(value).to_spec(os.environ) for value in self.config.external_providers]
+        mesh = self.context.mesh
+        for spec in specs:
+            worker_id = self.context.manager.submit_add(spec)
+            if mesh is not None:  # known to the fleet, without replacing what another instance wrote
+                mesh.registry.announce_add(worker_id, spec, startup=True)
         scheme = "https" if self.config.tls_cert_path else "http"
         count = (len(self.config.worker_urls) + len(self.config.prefill_urls) + len(self.config.decode_urls)
                  + len(self.config.external_providers))
         log.info("shepherd listening on %s://%s:%d with %d startup workers", scheme, self.config.host, self.port,
                  count)
+
+    def _announce_metrics_port(self) -> None:
+        """Tell the supervisor where this child's metrics are (written whole, then renamed)."""
+        process = self.config.process
+        assert process.local_channel_dir is not None and process.child_index is not None
+        path = metrics_port_file(process.local_channel_dir, process.child_index)
+        with open(path + ".tmp", "w") as file:
+            file.write(str(self.metrics_port))
+        os.replace(path + ".tmp", path)
 
     async def _load_plugins_file(self) -> None:
         """Attach the plugins file's plugins before the port opens: no request is served without

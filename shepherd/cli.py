@@ -36,7 +36,9 @@ from shepherd.config import (
     GatewayConfig,
     HealthConfig,
     HistoryConfig,
+    MeshConfig,
     PolicyOptions,
+    ProcessConfig,
     RecordingConfig,
     RetryConfig,
     ServerLimits,
@@ -55,6 +57,7 @@ from shepherd.sim.provider import PROVIDER_APIS
 from shepherd.sim.server import SimConfig
 from shepherd.smg_flags import REFUSED, REFUSED_VALUES
 from shepherd.storage.base import StorageError
+from shepherd.supervisor import CHILD_ENV, ChildInfo, Supervisor, child_config, stop_with_parent
 
 
 def _size(value: str) -> int:
@@ -295,6 +298,7 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mcp-config-path", default=None, metavar="PATH",
                         help="YAML file of MCP servers; their tools are offered on Chat Completions and run by "
                              "the gateway (see shepherd/mcp/config.py)")
+    _add_scale_out_args(parser)
     _add_refused_args(parser)
 
 
@@ -455,6 +459,31 @@ def _add_history_args(parser: argparse.ArgumentParser) -> None:
     history.add_argument("--redis-op-timeout-secs", type=float, default=defaults.redis_op_timeout_secs,
                          help="redis: bound on one operation; beyond it: 503 storage_unavailable "
                               "(default: %(default)s)")
+
+
+def _add_scale_out_args(parser: argparse.ArgumentParser) -> None:
+    process, mesh = ProcessConfig(), MeshConfig()
+    group = parser.add_argument_group(
+        "scale-out: several processes, several instances (see README: scale-out)")
+    group.add_argument("--workers", type=int, default=process.workers,
+                       help="processes sharing the listening port, under a supervisor that restarts a crashed "
+                            "one; admission limits below are for the whole gateway, split among them "
+                            "(default: %(default)s)")
+    group.add_argument("--mesh-redis-url", default=None,
+                       help="share the worker registry, health verdicts, cache-aware routing and rate limits "
+                            "with every instance of the same --mesh-name through this Redis")
+    group.add_argument("--mesh-name", default=mesh.name,
+                       help="the gateway's name: instances with the same name act as one (default: %(default)s)")
+    group.add_argument("--mesh-sync-interval-secs", type=float, default=mesh.sync_interval_secs,
+                       help="how often shared state is read back (default: %(default)s)")
+    group.add_argument("--mesh-op-timeout-secs", type=float, default=mesh.op_timeout_secs,
+                       help="bound on one Redis call; past it the gateway serves on what it knows "
+                            "(default: %(default)s)")
+
+
+def _mesh_config(args: argparse.Namespace) -> MeshConfig:
+    return MeshConfig(redis_url=args.mesh_redis_url, name=args.mesh_name,
+                      sync_interval_secs=args.mesh_sync_interval_secs, op_timeout_secs=args.mesh_op_timeout_secs)
 
 
 def _history_config(args: argparse.Namespace) -> HistoryConfig:
@@ -631,6 +660,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         recording=_recording_config(args),
         history=_history_config(args),
         mcp_config_path=args.mcp_config_path,
+        mesh=_mesh_config(args),
+        process=ProcessConfig(workers=args.workers),
     )
 
 
@@ -759,8 +790,14 @@ def _run_launch(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"shepherd: {exc}", file=sys.stderr)
         return 2
+    child = os.environ.get(CHILD_ENV)
+    if child is not None:  # one of the processes of a `--workers N` gateway
+        config = child_config(config, ChildInfo.decode(child))
+        stop_with_parent()
     setup_logging(config.log_level, config.log_json, config.log_dir)
     try:
+        if config.process.workers > 1 and child is None:
+            return _run_supervisor(config, list(args.argv))
         _run(serve(config))
     except BindError as exc:
         print(f"shepherd: {exc.strerror}", file=sys.stderr)
@@ -772,6 +809,12 @@ def _run_launch(args: argparse.Namespace) -> int:
         print(f"shepherd: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_supervisor(config: GatewayConfig, argv: list[str]) -> int:
+    supervisor = Supervisor(config, argv)
+    _run(supervisor.run())
+    return supervisor.exit_status
 
 
 def _wait_for(url: str, timeout: float) -> bool:
@@ -897,6 +940,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     """The command line, with `launch` options it leaves out taken from the environment and --config."""
     argv = list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[argv.index(args.command):] if args.command in argv else [args.command]
     sourced_from = getattr(args, "sourced_from", None)
     if sourced_from is not None:
         apply_sources(sourced_from, args, argv[argv.index(args.command) + 1:], environ)

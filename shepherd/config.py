@@ -61,6 +61,9 @@ class PolicyOptions:
     routing_key_headers: tuple[str, ...] = DEFAULT_ROUTING_KEY_HEADERS
     max_idle_secs: float = 14400.0
     assignment_mode: str = "random"
+    # manual: place a key by rendezvous hashing over the available workers instead of
+    # assignment_mode, so every instance of a mesh pins it to the same worker without asking the others.
+    agree_across_instances: bool = False
 
     # bucket
     bucket_adjust_interval_secs: float = 5.0
@@ -371,6 +374,44 @@ class ServerLimits:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """Shared state across the processes of one gateway and the instances of a fleet.
+
+    With `redis_url`, every instance whose `name` is the same shares its worker registry, health
+    verdicts, cache-aware routing and rate limits through that Redis. Without it, the processes of
+    one `--workers N` gateway share only the worker registry, through a local file channel.
+    """
+
+    redis_url: str | None = None
+    name: str = "shepherd"  # instances with the same name act as one gateway
+    sync_interval_secs: float = 0.25  # how often shared state is read back (the staleness bound's base)
+    op_timeout_secs: float = 0.25  # bound on one Redis call; past it the instance serves on what it knows
+
+    def validate(self) -> None:
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("--mesh-redis-url must be a redis://, rediss:// or unix:// URL")
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError("--mesh-name must be letters, digits, '-' and '_'")
+        if not 0 < self.sync_interval_secs <= 1.0:
+            raise ConfigError("--mesh-sync-interval-secs must be in (0, 1] (changes must spread within 1 s)")
+        if self.op_timeout_secs <= 0:
+            raise ConfigError("--mesh-op-timeout-secs must be positive")
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """How this process serves: alone, or as one of the `--workers N` children of a supervisor."""
+
+    workers: int = 1  # processes sharing the listening port (the supervisor starts them)
+    child_index: int | None = None  # set in a child by its supervisor
+    local_channel_dir: str | None = None  # the supervisor's folder: shared registry, metrics ports
+
+    def validate(self) -> None:
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"--workers must be between 1 and 256, got {self.workers}")
+
+
+@dataclass(frozen=True)
 class RecordingConfig:
     """Traffic recording for `shepherd replay`: off unless `directory` is set."""
 
@@ -515,6 +556,8 @@ class GatewayConfig:
 
     history: HistoryConfig = field(default_factory=HistoryConfig)  # chat history storage
     mcp_config_path: str | None = None  # MCP servers whose tools the gateway runs (shepherd/mcp/config.py)
+    mesh: MeshConfig = field(default_factory=MeshConfig)  # shared state across processes and instances
+    process: ProcessConfig = field(default_factory=ProcessConfig)  # --workers N
 
     @property
     def settle_secs(self) -> float:
@@ -587,6 +630,8 @@ class GatewayConfig:
         self.recording.validate()
         self.wasm.validate()
         self.history.validate()
+        self.mesh.validate()
+        self.process.validate()
         if self.shutdown_grace_period_secs < 0 or (self.shutdown_settle_secs or 0) < 0:
             raise ConfigError("shutdown times must not be negative")
         for url in self.worker_urls:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from shepherd.kv.index import KvIndex
 from shepherd.kv.subscriber import KvEventSubscriptions
 from shepherd.mcp.config import load_mcp_config
 from shepherd.mcp.service import McpService
+from shepherd.mesh.mesh import Mesh
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
@@ -107,12 +109,16 @@ class AppContext:
     kv_events: KvEventSubscriptions | None = None  # one SubscribeKvEvents stream per gRPC worker
     pd_policies: tuple[PolicyRegistry, ...] = ()  # with PD: the prefill and decode policies
     mcp: McpService | None = None  # --mcp-config-path: MCP servers and the tool loop
+    mesh: Mesh | None = None  # shared state with other processes and instances (--mesh-redis-url, --workers)
 
     @classmethod
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
         """Build the context; must run inside the event loop that will serve it. `transports` replaces
         the real HTTP clients (tests pass fake ones)."""
         registry = WorkerRegistry()
+        if config.mesh.redis_url is not None:  # sticky keys agree across instances
+            config = dataclasses.replace(config, policy_options=dataclasses.replace(
+                config.policy_options, agree_across_instances=True))
         kv_index = KvIndex(config.policy_options.block_size) if _wants_kv_events(config) else None
         policies = PolicyRegistry(config.policy, config.policy_options, registry, kv_index)
         registry.subscribe(policies.on_registry_event)
@@ -144,6 +150,11 @@ class AppContext:
             registry.subscribe(_breaker_metrics(metrics))
             health.on_result = lambda worker, ok: metrics.health_checks(
                 worker.worker_type.value, "success" if ok else "failure").inc()
+        # After the metrics' breaker listener: the mesh chains its own behind it.
+        mesh = Mesh.create(config, registry, manager, policies)
+        if mesh is not None:
+            health.on_transition = mesh.on_health_transition
+        fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
         context = cls(
             config=config,
             registry=registry,
@@ -153,7 +164,7 @@ class AppContext:
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
             health=health,
-            admission=AdmissionController(config.admission, *_admission_counters(metrics)),
+            admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet),
             http_router=http_router,
             router=router,
             refresher=refresher,
@@ -166,6 +177,7 @@ class AppContext:
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
             plugins=PluginRegistry(config.wasm, metrics) if config.wasm.enabled else None,
             history=create_history(config.history),
+            mesh=mesh,
         )
         context.discovery = Discovery.from_config(config, manager, registry)
         context.pd_policies = pd_policies
@@ -183,7 +195,8 @@ class AppContext:
             metrics.attach(LiveState(
                 workers=registry.all, serves=registry.serves, requests_in_flight=lambda: context.in_flight,
                 admission_queue_depth=lambda: context.admission.queue_depth,
-                admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees))
+                admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees,
+                mesh=(lambda: (mesh.status.connected, mesh.status.errors)) if mesh is not None else None))
         return context
 
     def all_policy_registries(self) -> list[PolicyRegistry]:
@@ -201,8 +214,12 @@ class AppContext:
             self.load_monitor.start()
         if self.discovery is not None:
             self.discovery.start()
+        if self.mesh is not None:
+            self.mesh.start()
 
     async def close(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         if self.kv_events is not None:

@@ -52,6 +52,8 @@ async def add_worker(request: web.Request) -> web.Response:
         worker_id = context.manager.submit_add(spec)
     except WorkerConflict as exc:
         raise GatewayError(409, "worker_already_exists", str(exc)) from None
+    if context.mesh is not None:
+        context.mesh.registry.announce_add(worker_id, spec)
     location = f"/workers/{worker_id}"
     body = {"status": "accepted", "worker_id": worker_id, "url": spec.url, "location": location,
             "message": "The worker is being probed and will receive traffic once it answers"}
@@ -86,10 +88,13 @@ async def get_worker(request: web.Request) -> web.Response:
 
 async def update_worker(request: web.Request) -> web.Response:
     worker = _worker_or_404(request)
+    context = request.app[CONTEXT]
     try:
-        updated = request.app[CONTEXT].manager.update(worker, await _spec_body(request))
+        updated = context.manager.update(worker, await _spec_body(request))
     except SpecError as exc:
         raise GatewayError(400, "invalid_worker_spec", str(exc)) from None
+    if context.mesh is not None:
+        context.mesh.registry.announce_update(updated)
     return _json(updated.info())
 
 
@@ -102,7 +107,10 @@ async def remove_worker(request: web.Request) -> web.Response:
             return _json({"status": "deleted", "worker_id": worker_id, "url": job.url,
                           "message": "The worker was still being probed; its registration was cancelled"})
     worker = _worker_or_404(request)
-    request.app[CONTEXT].manager.submit_remove(worker)
+    context = request.app[CONTEXT]
+    context.manager.submit_remove(worker)
+    if context.mesh is not None:
+        context.mesh.registry.announce_remove(worker)
     body = {"status": "accepted", "worker_id": worker.id, "url": worker.url,
             "message": "The worker gets no new requests and is removed once its in-flight requests finish"}
     return _json(body, status=202)

@@ -26,11 +26,14 @@ async def readiness(request: web.Request) -> web.Response:
         return _pd_readiness(context.registry)
     workers = context.registry.of_type(WorkerType.REGULAR)
     healthy = sum(1 for worker in workers if worker.is_available)
+    # An unreachable mesh store is reported, never a reason to leave the load balancer's rotation:
+    # the gateway serves on its last known state.
+    mesh = {"mesh": context.mesh.details()} if context.mesh is not None else {}
     if healthy:
-        body = {"status": "ready", "healthy_workers": healthy, "total_workers": len(workers)}
+        body = {"status": "ready", "healthy_workers": healthy, "total_workers": len(workers), **mesh}
         return web.json_response(body, dumps=_dumps)
     body = {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0,
-            "total_workers": len(workers)}
+            "total_workers": len(workers), **mesh}
     return web.json_response(body, status=503, dumps=_dumps)
 
 

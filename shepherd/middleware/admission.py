@@ -5,6 +5,8 @@
   503; both with Retry-After. A slot is held until the response (streamed or not) is finished.
 * `--rate-limit-tokens-per-second R`: a token bucket (one second of burst) in front of everything;
   an empty bucket answers 429 with the time until the next token as Retry-After.
+* With the mesh on Redis, both buckets are the fleet's (mesh/rate_limit.py): every instance and
+  process takes from the same bucket; the local one decides only while Redis cannot answer.
 * Per API key (the key a client presents, as Bearer token or `x-api-key`, kept only as a hash): the
   same two limits, each key on its own, so one tenant cannot take the whole gateway.
 
@@ -19,7 +21,7 @@ import hashlib
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from shepherd.config import AdmissionConfig
 from shepherd.errors import GatewayError
@@ -48,9 +50,10 @@ class TokenBucket:
 
 
 class _KeyState:
-    __slots__ = ("in_flight", "bucket")
+    __slots__ = ("in_flight", "bucket", "name")
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, name: str) -> None:
+        self.name = name  # the fleet bucket's name: the key's hash, never the key
         self.in_flight = 0
         self.bucket = TokenBucket(rate) if rate > 0 else None
 
@@ -66,12 +69,16 @@ class Ticket:
 
 
 Counter = Callable[[str], None]
+# A fleet-wide bucket (the mesh, on Redis): (bucket name, rate) -> seconds until a token (0: taken),
+# or None when the fleet cannot answer and the local bucket decides.
+FleetTokens = Callable[[str, float], Awaitable[float | None]]
 
 
 class AdmissionController:
     def __init__(self, config: AdmissionConfig, count_rate_limit: Counter | None = None,
-                 count_rejected: Counter | None = None) -> None:
+                 count_rejected: Counter | None = None, fleet: FleetTokens | None = None) -> None:
         self._config = config
+        self._fleet = fleet
         self._count_rate_limit = count_rate_limit  # "allowed" | "rejected", per token-bucket decision
         self._count_rejected = count_rejected  # the reason of every request turned away
         self._limit = config.max_concurrent_requests
@@ -90,11 +97,13 @@ class AdmissionController:
         """Admit a request presented with `api_key` (None: no key), or raise a 429/503 GatewayError."""
         config = self._config
         if self._bucket is not None:
-            self._check_rate(self._bucket, "rate_limit_exceeded", "The gateway's request rate limit was reached")
+            await self._check_rate("global", self._bucket, "rate_limit_exceeded",
+                                   "The gateway's request rate limit was reached")
         key = self._key_state(api_key) if self._per_key else None
         if key is not None:
             if key.bucket is not None:
-                self._check_rate(key.bucket, "key_rate_limit_exceeded", "This API key's request rate limit was reached")
+                await self._check_rate("key:" + key.name, key.bucket, "key_rate_limit_exceeded",
+                                       "This API key's request rate limit was reached")
             if 0 < config.per_key_max_concurrent_requests <= key.in_flight:
                 self._reject("key")
                 raise GatewayError(429, "key_concurrency_limit_exceeded",
@@ -156,8 +165,10 @@ class AdmissionController:
         if self._count_rejected is not None:
             self._count_rejected(reason)
 
-    def _check_rate(self, bucket: TokenBucket, code: str, message: str) -> None:
-        wait = bucket.take()
+    async def _check_rate(self, name: str, bucket: TokenBucket, code: str, message: str) -> None:
+        wait = await self._fleet(name, bucket.rate) if self._fleet is not None else None
+        if wait is None:
+            wait = bucket.take()
         if self._count_rate_limit is not None:
             self._count_rate_limit("rejected" if wait > 0 else "allowed")
         if wait > 0:
@@ -170,7 +181,7 @@ class AdmissionController:
         digest = hashlib.sha256(api_key.encode()).hexdigest()
         state = self._keys.get(digest)
         if state is None:
-            state = self._keys[digest] = _KeyState(self._config.per_key_rate_limit_tokens_per_second)
+            state = self._keys[digest] = _KeyState(self._config.per_key_rate_limit_tokens_per_second, digest)
             if len(self._keys) > MAX_TRACKED_KEYS:  # forget the least recently seen idle key
                 for old, old_state in self._keys.items():
                     if old_state.in_flight == 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shepherd.workers.worker import Worker
@@ -193,6 +193,7 @@ class LiveState:
     admission_queue_depth: Callable[[], int]
     admission_in_flight: Callable[[], int]
     cache_trees: Callable[[], Iterable[tuple[str | None, float, float]]]  # (model, hit ratio, tree size)
+    mesh: Callable[[], tuple[bool, int]] | None = None  # (shared store answers, failed calls); None: no mesh
 
 
 class _StateCollector(Collector):
@@ -242,5 +243,12 @@ class _StateCollector(Collector):
         trees = list(state.cache_trees())
         yield gauge("smg_cache_aware_match_ratio", "cache_aware: share of decisions that found a holder", ["model"],
                     (([model or DEFAULT_MODEL], ratio) for model, ratio, _ in trees))
+        if state.mesh is not None:
+            up, errors = state.mesh()
+            yield gauge("smg_mesh_store_up", "1 while the mesh's shared store (Redis) answers, 0 while the "
+                        "gateway serves on its last known state", [], iter([([], 1.0 if up else 0.0)]))
+            errors_family = CounterMetricFamily("smg_mesh_store_errors", "Mesh store calls that failed")
+            errors_family.add_metric([], errors)
+            yield errors_family  # type: ignore[misc]
         yield gauge("smg_cache_tree_chars", "cache_aware: characters (or tokens) held in the tree", ["model"],
                     (([model or DEFAULT_MODEL], size) for model, _, size in trees))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy, RoutingRequest, least_loaded
@@ -38,6 +38,8 @@ class CacheAwarePolicy(Policy):
         self.token_tree = RadixTree(())
         self.hits = 0
         self.misses = 0
+        # Told of every decision (the mesh shares them with other instances); None: nobody listens.
+        self.observer: Callable[[str | tuple[int, ...], Worker], None] | None = None
 
     def select(self, workers: Sequence[Worker], request: RoutingRequest) -> Worker | None:
         tokens = request.tokens
@@ -60,6 +62,8 @@ class CacheAwarePolicy(Policy):
                 self.misses += 1
         if key:
             tree.insert(key, chosen.id)
+            if self.observer is not None:
+                self.observer(key, chosen)
         return chosen
 
     def _least_loaded_holder(self, candidates: list[Worker]) -> Worker:

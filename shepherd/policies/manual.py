@@ -4,7 +4,9 @@ The first request of a key is placed by `--assignment-mode` (random, min_load, m
 active keys, delegate: as min_load) and pinned. Later requests go to the pinned worker while it is
 available; if it is not, a new worker is chosen and remembered as well (at most two per key, so a
 worker that comes back gets its sessions back). Keys idle for `--max-idle-secs` are forgotten.
-Requests without a key are placed without pinning.
+Requests without a key are placed without pinning. In a mesh (`agree_across_instances`), a key is
+placed by rendezvous hashing over the available workers instead, so every instance pins it to the
+same worker (and re-pins it to the same one when that worker is gone) without a word between them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from shepherd.config import PolicyOptions
 from shepherd.policies.base import Policy, RoutingRequest, least_loaded
+from shepherd.policies.hash_ring import hash64
 from shepherd.workers.worker import Worker
 
 MAX_PINNED = 2
@@ -51,14 +54,16 @@ class ManualPolicy(Policy):
             for url in pin.urls:
                 if url in by_url:
                     return by_url[url]
-            chosen = self._assign(workers)
+            chosen = self._assign(workers, key)
             pin.urls = [*pin.urls, chosen.url][-MAX_PINNED:]
             return chosen
-        chosen = self._assign(workers)
+        chosen = self._assign(workers, key)
         self._pins[key] = _Pin(chosen.url, now)
         return chosen
 
-    def _assign(self, workers: Sequence[Worker]) -> Worker:
+    def _assign(self, workers: Sequence[Worker], key: str | None = None) -> Worker:
+        if key is not None and self._options.agree_across_instances:
+            return max(workers, key=lambda w: hash64(f"{key}\x00{w.url}".encode()))
         mode = self._options.assignment_mode
         if mode == "random":
             return workers[self._rng.randrange(len(workers))]

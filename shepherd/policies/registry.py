@@ -7,6 +7,7 @@ policy, else the gateway's `--policy`. When the model's last worker leaves, its 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from shepherd.config import PolicyOptions
 from shepherd.kv.index import KvIndex
@@ -28,6 +29,8 @@ class PolicyRegistry:
         self.options = options or PolicyOptions()
         self._registry = registry
         self._by_model: dict[str | None, Policy] = {}
+        # (model, prompt key, chosen worker) of every cache_aware decision, for the mesh; None: off.
+        self.tree_observer: Callable[[str | None, str | tuple[int, ...], Worker], None] | None = None
         self._loop = Periodic("policy maintenance", min(self.options.eviction_interval_secs,
                                                         self.options.max_idle_secs),
                               self._maintain_round, log, first_round_now=False)
@@ -35,12 +38,19 @@ class PolicyRegistry:
     def for_model(self, model: str | None) -> Policy:
         policy = self._by_model.get(model)
         if policy is None:
-            policy = self._by_model[model] = create_policy(self.default_name, self.options, kv_index=self.kv_index)
+            policy = self._by_model[model] = self._observed(
+                model, create_policy(self.default_name, self.options, kv_index=self.kv_index))
         return policy
 
     def set_model_policy(self, model: str, policy_name: str) -> Policy:
-        policy = create_policy(policy_name, self.options, kv_index=self.kv_index)
+        policy = self._observed(model, create_policy(policy_name, self.options, kv_index=self.kv_index))
         self._by_model[model] = policy
+        return policy
+
+    def _observed(self, model: str | None, policy: Policy) -> Policy:
+        observer = self.tree_observer
+        if observer is not None and isinstance(policy, CacheAwarePolicy):
+            policy.observer = lambda key, worker: observer(model, key, worker)
         return policy
 
     def all(self) -> list[Policy]:

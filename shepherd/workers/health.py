@@ -56,6 +56,7 @@ class HealthChecker:
         self._loop = Periodic("health check", config.interval_secs, self.check_once, log)
         self._probes: dict[str, Probe] = {}  # connection mode -> probe (HTTP is built in)
         self.on_result: Callable[[Worker, bool], None] | None = None  # for metrics
+        self.on_transition: Callable[[Worker, bool], None] | None = None  # into or out of rotation (the mesh)
 
     def register_probe(self, connection_mode: str, probe: Probe) -> None:
         """Health-check workers of another connection mode (gRPC: the engine's HealthCheck RPC)."""
@@ -123,10 +124,14 @@ class HealthChecker:
                 worker.status = WorkerStatus.NOT_READY
                 log.warning("worker %s is unhealthy after %d failed probes; out of rotation", worker.url,
                             track.failures)
+                if self.on_transition is not None:
+                    self.on_transition(worker, False)
             elif worker.status is WorkerStatus.NOT_READY and track.successes >= config.success_threshold:
                 worker.status = WorkerStatus.READY
                 log.info("worker %s is healthy again after %d good probes; back in rotation", worker.url,
                          track.successes)
+                if self.on_transition is not None:
+                    self.on_transition(worker, True)
         if not healthy and all(w.status is WorkerStatus.NOT_READY for w in workers):
             track.failures_while_down += 1
             if config.remove_unhealthy and self._remove is not None and \

@@ -102,13 +102,14 @@ class WorkerManager:
 
     # -- add ----------------------------------------------------------------------------------
 
-    def submit_add(self, spec: WorkerSpec) -> str:
-        """Reserve an id for the worker and register it in the background."""
+    def submit_add(self, spec: WorkerSpec, worker_id: str | None = None) -> str:
+        """Reserve an id for the worker (or use `worker_id`, the id a peer gave it) and register it
+        in the background."""
         if any(w.base_url == spec.url for w in self._registry.all()) or any(
             job.url == spec.url and job.kind == "add" and job.status == "pending" for job in self._jobs.values()
         ):
             raise WorkerConflict(f"a worker already exists at {spec.url}")
-        worker_id = new_worker_id()
+        worker_id = worker_id or new_worker_id()
         job = Job(worker_id, spec.url, "add", started_at=time.monotonic())
         self._jobs[worker_id] = job
         job.task = self._spawn(self._register(spec, job))

@@ -1,0 +1,73 @@
+"""A real HAProxy (Debian's package) in front of several gateways, on loopback, for tests and
+benchmarks: round robin, /readiness health checks every 200 ms, and a failed connection
+re-dispatched to another gateway (what an operator's load balancer does)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+
+from shepherd.testing.databases import _accepts, _binary
+from shepherd.testing.processes import free_ports, wait_until
+
+_CONFIG = """global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    retries 3
+    option redispatch
+    option http-keep-alive
+frontend gateways
+    bind 127.0.0.1:{port}
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    option httpchk GET /readiness
+    default-server inter 200ms fall 2 rise 1
+{servers}
+"""
+
+
+class HAProxy:
+    def __init__(self, backend_ports: Sequence[int]) -> None:
+        binary = _binary("haproxy", "haproxy", ("/usr/sbin/haproxy",))
+        self.dir = tempfile.mkdtemp(prefix="shepherd-haproxy-")
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        servers = "\n".join(f"    server g{i} 127.0.0.1:{port} check" for i, port in enumerate(backend_ports))
+        path = os.path.join(self.dir, "haproxy.cfg")
+        with open(path, "w") as file:
+            file.write(_CONFIG.format(port=self.port, servers=servers))
+        self._log = open(os.path.join(self.dir, "haproxy.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([binary, "-db", "-f", path], stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(self._up, 15, 0.05, f"haproxy on port {self.port}")
+        except AssertionError:
+            self.stop()
+            raise
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"haproxy exited with {self.proc.returncode}: {self.output()}")
+        return _accepts(self.port)
+
+    def output(self) -> str:
+        with open(os.path.join(self.dir, "haproxy.log"), encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
