@@ -64,10 +64,10 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.proxy_overhead
 
-# wrk (load generator) and SMG in its own venv, for the comparisons in bench/.
+# wrk (load generator), nginx (the light backend of proxy_overhead and soak) and SMG in its own venv.
 bench-setup:
 	command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y wrk) || echo "install wrk for sharper numbers"
-	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (command -v apt-get >/dev/null && apt-get install -y nginx) || echo "install nginx for the --workers comparison"
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (command -v apt-get >/dev/null && $(APT_INSTALL) nginx) || echo "install nginx: bench/proxy_overhead.py needs it"
 	test -x .venv-smg/bin/smg || ($(PYTHON) -m venv .venv-smg && .venv-smg/bin/pip install --quiet smg)
 
 clean:
