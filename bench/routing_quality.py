@@ -233,6 +233,16 @@ def pd_flags(prefill: Sim, decode: Sim, bootstrap: list[int]) -> list[str]:
     return flags
 
 
+def _row(workload: str, label: str, stats: Stats, low: float, high: float) -> str:
+    hit = stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
+    stats.ttft.sort()
+    p50 = statistics.median(stats.ttft) * 1000 if stats.ttft else float("nan")
+    p99 = stats.ttft[int(len(stats.ttft) * 0.99)] * 1000 if stats.ttft else float("nan")
+    rate = stats.completed / stats.elapsed  # type: ignore[attr-defined]
+    return (f"{workload:<17} {label:<28} {hit:>8.1%} {p50:>7.0f}ms {p99:>7.0f}ms {rate:>7.1f} "
+            f"{low:>10.1%} / {high:<8.1%} {stats.errors:>6}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=4)
@@ -315,7 +325,7 @@ def main() -> None:
                     gateway.stop()
                 low, high = spread(clusters[1] if pd else sim)
                 rows.append((workload, label, stats, low, high))
-                print(f"  done: {workload} / {label}", flush=True)
+                print(f"  done: {_row(workload, label, stats, low, high)}", flush=True)
     finally:
         for cluster in clusters:
             cluster.stop()
@@ -325,13 +335,8 @@ def main() -> None:
     print()
     print(f"{'workload':<17} {'router':<28} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} "
           f"{'min/max worker share':>21} {'errors':>6}")
-    for workload, label, stats, low, high in rows:
-        hit = stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
-        p50 = statistics.median(stats.ttft) * 1000 if stats.ttft else float("nan")
-        p99 = stats.ttft[int(len(stats.ttft) * 0.99)] * 1000 if stats.ttft else float("nan")
-        rate = stats.completed / stats.elapsed  # type: ignore[attr-defined]
-        print(f"{workload:<17} {label:<28} {hit:>8.1%} {p50:>7.0f}ms {p99:>7.0f}ms {rate:>7.1f} "
-              f"{low:>10.1%} / {high:<8.1%} {stats.errors:>6}")
+    for row in rows:
+        print(_row(*row))
     print("(PD rows: worker share is over the prefill workers; hit rate is the prefill side's, as the decode "
           "workers report it)")
 

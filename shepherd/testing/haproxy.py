@@ -1,6 +1,7 @@
 """A real HAProxy (Debian's package) in front of several gateways, on loopback, for tests and
 benchmarks: round robin, /readiness health checks every 200 ms, and a failed connection
-re-dispatched to another gateway (what an operator's load balancer does)."""
+re-dispatched to another gateway (what an operator's load balancer does). A check may take 1 s: on
+a busy machine a slower answer is not a dead gateway."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ defaults
     timeout connect 1s
     timeout client 60s
     timeout server 60s
+    timeout check 1s
     retries 3
     option redispatch
     option http-keep-alive

@@ -126,7 +126,7 @@ class Gateway(Process):
     def __init__(self, worker_urls: Sequence[str] = (), *flags: str, expect_workers: int | None = None,
                  admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None,
                  checkout: str | None = None, open_admin: bool | None = None,
-                 routed_worker_header: str | None = "url") -> None:
+                 routed_worker_header: str | None = "url", start_timeout: float = 20.0) -> None:
         self.port, self.metrics_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -151,7 +151,7 @@ class Gateway(Process):
             args += ["--history-data-dir", self._history_dir]
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-        super().__init__([*args, *flags], self.url + "/liveness", env=env, checkout=checkout)
+        super().__init__([*args, *flags], self.url + "/liveness", timeout=start_timeout, env=env, checkout=checkout)
         expected = len(worker_urls) if expect_workers is None else expect_workers
         if open_admin or admin_key:
             wait_until(lambda: self._registered(expected), 60, 0.2, message=f"{expected} workers to register")
