@@ -126,24 +126,25 @@ class RadixTree:
 
     def match_by_tenant(self, key: Key) -> dict[str, int]:
         """For every tenant on `key`'s path, the length of the prefix of `key` it has seen."""
+        labels, all_children, all_tenants = self._labels, self._children, self._tenants
         depth: dict[str, int] = {}
-        children = self.root.children
+        children = all_children[ROOT]
         pos = 0
         length = len(key)
         while pos < length:
             child = children.get(key[pos])
             if child is None:
                 break
-            label = child.label
+            label = labels[child]
             end = pos + len(label)
             full = key[pos:end] == label
             reached = end if full else pos + _common_prefix(key, pos, label)
-            for tenant in child.tenants:
+            for tenant in all_tenants[child]:
                 depth[tenant] = reached
             if not full:
                 break
             pos = end
-            children = child.children
+            children = all_children[child]
         return depth
 
     # -- updates ------------------------------------------------------------------------------

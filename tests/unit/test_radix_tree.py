@@ -148,3 +148,13 @@ def test_freed_nodes_are_reused_and_the_tree_adds_no_tracked_objects() -> None:
     tokens.insert((1, 2, 4), "w2")
     gc.collect()
     assert not any(gc.is_tracked(label) for label in tokens._labels)
+
+
+def test_match_by_tenant_gives_each_tenant_its_own_depth() -> None:
+    tree = RadixTree()
+    tree.insert("hello world", "a")
+    tree.insert("hello there", "b")
+    tree.insert("help", "c")
+    assert tree.match_by_tenant("hello world!") == {"a": 11, "b": 6, "c": 3}
+    assert tree.match_by_tenant("hex") == {"a": 2, "b": 2, "c": 2}
+    assert tree.match_by_tenant("zzz") == {}
