@@ -705,8 +705,6 @@ def _add_mock_worker_args(parser: argparse.ArgumentParser) -> None:
                              "header, error and model-list shapes, strict request checks")
     parser.add_argument("--extra-models", nargs="+", default=[], metavar="MODEL",
                         help="more model ids served besides --model (e.g. dated snapshots)")
-    parser.add_argument("--no-messages", action="store_true",
-                        help="serve no /v1/messages (an engine without Anthropic's API: it answers 404)")
     parser.add_argument("--record-requests", type=int, default=sim.record_requests,
                         help="recent requests kept for /sim/requests (0 turns recording off)")
     parser.add_argument("--dp-size", type=int, default=sim.dp_size,
@@ -764,7 +762,7 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
                        record_requests=args.record_requests, dp_size=args.dp_size, role=args.role,
                        pd_timeout_secs=args.pd_timeout_secs, params=params, provider=args.provider,
                        extra_models=tuple(args.extra_models), kv_events=not args.no_kv_events,
-                       kv_event_replay=args.kv_event_replay, messages=not args.no_messages)
+                       kv_event_replay=args.kv_event_replay)
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status, latency_ms=args.latency_ms,
                     hang=args.hang, drop_after_chunks=args.drop_after_chunks, exit_after=args.exit_after)
     ports = args.ports or [args.port + i for i in range(args.count)]

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from aiohttp import web
 
 
 class Router(Protocol):
-    def serves_messages(self, model: str | None) -> bool:
-        """False: `/v1/messages` for this model is translated to the path's Chat Completions."""
-        ...
+    serves_messages: bool  # False: `/v1/messages` is translated to the path's Chat Completions
 
     async def route(
         self,
@@ -25,7 +23,6 @@ class Router(Protocol):
         ...
 
 
-@runtime_checkable
 class TokenCounter(Protocol):
     """A path that tokenizes prompts itself (gRPC) can count a Chat request's prompt tokens."""
 

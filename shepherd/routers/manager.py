@@ -18,7 +18,6 @@ from shepherd.routers.base import Router, TokenCounter
 from shepherd.routers.common.messages_bridge import (
     COUNT_TOKENS_PATH,
     MESSAGES_PATH,
-    MessagesUnsupported,
     count_tokens_via_chat,
     messages_via_chat,
 )
@@ -65,14 +64,9 @@ class RouterManager:
     ) -> web.StreamResponse:
         model = body.get("model") if body else None
         router = self.router_for(model)
-        if body is None or upstream_path not in (MESSAGES_PATH, COUNT_TOKENS_PATH):
-            return await router.route(request, upstream_path, raw_body, body, method)
-        if not router.serves_messages(model):  # through the model's Chat path
-            if upstream_path == COUNT_TOKENS_PATH and isinstance(router, TokenCounter):
-                return await count_tokens_via_chat(cast(TokenCounter, router), body)
+        if body is not None and not router.serves_messages:  # through the model's Chat path
             if upstream_path == MESSAGES_PATH:
                 return await messages_via_chat(self, request, body)
-        try:
-            return await router.route(request, upstream_path, raw_body, body, method)
-        except MessagesUnsupported:  # the engine turned out to lack it; nothing reached the client yet
-            return await messages_via_chat(self, request, body)
+            if upstream_path == COUNT_TOKENS_PATH:
+                return await count_tokens_via_chat(cast(TokenCounter, router), body)
+        return await router.route(request, upstream_path, raw_body, body, method)

@@ -70,7 +70,6 @@ class SimConfig:
     dp_size: int = 1  # data-parallel ranks, each its own engine (SGLang's --dp-size)
     role: str = "regular"  # regular | prefill | decode (PD disaggregation, see sim/pd.py)
     pd_timeout_secs: float = 5.0  # decode: how long to wait for the prefill's KV
-    messages: bool = True  # serve /v1/messages (off: an engine without Anthropic's API answers it 404)
     kv_events: bool = True  # gRPC: serve SubscribeKvEvents (off: the engine has no event stream)
     kv_event_replay: int = 4096  # batches kept for subscribers resuming after a gap
     params: EngineParams = field(default_factory=EngineParams)
@@ -148,8 +147,7 @@ class SimWorker:
         routes.add_post("/v1/chat/completions", self._inference(ChatFormat()))
         routes.add_post("/v1/completions", self._inference(CompletionFormat()))
         routes.add_post("/generate", self._inference(GenerateFormat()))
-        if self.config.messages:
-            routes.add_post("/v1/messages", self._inference(MessagesFormat()))
+        routes.add_post("/v1/messages", self._inference(MessagesFormat()))
         routes.add_post("/v1/responses", self._inference(ResponsesFormat()))
         routes.add_post("/v1/embeddings", self._guarded(self.embeddings))
         routes.add_post("/v1/rerank", self._guarded(self.rerank))

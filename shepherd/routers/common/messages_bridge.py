@@ -32,10 +32,6 @@ MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
-class MessagesUnsupported(Exception):
-    """The worker has no /v1/messages (found on this request): serve it through Chat Completions."""
-
-
 class _Routing:
     """The router manager, as the model call wants it."""
 

@@ -47,8 +47,7 @@ log = logging.getLogger("shepherd.router.external")
 
 
 class ExternalRouter:
-    def serves_messages(self, model: str | None) -> bool:
-        return True  # providers speak Messages or have it translated by their plan
+    serves_messages = True  # providers speak Messages or have it translated by their plan
 
     def __init__(
         self,

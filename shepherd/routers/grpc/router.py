@@ -42,8 +42,7 @@ LABELS = PathLabels("grpc", "regular", "grpc")
 
 
 class GrpcRouter:
-    def serves_messages(self, model: str | None) -> bool:
-        return False  # the pipeline serves Chat; Messages is translated to it
+    serves_messages = False  # the pipeline serves Chat; Messages is translated to it
 
     def __init__(self, config: GatewayConfig, registry: WorkerRegistry, policies: PolicyRegistry,
                  pool: GrpcClientPool, tokenizers: TokenizerRegistry, outputs: OutputFactory | None = None,

@@ -53,8 +53,7 @@ Pair = tuple[Worker, Worker]  # (prefill, decode)
 
 
 class PdRouter:
-    def serves_messages(self, model: str | None) -> bool:
-        return True  # the engines serve /v1/messages themselves
+    serves_messages = True  # the engines serve /v1/messages themselves
 
     def __init__(
         self,

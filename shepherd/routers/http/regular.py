@@ -8,8 +8,6 @@ Retries, deadlines, verdicts and metrics are the common lifecycle's (routers/com
 from __future__ import annotations
 
 import asyncio
-import logging
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +22,6 @@ from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.headers import client_response_headers, routed_headers, upstream_request_headers
-from shepherd.routers.common.messages_bridge import MESSAGES_PATH, MessagesUnsupported
 from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
 from shepherd.routers.common.selection import Selector
@@ -34,10 +31,10 @@ from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker
 
 LABELS = PathLabels("http", "regular", "http")
-log = logging.getLogger("shepherd.router")
 
 
 class HttpRouter:
+    serves_messages = True  # the engines serve /v1/messages themselves
 
     def __init__(
         self,
@@ -52,18 +49,6 @@ class HttpRouter:
         self._transport = transport
         self.selector = Selector(registry, policies, metrics)
         self.lifecycle: Lifecycle[Worker] = Lifecycle.for_path(LABELS, config, metrics, tracing)
-        # Engines found without /v1/messages (they answered it 404 without naming the model): their
-        # Messages requests go through their Chat Completions instead. Weak: a removed worker is forgotten.
-        self._without_messages: weakref.WeakSet[Worker] = weakref.WeakSet()
-
-    def serves_messages(self, model: str | None) -> bool:
-        if not self._without_messages:
-            return True
-        try:
-            workers = self.selector.candidates(model, "http")
-        except GatewayError:
-            return True  # the path itself answers 404/503
-        return not all(worker in self._without_messages for worker in workers)
 
     async def route(
         self,
@@ -104,13 +89,6 @@ class HttpRouter:
             except UpstreamError as exc:
                 raise no_answer(exc, final, who(attempt)) from None
             out = routed_headers(client_response_headers(upstream.headers), execution.request_id, worker.url)
-            if path == MESSAGES_PATH and upstream.status in (404, 405):
-                answer = await read_answer(attempt, execution.lifecycle.max_response_bytes, who(attempt), final)
-                if not _names_model(answer, execution.model):  # the route is missing, not the model
-                    log.info("%s has no /v1/messages: serving Messages through its Chat Completions", worker.url)
-                    self._without_messages.add(worker)
-                    raise MessagesUnsupported(worker.url)
-                return web.Response(status=upstream.status, body=answer, headers=out)
             if upstream.status in RETRYABLE_STATUSES and not final:
                 answer = await read_answer(attempt, execution.lifecycle.max_response_bytes, who(attempt), final)
                 raise RetryableFailure(
@@ -124,8 +102,3 @@ class HttpRouter:
             raise
         finally:
             attempt.close()
-
-
-def _names_model(answer: bytes, model: str | None) -> bool:
-    """Whether a 404 is about the model (an engine that serves Messages but not this model)."""
-    return model is not None and model != "" and model.encode() in answer
