@@ -55,14 +55,6 @@ def chat_body_for(body: Mapping[str, Any], *, counting: bool = False) -> dict[st
         raise GatewayError(400, "invalid_request_error", exc.message, param=exc.param) from None
     if chat.get("stream"):
         chat["stream_options"] = {"include_usage": True}  # message_delta carries the usage
-    # What a local engine takes beyond a provider's Chat API: top_k, and thinking as the chat
-    # template's switch (Qwen3 and DeepSeek templates read `enable_thinking` / `thinking`).
-    if isinstance(body.get("top_k"), int) and not isinstance(body.get("top_k"), bool):
-        chat["top_k"] = body["top_k"]
-    thinking = body.get("thinking")
-    if isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive", "disabled"):
-        enabled = thinking["type"] != "disabled"
-        chat["chat_template_kwargs"] = {"enable_thinking": enabled, "thinking": enabled}
     return chat
 
 
