@@ -9,8 +9,6 @@ from aiohttp import web
 
 
 class Router(Protocol):
-    serves_messages: bool  # False: `/v1/messages` is translated to the path's Chat Completions
-
     async def route(
         self,
         request: web.Request,
@@ -21,9 +19,3 @@ class Router(Protocol):
     ) -> web.StreamResponse:
         """Serve one request: choose a worker, call it, answer the client (or raise GatewayError)."""
         ...
-
-
-class TokenCounter(Protocol):
-    """A path that tokenizes prompts itself (gRPC) can count a Chat request's prompt tokens."""
-
-    async def count_prompt_tokens(self, chat_body: Mapping[str, Any]) -> int: ...

@@ -1,8 +1,7 @@
 """Pick the routing path for a request from the kind of workers that serve its model.
 
 HTTP workers get the transparent proxy; other connection modes (gRPC engines, external providers)
-register their own router here. A path that speaks only Chat Completions gets Anthropic Messages
-translated (`serves_messages` false). A model served by several kinds goes to the kind of its first
+register their own router here. A model served by several kinds goes to the kind of its first
 available worker. A model nobody serves goes to the external router while providers exist, which
 re-reads their model lists before answering 404; requests without a model never go to a provider.
 """
@@ -10,17 +9,11 @@ re-reads their model lists before answering 404; requests without a model never 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
-from shepherd.routers.base import Router, TokenCounter
-from shepherd.routers.common.messages_bridge import (
-    COUNT_TOKENS_PATH,
-    MESSAGES_PATH,
-    count_tokens_via_chat,
-    messages_via_chat,
-)
+from shepherd.routers.base import Router
 from shepherd.workers.registry import RegistryEvent, WorkerRegistry
 from shepherd.workers.worker import Worker
 
@@ -63,10 +56,4 @@ class RouterManager:
         method: str = "POST",
     ) -> web.StreamResponse:
         model = body.get("model") if body else None
-        router = self.router_for(model)
-        if body is not None and not router.serves_messages:  # through the model's Chat path
-            if upstream_path == MESSAGES_PATH:
-                return await messages_via_chat(self, request, body)
-            if upstream_path == COUNT_TOKENS_PATH:
-                return await count_tokens_via_chat(cast(TokenCounter, router), body)
-        return await router.route(request, upstream_path, raw_body, body, method)
+        return await self.router_for(model).route(request, upstream_path, raw_body, body, method)

@@ -56,7 +56,7 @@ class Translation(Plan, Protocol):
 
 
 def client_api_for(path: str) -> str:
-    return "anthropic" if path.startswith(MESSAGES_PATH) else "openai"  # /v1/messages/count_tokens too
+    return "anthropic" if path == MESSAGES_PATH else "openai"
 
 
 class Passthrough:

@@ -47,8 +47,6 @@ log = logging.getLogger("shepherd.router.external")
 
 
 class ExternalRouter:
-    serves_messages = True  # providers speak Messages or have it translated by their plan
-
     def __init__(
         self,
         config: GatewayConfig,

@@ -42,8 +42,6 @@ LABELS = PathLabels("grpc", "regular", "grpc")
 
 
 class GrpcRouter:
-    serves_messages = False  # the pipeline serves Chat; Messages is translated to it
-
     def __init__(self, config: GatewayConfig, registry: WorkerRegistry, policies: PolicyRegistry,
                  pool: GrpcClientPool, tokenizers: TokenizerRegistry, outputs: OutputFactory | None = None,
                  metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
@@ -60,12 +58,6 @@ class GrpcRouter:
         if entry is None:
             raise GatewayError(500, "tokenizer_not_found", f"No tokenizer is registered for model `{model}`")
         return entry
-
-    async def count_prompt_tokens(self, chat_body: Mapping[str, Any]) -> int:
-        model = chat_body.get("model")
-        entry = self.tokenizer_for(model)
-        prepared = await prepare_chat(chat_body, entry, self.outputs, model or entry.model)
-        return len(prepared.input_ids)
 
     async def route(
         self,

@@ -53,8 +53,6 @@ Pair = tuple[Worker, Worker]  # (prefill, decode)
 
 
 class PdRouter:
-    serves_messages = True  # the engines serve /v1/messages themselves
-
     def __init__(
         self,
         config: GatewayConfig,

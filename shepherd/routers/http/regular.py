@@ -34,8 +34,6 @@ LABELS = PathLabels("http", "regular", "http")
 
 
 class HttpRouter:
-    serves_messages = True  # the engines serve /v1/messages themselves
-
     def __init__(
         self,
         config: GatewayConfig,
