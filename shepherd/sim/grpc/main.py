@@ -75,7 +75,8 @@ class GrpcSimCluster:
         for i, port in enumerate(self.requested_ports):
             engine = Engine(config.params) if config.engine == "realistic" else None
             core = SimCore(config.model, tokenizer, engine, config.output_tokens, config.max_model_len,
-                           gen_ms=config.gen_ms, record_requests=config.record_requests)
+                           gen_ms=config.gen_ms, record_requests=config.record_requests,
+                           embedding_dim=config.embedding_dim)
             info = SimInfo(config.model, tokenizer_dir=directory,
                            advertise_tokenizer_path=options.advertise_tokenizer_path,
                            max_model_len=config.max_model_len,
