@@ -715,6 +715,11 @@ def _add_mock_worker_args(parser: argparse.ArgumentParser) -> None:
                         help="prefill: the KV hand-over listener of each worker, in --ports order")
     parser.add_argument("--pd-timeout-secs", type=float, default=sim.pd_timeout_secs,
                         help="decode: how long to wait for the prefill's KV")
+    parser.add_argument("--no-messages-api", action="store_true",
+                        help="answer 404 on /v1/messages and /v1/messages/count_tokens, like an engine without "
+                             "Anthropic's API")
+    parser.add_argument("--embedding-dim", type=int, default=sim.embedding_dim,
+                        help="size of the vectors /v1/embeddings (or the gRPC Embed RPC) returns")
     cost = parser.add_argument_group("realistic engine cost model")
     cost.add_argument("--prefill-tps", type=float, default=engine.prefill_tps)
     cost.add_argument("--decode-base-ms", type=float, default=engine.decode_base_ms)
@@ -762,7 +767,8 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
                        record_requests=args.record_requests, dp_size=args.dp_size, role=args.role,
                        pd_timeout_secs=args.pd_timeout_secs, params=params, provider=args.provider,
                        extra_models=tuple(args.extra_models), kv_events=not args.no_kv_events,
-                       kv_event_replay=args.kv_event_replay)
+                       kv_event_replay=args.kv_event_replay, messages_api=not args.no_messages_api,
+                       embedding_dim=args.embedding_dim)
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status, latency_ms=args.latency_ms,
                     hang=args.hang, drop_after_chunks=args.drop_after_chunks, exit_after=args.exit_after)
     ports = args.ports or [args.port + i for i in range(args.count)]

@@ -27,6 +27,7 @@ INFERENCE_ROUTES: dict[str, str] = {
     "/rerank": "/v1/rerank",
     "/v1/classify": "/v1/classify",
     "/v1/messages": "/v1/messages",
+    "/v1/messages/count_tokens": "/v1/messages/count_tokens",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

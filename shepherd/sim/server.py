@@ -70,6 +70,7 @@ class SimConfig:
     dp_size: int = 1  # data-parallel ranks, each its own engine (SGLang's --dp-size)
     role: str = "regular"  # regular | prefill | decode (PD disaggregation, see sim/pd.py)
     pd_timeout_secs: float = 5.0  # decode: how long to wait for the prefill's KV
+    messages_api: bool = True  # serve /v1/messages (+ count_tokens); false: a 404 there, like an older engine
     kv_events: bool = True  # gRPC: serve SubscribeKvEvents (off: the engine has no event stream)
     kv_event_replay: int = 4096  # batches kept for subscribers resuming after a gap
     params: EngineParams = field(default_factory=EngineParams)
@@ -135,6 +136,7 @@ class SimWorker:
         if self.persona is not None:  # a provider has its API and nothing of an engine's
             if self.persona.api == "anthropic":
                 routes.add_post("/v1/messages", self._inference(MessagesFormat()))
+                routes.add_post("/v1/messages/count_tokens", self._guarded(self.count_tokens))
             else:
                 routes.add_post("/v1/chat/completions", self._inference(ChatFormat()))
                 routes.add_post("/v1/completions", self._inference(CompletionFormat()))
@@ -147,7 +149,9 @@ class SimWorker:
         routes.add_post("/v1/chat/completions", self._inference(ChatFormat()))
         routes.add_post("/v1/completions", self._inference(CompletionFormat()))
         routes.add_post("/generate", self._inference(GenerateFormat()))
-        routes.add_post("/v1/messages", self._inference(MessagesFormat()))
+        if self.config.messages_api:
+            routes.add_post("/v1/messages", self._inference(MessagesFormat()))
+            routes.add_post("/v1/messages/count_tokens", self._guarded(self.count_tokens))
         routes.add_post("/v1/responses", self._inference(ResponsesFormat()))
         routes.add_post("/v1/embeddings", self._guarded(self.embeddings))
         routes.add_post("/v1/rerank", self._guarded(self.rerank))
@@ -449,6 +453,11 @@ class SimWorker:
             else:
                 return []
         return texts
+
+    async def count_tokens(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not isinstance(body.get("messages"), list):
+            return self._error(400, "'messages' must be a list")
+        return _json({"input_tokens": len(tokenize(prompt_text(body)))})
 
     async def embeddings(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         inputs = self._inputs(body.get("input"))

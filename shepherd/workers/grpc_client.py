@@ -135,6 +135,14 @@ class GrpcWorkerClient:
                  api_key: str | None = None) -> grpc.aio.UnaryStreamCall:
         return self.stub.Generate(request, timeout=rpc_timeout, metadata=_credentials(api_key))
 
+    async def embed(self, request_id: str, input_ids: list[int], text: str, rpc_timeout: float | None = None,
+                    api_key: str | None = None) -> tuple[list[float], int]:
+        """(embedding, prompt tokens) of one tokenized input; AioRpcError as the worker answered."""
+        tokenized = self.pb.TokenizedInput(original_text=text, input_ids=input_ids)
+        response = await self.stub.Embed(self.pb.EmbedRequest(request_id=request_id, tokenized=tokenized),
+                                         timeout=rpc_timeout, metadata=_credentials(api_key))
+        return list(response.embedding), int(response.prompt_tokens) or len(input_ids)
+
     async def abort(self, request_id: str, reason: str = "", rpc_timeout: float = 5.0,
                     api_key: str | None = None) -> None:
         if self.runtime is VLLM:

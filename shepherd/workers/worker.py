@@ -74,6 +74,8 @@ class Worker:
     snapshot: LoadSnapshot | None = None  # the engine's own view, from the load monitor
     breaker: CircuitBreaker | None = None  # None: no breaker (always closed)
     last_success_at: float = 0.0  # monotonic time of the last good answer, for the health checker
+    # Client API paths the engine has no route for (learned from its 404): the gateway translates them.
+    missing_apis: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.base_url:
@@ -122,6 +124,7 @@ class Worker:
             **({"dp_rank": self.dp_rank, "dp_size": self.dp_size} if self.dp_rank is not None else {}),
             **({"bootstrap_port": self.bootstrap_port} if self.worker_type is WorkerType.PREFILL else {}),
             **({"circuit_breaker": self.breaker.info()} if self.breaker is not None else {}),
+            **({"translated_apis": sorted(self.missing_apis)} if self.missing_apis else {}),
             **({"engine_load": {k: getattr(self.snapshot, k) for k in LoadSnapshot.__slots__}}
                if self.snapshot is not None else {}),
         }

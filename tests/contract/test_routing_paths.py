@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 
 from shepherd.testing import wait_until
 from tests.contract.conftest import GATEWAY_KEY, WORKER_KEY, Fleet, RoutingPath, path_with
@@ -87,8 +86,6 @@ def test_a_stream_broken_midway_ends_with_the_apis_error_frame(path: RoutingPath
 
 
 def test_a_stream_broken_midway_ends_with_anthropics_error_event_on_messages(path: RoutingPath) -> None:
-    if path.name == "grpc":
-        pytest.skip("gRPC workers do not serve /v1/messages yet (the Responses/Messages issue adds it)")
     path.break_streams()
     body = {"model": path.model, "max_tokens": 16, "stream": True,
             "messages": [{"role": "user", "content": "contract test"}]}

@@ -36,8 +36,8 @@ def test_chat_completion_to_message_reasoning_text_and_tool_calls() -> None:
     assert message["content"] == [
         {"type": "thinking", "thinking": "need weather", "signature": ""},
         {"type": "text", "text": "Let me look."},
-        {"type": "tool_use", "id": "call_1", "name": "w", "input": {"c": "P"}},
-        {"type": "tool_use", "id": "call_2", "name": "w", "input": {}},
+        {"type": "tool_use", "id": "toolu_1", "name": "w", "input": {"c": "P"}},
+        {"type": "tool_use", "id": "toolu_2", "name": "w", "input": {}},
     ]
     assert message["stop_reason"] == "tool_use"
 

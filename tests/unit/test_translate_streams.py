@@ -106,7 +106,7 @@ def test_chat_stream_becomes_the_exact_anthropic_event_sequence() -> None:
     ]
     start = events[0][1]["message"]
     assert start["id"] == "msg_1" and start["model"] == "gpt-x" and start["content"] == []
-    assert events[8][1]["content_block"] == {"type": "tool_use", "id": "call_a", "name": "w", "input": {}}
+    assert events[8][1]["content_block"] == {"type": "tool_use", "id": "toolu_a", "name": "w", "input": {}}
     final = events[-2][1]
     assert final["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
     assert final["usage"]["input_tokens"] == 11 and final["usage"]["output_tokens"] == 9

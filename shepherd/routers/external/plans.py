@@ -27,6 +27,7 @@ from shepherd.routers.external.translate.stream_anthropic_to_openai import Messa
 from shepherd.routers.external.translate.stream_openai_to_anthropic import ChatStreamToMessages
 
 MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -56,7 +57,7 @@ class Translation(Plan, Protocol):
 
 
 def client_api_for(path: str) -> str:
-    return "anthropic" if path == MESSAGES_PATH else "openai"
+    return "anthropic" if path.startswith(MESSAGES_PATH) else "openai"
 
 
 class Passthrough:
@@ -76,14 +77,17 @@ class MessagesViaChat:
 
     backend_path = CHAT_PATH
 
-    def __init__(self, kind: ProviderKind, body: Mapping[str, Any], model: str) -> None:
-        self._kind = kind
+    def __init__(self, body: Mapping[str, Any], model: str, *, max_tokens_field: str = "max_tokens",
+                 engine: bool = False) -> None:
+        self._max_tokens_field = max_tokens_field
+        self._engine = engine  # an inference engine's chat API (top_k, thinking) rather than a provider's
         stops = body.get("stop_sequences")
         self._stop_sequences = tuple(s for s in stops if isinstance(s, str)) if isinstance(stops, list) else ()
         self._model = model
 
     def request(self, raw: bytes, body: Mapping[str, Any], model: str) -> bytes:
-        return orjson.dumps(messages_request_to_chat(body, model, max_tokens_field=self._kind.max_tokens_field))
+        return orjson.dumps(messages_request_to_chat(body, model, max_tokens_field=self._max_tokens_field,
+                                                     engine=self._engine))
 
     def response(self, payload: bytes) -> bytes:
         return orjson.dumps(chat_completion_to_message(_object(payload), stop_sequences=self._stop_sequences))
@@ -118,9 +122,12 @@ def plan_for(path: str, kind: ProviderKind, body: Mapping[str, Any], model: str)
     if client_api == kind.api:
         return Passthrough(path)
     if path == MESSAGES_PATH:
-        return MessagesViaChat(kind, body, model)
+        return MessagesViaChat(body, model, max_tokens_field=kind.max_tokens_field)
     if path == CHAT_PATH:
         return ChatViaMessages(body, model)
+    if path == COUNT_TOKENS_PATH:
+        raise TranslationError(f"`{path}` is not available for model `{model}`: its provider ({kind.name}) has no "
+                               "token-counting API")
     raise TranslationError(f"`{path}` is not available for model `{model}`: its provider ({kind.name}) speaks the "
                            "Anthropic Messages API; use /v1/messages or /v1/chat/completions")
 

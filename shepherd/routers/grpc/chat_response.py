@@ -29,7 +29,7 @@ _TAIL = b"]}\n\n"
 _PLAIN_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 
 
-def _delta_fields(delta: OutputDelta | None) -> dict[str, Any]:
+def delta_fields(delta: OutputDelta | None) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if delta is None:
         return fields
@@ -65,7 +65,7 @@ class _ChatSink:
             await send(self._response, self._head + orjson.dumps(role) + _TAIL)
 
     async def _emit(self, index: int, delta: OutputDelta | None, logprobs: list[dict[str, Any]] | None) -> None:
-        fields = _delta_fields(delta)
+        fields = delta_fields(delta)
         if not fields and not logprobs:
             return
         if delta is not None and delta.tool_calls:
@@ -102,17 +102,23 @@ class ChatResponder:
         self.outputs = outputs
         self.choices: list[Choice] = []  # the answer's choices, once it is under way (usage for the access log)
 
-    def _decoder(self) -> StopDecoder:
+    def decoder(self) -> StopDecoder:
         return StopDecoder(self.prepared.entry.tokenizer, self.prepared.stop)
 
     async def respond(self, engine: EngineCall, first: Any) -> web.Response:
+        body = await self.completion(engine, first)
+        return web.Response(body=orjson.dumps(body), content_type="application/json",
+                            headers={REQUEST_ID_HEADER: self.meta.request_id, ROUTED_WORKER_HEADER: engine.worker.url})
+
+    async def completion(self, engine: EngineCall, first: Any) -> dict[str, Any]:
+        """The whole `chat.completion` object."""
         prepared, sampling, meta = self.prepared, self.prepared.sampling, self.meta
         assert prepared.output is not None
         completes = await collect(engine, first, sampling.n)
         choices = self.choices
         bodies: list[dict[str, Any]] = []
         for index, complete in enumerate(completes):  # engines may leave `index` unset here: arrival order
-            choice = Choice(index, self._decoder())
+            choice = Choice(index, self.decoder())
             text, kept = decode_complete(choice, complete)
             choices.append(choice)
             parsed = self.outputs(prepared.output).complete(text)  # the parser hook, whole-answer form
@@ -129,15 +135,13 @@ class ChatResponder:
                 logprobs = {"content": chat_entries(prepared.entry.tokenizer, complete.output_logprobs, kept)}
             bodies.append({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish,
                            "matched_stop": choice.matched_stop})
-        body = {"id": meta.response_id, "object": "chat.completion", "created": meta.created, "model": meta.model,
+        return {"id": meta.response_id, "object": "chat.completion", "created": meta.created, "model": meta.model,
                 "system_fingerprint": meta.fingerprint, "choices": bodies, "usage": usage(choices)}
-        return web.Response(body=orjson.dumps(body), content_type="application/json",
-                            headers={REQUEST_ID_HEADER: meta.request_id, ROUTED_WORKER_HEADER: engine.worker.url})
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
         sampling = self.prepared.sampling
         response = await start_engine_sse(request, self.meta.request_id, engine)
-        choices = self.choices = new_choices(sampling.n, self._decoder)
+        choices = self.choices = new_choices(sampling.n, self.decoder)
         sink = _ChatSink(self, response, sampling.n)
 
         async def events() -> None:

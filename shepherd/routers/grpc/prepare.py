@@ -16,6 +16,8 @@ import orjson
 
 from shepherd.errors import GatewayError
 from shepherd.parsers.tool import ToolChoiceError, tool_choice_constraint
+from shepherd.routers.external.translate.anthropic_to_openai import messages_request_to_chat
+from shepherd.routers.external.translate.common import TranslationError
 from shepherd.routers.grpc.output import ChatOutputContext, OutputFactory
 from shepherd.routers.grpc.params import (
     Sampling,
@@ -207,6 +209,21 @@ async def prepare_chat(body: Mapping[str, Any], entry: TokenizerEntry, outputs: 
     stop = resolve_stops(entry, sampling)
     input_ids = await entry.encode_async(text, False)
     return Prepared(entry, input_ids, text, sampling, stop, output=context)
+
+
+# -- Anthropic Messages: a chat request by another name -----------------------------------------
+
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+
+
+def messages_as_chat(body: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """A Messages request as the chat request the pipeline prepares (system, tools, tool_choice,
+    tool_use/tool_result turns, thinking, stop_sequences, sampling); 400 for what it cannot express."""
+    try:
+        return messages_request_to_chat(body, model, engine=True)
+    except TranslationError as exc:
+        raise invalid(exc.message, exc.param or "messages") from None
 
 
 # -- completions and generate ---------------------------------------------------------------------

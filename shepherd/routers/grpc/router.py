@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from shepherd.config import GatewayConfig
@@ -27,17 +28,29 @@ from shepherd.routers.common.selection import Selector
 from shepherd.routers.grpc.chat_response import ChatResponder
 from shepherd.routers.grpc.choices import token_counts
 from shepherd.routers.grpc.completion_response import CompletionResponder
+from shepherd.routers.grpc.embeddings import EMBEDDINGS_PATH, GrpcEmbeddings
 from shepherd.routers.grpc.execution import EngineCall, GrpcExecutor
 from shepherd.routers.grpc.generate_response import GenerateResponder
+from shepherd.routers.grpc.messages_response import MessagesResponder
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.output import OutputFactory, PlainOutputFactory
-from shepherd.routers.grpc.prepare import Prepared, prepare_chat, prepare_completion, prepare_generate, request_rid
+from shepherd.routers.grpc.prepare import (
+    COUNT_TOKENS_PATH,
+    MESSAGES_PATH,
+    Prepared,
+    messages_as_chat,
+    prepare_chat,
+    prepare_completion,
+    prepare_generate,
+    request_rid,
+)
 from shepherd.tokenizer.registry import TokenizerEntry, TokenizerRegistry
 from shepherd.workers.grpc_pool import GrpcClientPool
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker
 
-_PREFIXES = {"/v1/chat/completions": "chatcmpl-", "/v1/completions": "cmpl-", "/generate": ""}
+_PREFIXES = {"/v1/chat/completions": "chatcmpl-", "/v1/completions": "cmpl-", "/generate": "",
+             MESSAGES_PATH: "msg_"}
 LABELS = PathLabels("grpc", "regular", "grpc")
 
 
@@ -50,6 +63,7 @@ class GrpcRouter:
         self.selector = Selector(registry, policies, metrics)
         self.lifecycle: Lifecycle[Worker] = Lifecycle.for_path(LABELS, config, metrics, tracing)
         self.executor = GrpcExecutor(pool)
+        self.embeddings = GrpcEmbeddings(config, self.selector, self.lifecycle, pool, tokenizers)
         # The parser hook: tool-call / reasoning parsing plugs in here (see output.py).
         self.outputs: OutputFactory = outputs or PlainOutputFactory()
 
@@ -67,6 +81,10 @@ class GrpcRouter:
         body: Mapping[str, Any] | None,
         method: str = "POST",
     ) -> web.StreamResponse:
+        if body is not None and upstream_path == EMBEDDINGS_PATH:
+            return await self.embeddings.route(request, body)
+        if body is not None and upstream_path == COUNT_TOKENS_PATH:
+            return await self._count_tokens(body)
         if upstream_path not in _PREFIXES or body is None:
             raise GatewayError(501, "not_implemented", f"{request.path} is not served by gRPC workers")
         model = body.get("model")
@@ -74,6 +92,8 @@ class GrpcRouter:
         model_name = model or entry.model
         if upstream_path == "/v1/chat/completions":
             prepared = await prepare_chat(body, entry, self.outputs, model_name)
+        elif upstream_path == MESSAGES_PATH:
+            prepared = await prepare_chat(messages_as_chat(body, model_name), entry, self.outputs, model_name)
         elif upstream_path == "/v1/completions":
             prepared = await prepare_completion(body, entry)
         else:
@@ -108,9 +128,11 @@ class GrpcRouter:
 
     async def _respond(self, request: web.Request, path: str, prepared: Prepared, meta: ResponseMeta,
                        engine: EngineCall, first: Any, engine_id: str) -> web.StreamResponse:
-        responder: ChatResponder | CompletionResponder | GenerateResponder
+        responder: ChatResponder | CompletionResponder | GenerateResponder | MessagesResponder
         if path == "/v1/chat/completions":
             responder = ChatResponder(prepared, meta, self.outputs)
+        elif path == MESSAGES_PATH:
+            responder = MessagesResponder(prepared, meta, self.outputs, prepared.sampling.stop)
         elif path == "/v1/completions":
             responder = CompletionResponder(prepared, meta)
         else:
@@ -122,6 +144,16 @@ class GrpcRouter:
         finally:
             if responder.choices:  # the access log's and the recorder's tokens (counted anyway: no parsing)
                 request[USAGE] = token_counts(responder.choices)
+
+    async def _count_tokens(self, body: Mapping[str, Any]) -> web.Response:
+        """Anthropic's count_tokens: the templated prompt's length in the model's own tokens."""
+        model = body.get("model")
+        entry = self.tokenizer_for(model)
+        model_name = model or entry.model
+        prepared = await prepare_chat(messages_as_chat({**body, "stream": False}, model_name), entry, self.outputs,
+                                      model_name)
+        return web.Response(body=orjson.dumps({"input_tokens": len(prepared.input_ids)}),
+                            content_type="application/json")
 
     async def close(self) -> None:
         await self.executor.close()

@@ -16,16 +16,19 @@ async def start_engine_sse(request: web.Request, request_id: str, engine: Engine
     return await start_sse(request, {REQUEST_ID_HEADER: request_id, ROUTED_WORKER_HEADER: engine.worker.url})
 
 
-async def run_stream(response: web.StreamResponse, engine: EngineCall, events: Awaitable[None]) -> None:
-    """Await `events` (which sends the stream's frames), then [DONE]. An engine failure mid-stream ends
-    with an error event; a client that left ends it quietly (the caller's cleanup aborts the engine call)."""
+async def run_stream(response: web.StreamResponse, engine: EngineCall, events: Awaitable[None],
+                     api: str = "openai") -> None:
+    """Await `events` (which sends the stream's frames), then [DONE] (OpenAI streams; an Anthropic
+    stream ends with its own message_stop). An engine failure mid-stream ends with the client's API's
+    error event; a client that left ends it quietly (the caller's cleanup aborts the engine call)."""
     try:
         await events
-        await send(response, DONE_FRAME)
+        if api == "openai":
+            await send(response, DONE_FRAME)
         await response.write_eof()
     except grpc.aio.AioRpcError as exc:
         engine.broke_off()
         message = f"Worker {engine.worker.url} failed mid-stream: {exc.code().name} {exc.details() or ''}".rstrip()
-        await end_stream(response, stream_error_frame("openai", message, code="worker_stream_failed"))
+        await end_stream(response, stream_error_frame(api, message, code="worker_stream_failed"))
     except ClientGone:
         engine.attempt.client_left()

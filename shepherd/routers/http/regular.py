@@ -25,6 +25,15 @@ from shepherd.routers.common.headers import client_response_headers, routed_head
 from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
 from shepherd.routers.common.selection import Selector
+from shepherd.routers.http.messages import (
+    ANTHROPIC_PATHS,
+    COUNT_TOKENS_PATH,
+    count_tokens_missing,
+    lacks,
+    learn_missing,
+    messages_via_chat,
+    route_missing,
+)
 from shepherd.transport.base import Transport
 from shepherd.transport.errors import UpstreamError
 from shepherd.workers.registry import WorkerRegistry
@@ -65,18 +74,35 @@ class HttpRouter:
         def select(tried: frozenset[Worker]) -> Worker:
             return selector.pick(selector.candidates(model, "http"), routing, tried, model)
 
+        anthropic = upstream_path in ANTHROPIC_PATHS and body is not None
+
         async def attempt(execution: Execution[Worker], worker: Worker, final: bool) -> web.StreamResponse:
+            if anthropic and lacks(worker, upstream_path):
+                return await self._without_messages(execution, worker, upstream_path, body, final)
             payload = raw_body
             if worker.dp_rank is not None and body is not None:
                 # A data-parallel rank is addressed in the body: the one case the bytes change.
                 payload = orjson.dumps({**body, "data_parallel_rank": worker.dp_rank})
-            return await self.forward(execution, worker, method, upstream_path, payload, final)
+            response = await self.forward(execution, worker, method, upstream_path, payload, final,
+                                          detect_missing=anthropic)
+            if response is None:  # the engine has no such route: learned, then served without it
+                learn_missing(worker, upstream_path)
+                return await self._without_messages(execution, worker, upstream_path, body, final)
+            return response
 
         return await self.lifecycle.run(request, upstream_path, model, body, select, attempt, routing)
 
+    async def _without_messages(self, execution: Execution[Any], worker: Worker, path: str,
+                                body: Mapping[str, Any] | None, final: bool) -> web.StreamResponse:
+        assert body is not None
+        if path == COUNT_TOKENS_PATH:
+            raise count_tokens_missing(worker)
+        return await messages_via_chat(self._transport, self._config.gateway_keys, execution, worker, body, final)
+
     async def forward(self, execution: Execution[Any], worker: Worker, method: str, path: str,
-                      payload: bytes | None, final: bool) -> web.StreamResponse:
-        """One attempt: send the request to `worker` and relay its answer."""
+                      payload: bytes | None, final: bool, detect_missing: bool = False) -> web.StreamResponse | None:
+        """One attempt: send the request to `worker` and relay its answer. With `detect_missing`, None
+        when the engine answered that it has no such route (nothing reached the client)."""
         request = execution.request
         headers = upstream_request_headers(request.headers, execution.request_id, worker.api_key,
                                            self._config.gateway_keys, has_body=payload is not None)
@@ -87,6 +113,11 @@ class HttpRouter:
             except UpstreamError as exc:
                 raise no_answer(exc, final, who(attempt)) from None
             out = routed_headers(client_response_headers(upstream.headers), execution.request_id, worker.url)
+            if detect_missing and upstream.status in (404, 405):
+                answer = await read_answer(attempt, execution.lifecycle.max_response_bytes, who(attempt), final)
+                if route_missing(upstream.status, answer):
+                    return None
+                return web.Response(status=upstream.status, body=answer, headers=out)
             if upstream.status in RETRYABLE_STATUSES and not final:
                 answer = await read_answer(attempt, execution.lifecycle.max_response_bytes, who(attempt), final)
                 raise RetryableFailure(

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from smg_grpc_proto.generated import common_pb2
 
-from shepherd.sim.grpc.core import SimCore, load_row
+from shepherd.sim.grpc.core import InjectedError, SimCore, load_row
 from shepherd.sim.grpc.info import SimInfo
 from shepherd.sim.kv_events import Batch
 from shepherd.tokenizer import bundle
@@ -23,6 +23,17 @@ class CommonRpcs:
     def __init__(self, core: SimCore, info: SimInfo) -> None:
         self.core = core
         self.info = info
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - RPC name
+        ids = list(request.tokenized.input_ids)
+        if not ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tokenized.input_ids must not be empty")
+        metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+        try:
+            vector = self.core.embed(ids, metadata)
+        except InjectedError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        return self.messages.EmbedResponse(embedding=vector, prompt_tokens=len(ids), embedding_dim=len(vector))
 
     async def GetLoads(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - RPC name
         row = load_row(self.core, self.info.params)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -96,9 +98,10 @@ class _Canned:
 class SimCore:
     def __init__(self, model: str, tokenizer: Tokenizer, engine: Engine | None, output_tokens: int,
                  max_model_len: int, gen_ms: float = 0.0, record_requests: int = 100,
-                 kv_events: bool = True) -> None:
+                 kv_events: bool = True, embedding_dim: int = 64) -> None:
         self.model = model
         self.kv_events = kv_events and engine is not None
+        self.embedding_dim = embedding_dim
         self.tokenizer = tokenizer
         self.engine = engine
         self.output_tokens = output_tokens
@@ -132,6 +135,23 @@ class SimCore:
                     if isinstance(request, SimRequest):
                         request.disconnected = True
         return found
+
+    def embed(self, input_ids: Sequence[int], metadata: dict[str, str]) -> list[float]:
+        """A deterministic unit vector for the ids (the same ids, the same vector); raises InjectedError."""
+        stats, faults = self.stats, self.faults
+        stats.requests_total += 1
+        stats.embeds_total += 1
+        if self.record_requests:
+            stats.recent.append({"rpc": "Embed", "input_ids": list(input_ids), "metadata": metadata})
+        if not faults.embed:
+            raise InjectedError("UNIMPLEMENTED", f"{self.model} is a generation model; it serves no embeddings")
+        if faults.error_code:
+            stats.errors_injected += 1
+            raise InjectedError(faults.error_code, "injected fault")
+        rng = random.Random(request_seed("embed", tuple(input_ids)))
+        vector = [rng.gauss(0.0, 1.0) for _ in range(self.embedding_dim)]
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
 
     def _script(self, generate: SimGenerate, index: int) -> list[int]:
         text = self.faults.response_text

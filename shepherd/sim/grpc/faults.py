@@ -23,6 +23,7 @@ class GrpcFaults:
     error_after_chunks: int = -1  # -1: fail before answering; n: after n chunks
     healthy: bool = True  # what HealthCheck answers
     hang: bool = False  # accept Generate and never answer
+    embed: bool = True  # serve the Embed RPC; false: answer UNIMPLEMENTED, as a generation model's engine does
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -60,10 +61,12 @@ class GrpcStats:
     cancelled: int = 0  # streams the client cancelled before their end
     errors_injected: int = 0
     in_flight: int = 0
+    embeds_total: int = 0  # Embed calls received
     aborted_ids: deque[str] = field(default_factory=lambda: deque(maxlen=100))
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
 
     def to_dict(self) -> dict[str, Any]:
         return {"requests_total": self.requests_total, "completed": self.completed, "aborts": self.aborts,
                 "cancelled": self.cancelled, "errors_injected": self.errors_injected, "in_flight": self.in_flight,
+                "embeds_total": self.embeds_total,
                 "aborted_ids": list(self.aborted_ids)}

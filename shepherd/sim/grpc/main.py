@@ -76,7 +76,7 @@ class GrpcSimCluster:
             engine = Engine(config.params, config.kv_event_replay) if config.engine == "realistic" else None
             core = SimCore(config.model, tokenizer, engine, config.output_tokens, config.max_model_len,
                            gen_ms=config.gen_ms, record_requests=config.record_requests,
-                           kv_events=config.kv_events)
+                           kv_events=config.kv_events, embedding_dim=config.embedding_dim)
             info = SimInfo(config.model, tokenizer_dir=directory,
                            advertise_tokenizer_path=options.advertise_tokenizer_path,
                            max_model_len=config.max_model_len,

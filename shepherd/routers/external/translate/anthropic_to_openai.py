@@ -33,12 +33,15 @@ STOP_TO_FINISH = {
 
 
 def messages_request_to_chat(
-    body: Mapping[str, Any], model: str, *, max_tokens_field: str = "max_tokens"
+    body: Mapping[str, Any], model: str, *, max_tokens_field: str = "max_tokens", engine: bool = False
 ) -> dict[str, Any]:
     """A Messages request as a Chat Completions request for `model`.
 
     `max_tokens_field` is `max_completion_tokens` for OpenAI itself (its reasoning models refuse
-    `max_tokens`) and `max_tokens` for everything else.
+    `max_tokens`) and `max_tokens` for everything else. `engine` is for inference engines (HTTP
+    engines and the gateway's own gRPC pipeline), whose chat API takes more than a provider's:
+    `top_k`, the thinking switch as chat-template kwargs, and earlier turns' thinking as
+    `reasoning_content` (chat templates replay it).
     """
     messages: list[dict[str, Any]] = []
     system = body.get("system")
@@ -57,7 +60,7 @@ def messages_request_to_chat(
         if role == "user":
             messages.extend(_user_messages(message.get("content")))
         elif role == "assistant":
-            messages.append(_assistant_message(message.get("content")))
+            messages.append(_assistant_message(message.get("content"), keep_thinking=engine))
         else:
             raise TranslationError(f"unsupported message role {role!r}; use 'user' or 'assistant'", "messages")
 
@@ -85,7 +88,26 @@ def messages_request_to_chat(
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # usage feeds the final message_delta
+    if engine:
+        if body.get("top_k") is not None:
+            chat["top_k"] = body["top_k"]
+        thinking = _thinking_switch(body.get("thinking"))
+        if thinking is not None:
+            # Templates name the switch `enable_thinking` (Qwen) or `thinking` (DeepSeek); they ignore the other.
+            chat["chat_template_kwargs"] = {"enable_thinking": thinking, "thinking": thinking}
     return chat
+
+
+def _thinking_switch(thinking: Any) -> bool | None:
+    """Anthropic's `thinking` setting as the chat template's switch; None leaves the template's default."""
+    if thinking is None:
+        return None
+    kind = thinking.get("type") if isinstance(thinking, Mapping) else None
+    if kind in ("enabled", "adaptive"):
+        return True
+    if kind == "disabled":
+        return False
+    raise TranslationError("'thinking.type' must be enabled, adaptive or disabled", "thinking")
 
 
 def _user_messages(content: Any) -> list[dict[str, Any]]:
@@ -150,12 +172,13 @@ def _tool_result(block: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     return text_of(content), images
 
 
-def _assistant_message(content: Any) -> dict[str, Any]:
+def _assistant_message(content: Any, keep_thinking: bool = False) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     if not isinstance(content, list):
         raise TranslationError("message content must be a string or a list of blocks", "messages")
     texts: list[str] = []
+    thinking: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for raw in content:
         block = as_mapping(raw, "each content block")
@@ -166,14 +189,20 @@ def _assistant_message(content: Any) -> dict[str, Any]:
             tool_calls.append({"id": str(block.get("id", "")), "type": "function",
                                "function": {"name": str(block.get("name", "")),
                                             "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-        elif kind in ("thinking", "redacted_thinking"):
-            continue  # chat backends have no way to take back a signed reasoning block
+        elif kind == "thinking":
+            if keep_thinking and isinstance(block.get("thinking"), str):
+                thinking.append(block["thinking"])
+            # a provider's chat API has no way to take back a signed reasoning block
+        elif kind == "redacted_thinking":
+            continue
         else:
             raise TranslationError(f"content block type {kind!r} is not supported by this model's backend",
                                    "messages")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
     if tool_calls:
         message["tool_calls"] = tool_calls
+    if thinking:
+        message["reasoning_content"] = "\n".join(thinking)
     return message
 
 

@@ -216,6 +216,13 @@ def _tool_id() -> str:
     return "toolu_" + uuid.uuid4().hex[:24]
 
 
+def tool_use_id(call_id: Any) -> str:
+    """An OpenAI tool call id in Anthropic's shape: `call_X` becomes `toolu_X`, other ids stay."""
+    if not isinstance(call_id, str) or not call_id:
+        return _tool_id()
+    return "toolu_" + call_id[5:] if call_id.startswith("call_") else call_id
+
+
 # -- responses ------------------------------------------------------------------------------------
 
 def finish_to_stop(
@@ -252,7 +259,7 @@ def chat_completion_to_message(
         blocks.append({"type": "text", "text": text})
     for call in calls:
         function = mapping(call.get("function"))
-        blocks.append({"type": "tool_use", "id": str(call.get("id") or _tool_id()),
+        blocks.append({"type": "tool_use", "id": tool_use_id(call.get("id")),
                        "name": str(function.get("name", "")), "input": lenient_arguments(function.get("arguments"))})
     if not blocks:
         blocks.append({"type": "text", "text": ""})
@@ -280,7 +287,7 @@ def lenient_arguments(arguments: Any) -> dict[str, Any]:
 
 def message_id(completion_id: Any) -> str:
     raw = str(completion_id or uuid.uuid4().hex)
-    return "msg_" + raw.removeprefix("chatcmpl-")
+    return raw if raw.startswith("msg_") else "msg_" + raw.removeprefix("chatcmpl-")
 
 
 def messages_usage(usage: Any) -> dict[str, int]:

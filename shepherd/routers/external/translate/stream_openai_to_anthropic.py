@@ -20,6 +20,7 @@ from shepherd.routers.external.translate.openai_to_anthropic import (
     finish_to_stop,
     message_id,
     messages_usage,
+    tool_use_id,
 )
 
 
@@ -57,6 +58,12 @@ class ChatStreamToMessages:
         except orjson.JSONDecodeError:
             return self.fail("The provider sent a malformed stream event")
         if not isinstance(chunk, dict):
+            return b""
+        return self.feed_chunk(chunk)
+
+    def feed_chunk(self, chunk: Mapping[str, Any]) -> bytes:
+        """One chunk already parsed (the gateway's own gRPC pipeline hands them over without JSON)."""
+        if self._done:
             return b""
         if chunk.get("error"):
             error = chunk["error"] if isinstance(chunk["error"], Mapping) else {"message": str(chunk["error"])}
@@ -149,7 +156,7 @@ class ChatStreamToMessages:
         function = mapping(call.get("function"))
         out = b""
         if position not in self._tool_blocks:
-            block = {"type": "tool_use", "id": str(call.get("id") or f"toolu_{self._next_index}"),
+            block = {"type": "tool_use", "id": tool_use_id(call.get("id")),
                      "name": str(function.get("name") or ""), "input": {}}
             out = self._open("tool", block)
             assert self._open_index is not None
