@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from shepherd.config import GatewayConfig
 from shepherd.discovery import Discovery
-from shepherd.mcp.config import load_mcp_config
-from shepherd.mcp.service import McpService
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
@@ -64,6 +63,10 @@ class Transports:
     async def close(self) -> None:
         await self.local.close()
         await self.providers.close()
+
+
+if TYPE_CHECKING:
+    from shepherd.mcp.service import McpService
 
 
 @dataclass
@@ -151,7 +154,9 @@ class AppContext:
             history=create_history(config.history),
         )
         context.discovery = Discovery.from_config(config, manager, registry)
-        if config.mcp_config_path:
+        if config.mcp_config_path:  # the mcp SDK is a heavy import: only gateways that use it pay for it
+            from shepherd.mcp.config import load_mcp_config
+            from shepherd.mcp.service import McpService
             context.mcp = McpService(load_mcp_config(config.mcp_config_path), metrics)
         if config.recording.directory:
             context.recorder = TrafficRecorder(config.recording, config.policy_options.routing_key_headers)
