@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -13,8 +14,6 @@ from shepherd.config import GatewayConfig
 from shepherd.discovery import Discovery
 from shepherd.kv.index import KvIndex
 from shepherd.kv.subscriber import KvEventSubscriptions
-from shepherd.mcp.config import load_mcp_config
-from shepherd.mcp.service import McpService
 from shepherd.mesh.mesh import Mesh
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
@@ -75,6 +74,8 @@ def _wants_kv_events(config: GatewayConfig) -> bool:
     """Subscribe to the engines' KV events when a configured policy reads them."""
     names = {config.policy, config.prefill_policy, config.decode_policy}
     return config.policy_options.kv_index != "none" and PreciseCachePolicy.name in names
+if TYPE_CHECKING:
+    from shepherd.mcp.service import McpService
 
 
 @dataclass
@@ -185,7 +186,9 @@ class AppContext:
             context.kv_index = kv_index
             context.kv_events = KvEventSubscriptions(kv_index, context.grpc.pool.get)
             registry.subscribe(context.kv_events.on_registry_event)
-        if config.mcp_config_path:
+        if config.mcp_config_path:  # the mcp SDK is a heavy import: only gateways that use it pay for it
+            from shepherd.mcp.config import load_mcp_config
+            from shepherd.mcp.service import McpService
             context.mcp = McpService(load_mcp_config(config.mcp_config_path), metrics)
         if config.recording.directory:
             context.recorder = TrafficRecorder(config.recording, config.policy_options.routing_key_headers)
