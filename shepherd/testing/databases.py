@@ -37,31 +37,30 @@ def _accepts(port: int) -> bool:
         return False
 
 
-class RedisServer:
-    """`redis-server` on a free loopback port, no persistence, in a temp dir."""
+class LoopbackServer:
+    """A server process on `self.port` (loopback) with its files and log in `self.dir`;
+    `stop()` ends it and removes the directory."""
 
-    def __init__(self, port: int | None = None) -> None:
-        binary = _binary("redis-server", "redis-server")
-        self.dir = tempfile.mkdtemp(prefix="shepherd-redis-")
-        self.port = port or free_ports(1)[0]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._log = open(os.path.join(self.dir, "redis.log"), "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "yes"], stdout=self._log, stderr=subprocess.STDOUT)
+    name = "server"
+    dir: str
+    port: int
+
+    def _launch(self, argv: Sequence[str]) -> None:
+        self._log = open(os.path.join(self.dir, f"{self.name}.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(list(argv), stdout=self._log, stderr=subprocess.STDOUT)
         try:
-            wait_until(lambda: self._up(), 15, 0.05, f"redis-server on port {self.port}")
+            wait_until(self._up, 15, 0.05, f"{self.name} on port {self.port}")
         except AssertionError:
             self.stop()
             raise
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"redis-server exited with {self.proc.returncode}: {self.output()}")
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}: {self.output()}")
         return _accepts(self.port)
 
     def output(self) -> str:
-        with open(os.path.join(self.dir, "redis.log"), encoding="utf-8", errors="replace") as handle:
+        with open(os.path.join(self.dir, f"{self.name}.log"), encoding="utf-8", errors="replace") as handle:
             return handle.read()
 
     def stop(self) -> None:
@@ -74,6 +73,20 @@ class RedisServer:
                 self.proc.wait()
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer(LoopbackServer):
+    """`redis-server` on a free loopback port, no persistence, in a temp dir."""
+
+    name = "redis-server"
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = _binary("redis-server", "redis-server")
+        self.dir = tempfile.mkdtemp(prefix="shepherd-redis-")
+        self.port = port or free_ports(1)[0]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._launch([binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+                      "--dir", self.dir, "--protected-mode", "yes"])
 
 
 class PostgresServer:

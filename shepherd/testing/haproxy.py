@@ -6,13 +6,11 @@ a busy machine a slower answer is not a dead gateway."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 
-from shepherd.testing.databases import _accepts, _binary
-from shepherd.testing.processes import free_ports, wait_until
+from shepherd.testing.databases import LoopbackServer, _binary
+from shepherd.testing.processes import free_ports
 
 _CONFIG = """global
     maxconn 4096
@@ -36,7 +34,9 @@ backend gateways
 """
 
 
-class HAProxy:
+class HAProxy(LoopbackServer):
+    name = "haproxy"
+
     def __init__(self, backend_ports: Sequence[int]) -> None:
         binary = _binary("haproxy", "haproxy", ("/usr/sbin/haproxy",))
         self.dir = tempfile.mkdtemp(prefix="shepherd-haproxy-")
@@ -46,30 +46,4 @@ class HAProxy:
         path = os.path.join(self.dir, "haproxy.cfg")
         with open(path, "w") as file:
             file.write(_CONFIG.format(port=self.port, servers=servers))
-        self._log = open(os.path.join(self.dir, "haproxy.log"), "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([binary, "-db", "-f", path], stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(self._up, 15, 0.05, f"haproxy on port {self.port}")
-        except AssertionError:
-            self.stop()
-            raise
-
-    def _up(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"haproxy exited with {self.proc.returncode}: {self.output()}")
-        return _accepts(self.port)
-
-    def output(self) -> str:
-        with open(os.path.join(self.dir, "haproxy.log"), encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._launch([binary, "-db", "-f", path])
