@@ -271,7 +271,8 @@ async def delete_conversation(request: web.Request) -> web.Response:
     return _json({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
 
-def _page_query(request: web.Request) -> tuple[int, str, str | None]:
+def page_query(request: web.Request) -> tuple[int, str, str | None]:
+    """`limit`, `order` and `after` of a list request, as OpenAI's list endpoints take them (400 if bad)."""
     query = request.query
     raw_limit = query.get("limit", str(DEFAULT_PAGE))
     try:
@@ -289,7 +290,7 @@ def _page_query(request: web.Request) -> tuple[int, str, str | None]:
 
 @storage_errors
 async def list_items(request: web.Request) -> web.Response:
-    limit, order, after = _page_query(request)
+    limit, order, after = page_query(request)
     conversation = await _conversation(request)
     store = _store(request)
     if after is not None and not await store.is_item_linked(conversation.id, after):

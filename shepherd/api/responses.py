@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from shepherd.api.body import parse_json_object, read_body
-from shepherd.api.conversations import storage_errors
+from shepherd.api.conversations import page_query, storage_errors
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
 from shepherd.headers import ROUTED_WORKER_HEADER, presented_key
@@ -150,19 +150,8 @@ async def cancel_response(request: web.Request) -> web.Response:
 @storage_errors
 async def list_input_items(request: web.Request) -> web.Response:
     stored = await _stored(request)
-    query = request.query
-    raw_limit = query.get("limit", str(DEFAULT_PAGE))
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_PAGE:
-        raise GatewayError(400, "invalid_value", f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise GatewayError(400, "invalid_value", "'order' must be asc or desc", param="order")
+    limit, order, after = page_query(request)
     items = list(stored.input) if order == "asc" else list(reversed(stored.input))
-    after = query.get("after")
     if after:
         ids = [item.get("id") for item in items]
         if after not in ids:
