@@ -21,7 +21,7 @@ SUMMED_GAUGES = frozenset({
     "smg_admission_inflight",
 })
 MIN_GAUGES = frozenset({"smg_worker_health"})  # out of rotation anywhere shows as out of rotation
-MEAN_GAUGES = frozenset({"smg_cache_aware_hit_ratio"})
+MEAN_GAUGES = frozenset({"smg_cache_aware_match_ratio"})
 
 
 def _combine(family: str, kind: str, sample: str, values: list[float]) -> float:

@@ -369,7 +369,8 @@ def test_bad_requests_get_openai_errors(gateway: Gateway, body: dict[str, Any], 
 
 
 def test_endpoints_the_pipeline_does_not_serve_say_so(gateway: Gateway) -> None:
-    response = httpx.post(gateway.url + "/v1/embeddings", json={"model": MODEL, "input": "x"}, timeout=10)
+    response = httpx.post(gateway.url + "/v1/rerank", json={"model": MODEL, "query": "q", "documents": ["d"]},
+                          timeout=10)
     assert response.status_code == 501 and response.json()["error"]["code"] == "not_implemented"
 
 

@@ -177,7 +177,7 @@ def test_cache_aware_instances_learn_where_the_others_sent_a_prompt(redis: Redis
             assert first.status_code == second.status_code == 200
             # The other instance never saw this prompt, yet sends it where its cache is warm.
             assert second.headers["x-smg-routed-worker-id"] == first.headers["x-smg-routed-worker-id"]
-        assert gateways[1].metric("smg_cache_aware_hit_ratio") > 0.9
+        assert gateways[1].metric("smg_cache_aware_match_ratio") > 0.9
     finally:
         for g in gateways:
             g.stop()
