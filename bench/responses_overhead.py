@@ -2,9 +2,9 @@
 
     python -m bench.responses_overhead [--requests 300] [--rounds 3]
 
-Per backend (HTTP simulator, gRPC simulator; both the canned engine, so the engine costs almost
-nothing), one gateway with the default SQLite history store. Each Responses call continues one
-stored response (`previous_response_id`), so the gateway loads the chain, routes the expanded chat,
+Per backend (HTTP and gRPC simulators, an Anthropic and an OpenAI provider simulator; all canned,
+so the engine costs almost nothing), one gateway with the default SQLite history store. Each Responses call continues
+one stored response (`previous_response_id`), so the gateway loads the chain, routes the expanded chat,
 builds the Response and stores it; the plain chat call sends the same three messages to
 /v1/chat/completions. Calls are sequential (latency, not throughput) and the two kinds alternate, so
 drift hits both alike. Printed: median and p90 per kind, and the ratio of Responses to chat.
@@ -16,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import httpx
 
@@ -56,6 +57,25 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+PROVIDER_KEY = "sk-bench-provider"
+
+
+def _backend(name: str) -> tuple[Sim | GrpcSim, list[Any], str]:
+    """The simulated backend, the gateway's (worker urls, *flags) and the model it serves."""
+    if name == "grpc":
+        grpc = GrpcSim(1, "--model", "qwen3-bench", "--engine", "canned", "--record-requests", "0")
+        return grpc, [grpc.targets], "qwen3-bench"
+    if name == "http":
+        http = Sim(1, "--model", "bench-model", "--engine", "canned", "--record-requests", "0")
+        return http, [http.urls], "bench-model"
+    # A provider: Anthropic's is executed by the gateway over Messages, OpenAI's gets its own /v1/responses.
+    model = f"{name}-bench"
+    provider = Sim(1, "--provider", name, "--api-key", PROVIDER_KEY, "--model", model, "--engine", "canned",
+                   "--record-requests", "0")
+    base = provider.urls[0] + ("/v1" if name == "anthropic" else "")
+    return provider, [[], "--external-provider", f"{base}={name},key_env=BENCH_PROVIDER_KEY"], model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300, help="calls of each kind per round")
@@ -63,16 +83,11 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"{'backend':<10} {'call':<28} {'median ms':>10} {'p90 ms':>8} {'ratio (median)':>15}")
-    for backend in ("http", "grpc"):
-        sim: Sim | GrpcSim
-        if backend == "http":
-            sim = Sim(1, "--model", "bench-model", "--engine", "canned", "--record-requests", "0")
-            targets, model = sim.urls, "bench-model"
-        else:
-            sim = GrpcSim(1, "--model", "qwen3-bench", "--engine", "canned", "--record-requests", "0")
-            targets, model = sim.targets, "qwen3-bench"
+    for backend in ("http", "grpc", "anthropic", "openai"):
+        sim, gateway_args, model = _backend(backend)
         with tempfile.TemporaryDirectory() as data_dir:
-            gateway = Gateway(targets, "--log-level", "warn", "--history-data-dir", data_dir)
+            gateway = Gateway(*gateway_args, "--log-level", "warn", "--history-data-dir", data_dir,
+                              expect_workers=1, env={"BENCH_PROVIDER_KEY": PROVIDER_KEY})
             try:
                 times = _measure(gateway.url, model, args.requests, args.rounds)
             finally:
