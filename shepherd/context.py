@@ -155,6 +155,7 @@ class AppContext:
         mesh = Mesh.create(config, registry, manager, policies)
         if mesh is not None:
             health.on_transition = mesh.on_health_transition
+            health.remove = mesh.remove_worker
         fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
         context = cls(
             config=config,

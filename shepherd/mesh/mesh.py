@@ -46,6 +46,7 @@ class Mesh:
         self.store = store
         self.status = status
         self.registry = RegistrySync(store, registry, manager)
+        self._manager = manager
         self.health: HealthSync | None = None
         self.trees: TreeSync | None = None
         self.limiter: FleetLimiter | None = None
@@ -92,6 +93,11 @@ class Mesh:
                 health.report(worker, False)
 
         worker.breaker.listener = listener
+
+    def remove_worker(self, worker: Worker) -> None:
+        """Remove a worker here and from the shared map, so a peer's reconcile does not bring it back."""
+        self._manager.submit_remove(worker)
+        self.registry.announce_remove(worker)
 
     def on_health_transition(self, worker: Worker, ok: bool) -> None:
         if self.health is not None:

@@ -49,7 +49,7 @@ class HealthChecker:
         self._config = config
         self._registry = registry
         self._session = session
-        self._remove = remove
+        self.remove = remove  # a worker that stayed unhealthy (the mesh replaces it to tell the fleet)
         self._tracks: dict[str, _Track] = {}  # base URL -> probe history
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_secs)
@@ -134,7 +134,7 @@ class HealthChecker:
                     self.on_transition(worker, True)
         if not healthy and all(w.status is WorkerStatus.NOT_READY for w in workers):
             track.failures_while_down += 1
-            if config.remove_unhealthy and self._remove is not None and \
+            if config.remove_unhealthy and self.remove is not None and \
                     track.failures_while_down > 3 * config.failure_threshold:
                 log.warning("worker %s stayed unhealthy; removing it", workers[0].base_url)
-                self._remove(workers[0])
+                self.remove(workers[0])

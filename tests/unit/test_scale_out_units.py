@@ -16,10 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shepherd.config import AdmissionConfig, GatewayConfig, MeshConfig, PolicyOptions, ProcessConfig
 from shepherd.mesh.file_store import FileStore
+from shepherd.mesh.mesh import Mesh
 from shepherd.mesh.registry_sync import RegistrySync, decode_spec, encode_spec
 from shepherd.observability.aggregate import merge
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.manual import ManualPolicy
+from shepherd.policies.registry import PolicyRegistry
 from shepherd.supervisor import ChildInfo, child_config
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.spec import WorkerSpec
@@ -150,6 +152,37 @@ def test_file_channel_spreads_add_patch_and_remove(tmp_path: Path) -> None:
         await reader.sync()
         _, entries = await store.read("workers")
         assert decode_spec(entries["http://w2"])[0] == "id-2"
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_removed_as_unhealthy_leaves_the_shared_map_and_stays_removed(tmp_path: Path) -> None:
+    """Removal by the health checker goes through the mesh: a local-only removal would be undone by
+    this instance's own next reconcile (the map still lists the worker) and missed by its peers."""
+    async def scenario() -> None:
+        config = GatewayConfig(process=ProcessConfig(workers=2, child_index=0, local_channel_dir=str(tmp_path)))
+        here, there = WorkerRegistry(), WorkerRegistry()
+        here_manager, there_manager = _Manager(here), _Manager(there)
+        policies = PolicyRegistry("round_robin", PolicyOptions(), here)
+        mesh = Mesh.create(config, here, here_manager, policies)  # type: ignore[arg-type]
+        assert mesh is not None
+        peer = RegistrySync(FileStore(str(tmp_path)), there, there_manager)  # type: ignore[arg-type]
+        mesh.registry.announce_add("id-1", WorkerSpec(url="http://w1"))
+        mesh.registry.announce_add("id-2", WorkerSpec(url="http://w2"))
+        await mesh.registry.sync()
+        await peer.sync()
+        worker = here.get("id-1")
+        assert worker is not None
+        mesh.remove_worker(worker)
+        here.remove(worker.id)
+        await mesh.registry.sync()
+        peer.announce_add("id-3", WorkerSpec(url="http://w3"))  # a later change moves the map's version
+        await peer.sync()
+        await mesh.registry.sync()
+        assert [url for _, url in here_manager.added].count("http://w1") == 1  # not brought back
+        assert there_manager.removed == ["http://w1"]  # and drained by the peer
+        _, entries = await mesh.store.read("workers")
+        assert "http://w1" not in entries
 
     asyncio.run(scenario())
 
