@@ -2,8 +2,10 @@
 
     python -m bench.observability_overhead [--seconds 8] [--rounds 3] [--concurrency 32]
 
-The backend is the simulator's canned engine; spans go to an OTLP/HTTP sink in this process that
-accepts and discards them (so export costs the gateway what it would in production).
+The backend is nginx answering fixed bytes (bench/nginx.py), so the gateway, not the backend, is
+what is measured; spans go to an OTLP/HTTP sink in this process that accepts and discards them (so
+export costs the gateway what it would in production). Beside req/s: the gateway's CPU seconds
+per 1,000 requests.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from bench.cpu import tree_cpu_seconds
 from bench.loadgen import have_wrk, run_load
-from shepherd.testing import Gateway, Sim, free_ports
+from bench.nginx import Nginx
+from shepherd.testing import Gateway, free_ports
 
 BODY = json.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "hello"}],
                    "max_tokens": 16}).encode()
@@ -51,29 +55,34 @@ def main() -> None:
         "tracing on": ["--disable-metrics", *trace],
         "metrics + tracing": trace,
     }
-    sim = Sim(1, "--engine", "canned", "--record-requests", "0")
-    gateways = {name: Gateway(sim.urls, "--log-level", "warn", *flags) for name, flags in variants.items()}
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    backend = Nginx()
+    gateways = {name: Gateway([backend.url], "--log-level", "warn", *flags) for name, flags in variants.items()}
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
     try:
         for _ in range(args.rounds):
             for name, gateway in gateways.items():
+                before = tree_cpu_seconds(gateway.proc.pid)
                 result = run_load(gateway.url + "/v1/chat/completions", BODY, args.concurrency, args.seconds,
                                   use_wrk=args.loadgen == "wrk")
-                runs[name].append((result.requests_per_sec, result.p50_ms))
+                cpu_per_1k = (tree_cpu_seconds(gateway.proc.pid) - before) / max(result.requests, 1) * 1000
+                runs[name].append((result.requests_per_sec, result.p50_ms, cpu_per_1k))
                 time.sleep(0.5)
     finally:
         for gateway in gateways.values():
             gateway.stop()
-        sim.stop()
+        backend.stop()
         sink.shutdown()
 
     print(f"load generator: {args.loadgen}; concurrency {args.concurrency}; median of {args.rounds} rounds")
-    baseline = statistics.median(r for r, _ in runs["both off (baseline)"])
-    print(f"{'variant':<22} {'req/s':>9} {'p50 ms':>8} {'throughput vs both off':>23}")
+    baseline = statistics.median(r for r, _, _ in runs["both off (baseline)"])
+    base_cpu = statistics.median(c for _, _, c in runs["both off (baseline)"])
+    print(f"{'variant':<22} {'req/s':>9} {'p50 ms':>8} {'CPU s/1k':>9} {'throughput vs both off':>23} "
+          f"{'CPU vs both off':>16}")
     for name, values in runs.items():
-        rate = statistics.median(r for r, _ in values)
-        p50 = statistics.median(p for _, p in values)
-        print(f"{name:<22} {rate:>9,.0f} {p50:>8.2f} {rate / baseline:>23.2f}")
+        rate = statistics.median(r for r, _, _ in values)
+        p50 = statistics.median(p for _, p, _ in values)
+        cpu = statistics.median(c for _, _, c in values)
+        print(f"{name:<22} {rate:>9,.0f} {p50:>8.2f} {cpu:>9.3f} {rate / baseline:>23.2f} {cpu / base_cpu:>16.2f}")
 
 
 if __name__ == "__main__":

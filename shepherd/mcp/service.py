@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind
 
 from shepherd.config import ConfigError
 from shepherd.errors import GatewayError
@@ -21,6 +20,7 @@ from shepherd.mcp.connection import McpUnavailable
 from shepherd.mcp.pool import McpPool
 from shepherd.mcp.session import ToolSession
 from shepherd.observability.metrics import Metrics
+from shepherd.observability.tracing import SpanKind
 from shepherd.request_keys import SPAN
 from shepherd.routers.common.model_call import call_model
 from shepherd.routers.common.sse import (

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind
 
 from shepherd.config import GatewayConfig, RetryConfig
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
-from shepherd.observability.tracing import Tracing
+from shepherd.observability.tracing import SpanKind, Tracing
 from shepherd.policies.base import RoutingRequest
 from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
 from shepherd.routers.common.attempt import Attempt, give_verdict
