@@ -23,6 +23,7 @@ from shepherd import smg_flags
 from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
+    DEFAULT_TENANT_HEADER,
     DISCOVERY_PROVIDERS,
     HISTORY_BACKENDS,
     ROUTED_WORKER_HEADER_MODES,
@@ -42,6 +43,7 @@ from shepherd.config import (
     RecordingConfig,
     RetryConfig,
     ServerLimits,
+    TenantKey,
     WasmConfig,
     concurrency_bound,
     parse_selector,
@@ -104,6 +106,14 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     access = parser.add_argument_group("access control")
     access.add_argument("--api-key", default=None,
                         help="key clients must send on serving routes (never forwarded to workers)")
+    access.add_argument("--tenant-api-key", action="append", default=[], metavar="TENANT_ID:KEY",
+                        help="a serving key of its own for one tenant (repeatable); requests with it are the "
+                             "tenant auth:TENANT_ID in limits, scheduling, logs and metrics (default: none)")
+    access.add_argument("--trust-tenant-header", action="store_true",
+                        help="take the tenant from --tenant-header-name, as set by a trusted proxy in front "
+                             "(a tenant key's tenant still wins) (default: off)")
+    access.add_argument("--tenant-header-name", default=DEFAULT_TENANT_HEADER,
+                        help="the header --trust-tenant-header reads (default: %(default)s)")
     access.add_argument("--control-plane-api-keys", nargs="*", default=[], metavar="ID:NAME:ROLE:KEY",
                         help="keys for admin routes; role admin may call them")
     access.add_argument("--jwt-issuer", default=None, help="accept JWTs from this issuer on admin routes")
@@ -121,6 +131,10 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     observability.add_argument("--prometheus-duration-buckets", type=float, nargs="+", default=[],
                                help="bucket bounds in seconds of every duration histogram (default: 0.001 to "
                                     "7200 s, as SMG)")
+    observability.add_argument("--priority-scheduler-tenant-metric-top-n", type=int,
+                               default=defaults.tenant_metric_top_n, dest="tenant_metric_top_n",
+                               help="tenants with a `tenant` metric label of their own (configured ones first); "
+                                    "the rest share the label other (default: %(default)s)")
     observability.add_argument("--disable-metrics", action="store_true", help="no Prometheus metrics at all")
     observability.add_argument("--enable-trace", action="store_true", help="export OpenTelemetry spans over OTLP")
     observability.add_argument("--otlp-traces-endpoint", default=defaults.otlp_traces_endpoint,
@@ -625,6 +639,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         wasm=_wasm_config(args),
         auth=AuthConfig(
             api_keys=(args.api_key,) if args.api_key else (),
+            tenant_keys=tuple(TenantKey.parse(spec) for spec in args.tenant_api_key),
+            trust_tenant_header=args.trust_tenant_header, tenant_header_name=args.tenant_header_name,
             control_plane_keys=tuple(ControlPlaneKey.parse(spec) for spec in args.control_plane_api_keys),
             jwt_issuer=args.jwt_issuer, jwt_audience=args.jwt_audience, jwt_jwks_uri=args.jwt_jwks_uri,
             jwt_role_mapping=tuple(_pair(entry) for entry in args.jwt_role_mapping),
@@ -640,6 +656,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         client_key_path=args.client_key_path,
         prometheus_host=args.prometheus_host or ("::" if ":" in args.host else "0.0.0.0"),
         prometheus_port=args.prometheus_port,
+        tenant_metric_top_n=args.tenant_metric_top_n,
         disable_metrics=args.disable_metrics,
         enable_trace=args.enable_trace,
         otlp_traces_endpoint=args.otlp_traces_endpoint,

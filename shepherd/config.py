@@ -129,8 +129,29 @@ class ControlPlaneKey:
 
 
 @dataclass(frozen=True)
+class TenantKey:
+    """A `--tenant-api-key tenant_id:key` entry: a serving key that names its caller's tenant."""
+
+    tenant: str
+    key: str = field(repr=False)
+
+    @classmethod
+    def parse(cls, spec: str) -> TenantKey:
+        tenant, sep, key = spec.partition(":")
+        if not sep or not tenant.strip() or not key:
+            raise AuthConfigError("--tenant-api-key entries look like tenant_id:key")
+        return cls(tenant.strip(), key)
+
+
+DEFAULT_TENANT_HEADER = "x-smg-tenant-id"
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     api_keys: tuple[str, ...] = ()
+    tenant_keys: tuple[TenantKey, ...] = ()  # serving keys that each resolve to their own tenant
+    trust_tenant_header: bool = False  # take the tenant from --tenant-header-name (set by a trusted proxy)
+    tenant_header_name: str = DEFAULT_TENANT_HEADER
     control_plane_keys: tuple[ControlPlaneKey, ...] = ()
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
@@ -142,13 +163,23 @@ class AuthConfig:
     def control_plane_auth(self) -> bool:
         return bool(self.control_plane_keys or self.jwt_issuer)
 
+    @property
+    def serving_keys(self) -> tuple[str, ...]:
+        """Every key that opens the serving routes (the shared ones and the tenants')."""
+        return self.api_keys + tuple(entry.key for entry in self.tenant_keys)
+
     def validate(self) -> None:
         jwt_fields = (self.jwt_issuer, self.jwt_jwks_uri)
         if any(jwt_fields) and not all(jwt_fields):
             raise AuthConfigError("JWT auth needs both --jwt-issuer and --jwt-jwks-uri")
         if self.allow_unauthenticated_admin and self.control_plane_auth:
             raise AuthConfigError("--allow-unauthenticated-admin contradicts --control-plane-api-keys/--jwt-issuer")
-        if self.allow_unauthenticated_admin and self.api_keys:
+        if len({entry.key for entry in self.tenant_keys} | set(self.api_keys)) < len(self.serving_keys):
+            raise AuthConfigError("a key is given twice across --api-key and --tenant-api-key; each key names "
+                                  "one tenant")
+        if not self.tenant_header_name.strip() or any(c in self.tenant_header_name for c in " :\r\n"):
+            raise AuthConfigError(f"--tenant-header-name must be a header name, got {self.tenant_header_name!r}")
+        if self.allow_unauthenticated_admin and self.serving_keys:
             # Serving is keyed, so the admin API must be too: else anyone could add a worker and read prompts.
             raise AuthConfigError("with --api-key, the admin API needs --control-plane-api-keys or --jwt-issuer, "
                                   "not --allow-unauthenticated-admin")
@@ -541,6 +572,7 @@ class GatewayConfig:
     prometheus_host: str = "0.0.0.0"
     prometheus_duration_buckets: tuple[float, ...] = ()  # empty: the built-in duration buckets
     prometheus_port: int = 29000
+    tenant_metric_top_n: int = 32  # tenants with a `tenant` label of their own; the rest share "other"
     disable_metrics: bool = False
     enable_trace: bool = False
     otlp_traces_endpoint: str = "localhost:4317"
@@ -580,7 +612,7 @@ class GatewayConfig:
 
     @cached_property
     def gateway_keys(self) -> frozenset[str]:
-        return frozenset(self.auth.api_keys)
+        return frozenset(self.auth.serving_keys)
 
     def validate(self) -> GatewayConfig:
         """Return self, or raise ConfigError naming the first bad value."""
@@ -596,6 +628,8 @@ class GatewayConfig:
                 raise ConfigError(f"worker URL {url!r} must start with http:// or https://")
         if self.load_monitor_interval_secs <= 0:
             raise ConfigError("--load-monitor-interval must be positive")
+        if self.tenant_metric_top_n < 0:
+            raise ConfigError("--priority-scheduler-tenant-metric-top-n must not be negative")
         if self.log_level not in ("debug", "info", "warn", "warning", "error"):
             raise ConfigError(f"--log-level must be one of debug, info, warn, error, got {self.log_level!r}")
         for name in ("request_timeout_secs", "connect_timeout_secs", "worker_startup_timeout_secs",

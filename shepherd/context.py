@@ -18,6 +18,7 @@ from shepherd.mesh.mesh import Mesh
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
+from shepherd.middleware.tenant import TenantResolver, key_tenants
 from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import DURATION_BUCKETS, LiveState, Metrics
 from shepherd.observability.tracing import Tracing
@@ -93,6 +94,7 @@ class AppContext:
     router: RouterManager  # what the API layer calls
     refresher: ModelRefresher  # providers' model lists, re-read on a miss
     auth: Authenticator
+    tenants: TenantResolver  # serving requests' tenant identity
     metrics: Metrics | None
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
@@ -125,7 +127,9 @@ class AppContext:
         registry.subscribe(policies.on_registry_event)
         session = create_upstream_session(config)
         transports = transports or Transports.real(config)
-        metrics = None if config.disable_metrics else Metrics(config.prometheus_duration_buckets or DURATION_BUCKETS)
+        metrics = None if config.disable_metrics else Metrics(
+            config.prometheus_duration_buckets or DURATION_BUCKETS, config.tenant_metric_top_n,
+            tenants=key_tenants(config.auth).values())
         tracing = Tracing(config.otlp_traces_endpoint, config.trace_sample_ratio) if config.enable_trace else None
         http_router = HttpRouter(config, registry, policies, transports.local, metrics, tracing)
         default_router: Router = http_router
@@ -170,6 +174,7 @@ class AppContext:
             router=router,
             refresher=refresher,
             auth=Authenticator(config.auth, session),
+            tenants=TenantResolver(config.auth),
             metrics=metrics,
             tracing=tracing,
             grpc=GrpcComponents.install(config, registry, policies, manager, router,

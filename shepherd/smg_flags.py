@@ -43,8 +43,6 @@ _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the fla
 _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag; tune cache_aware with "
                      "--cache-threshold and --balance-*-threshold")
 _PD_ADMISSION = Refusal("PD admission gating", "bound PD load with --max-concurrent-requests and --queue-size")
-_TENANCY = Refusal("per-tenant identities and tenant-scoped history", "use --api-key (one serving key) and "
-                   "--per-key-max-concurrent-requests for per-key limits")
 _PRIORITY = Refusal("the priority admission scheduler (x-smg-priority)", "use --max-concurrent-requests, "
                     "--queue-size and --queue-timeout-secs (first come, first served)")
 _TENANT_RATE = Refusal("per-tenant token/request rate limits", "use --per-key-rate-limit-tokens-per-second")
@@ -110,9 +108,8 @@ REFUSED: dict[str, Refusal] = {
     "--storage-hook-wasm-path": Refusal("WASM storage hooks", "use --history-backend with a supported store"),
     "--schema-config": Refusal("history table/column remapping", "drop the flag; Shepherd migrates its own "
                                "history schema at start-up"),
-    "--trust-tenant-header": _TENANCY, "--tenant-header-name": _TENANCY, "--tenant-api-key": _TENANCY,
     "--priority-scheduler-enabled": _PRIORITY, "--priority-scheduler-default-max-class": _PRIORITY,
-    "--priority-scheduler-config": _PRIORITY, "--priority-scheduler-tenant-metric-top-n": _PRIORITY,
+    "--priority-scheduler-config": _PRIORITY,
     "--tenant-rate-limit-enabled": _TENANT_RATE, "--tenant-rate-limit-config": _TENANT_RATE,
     "--backend": Refusal("a fixed backend runtime", "drop the flag; each worker's runtime is detected at "
                          "registration, and cloud providers are added with --external-provider"),
