@@ -295,6 +295,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                            help="requests in flight per API key (0: unlimited)")
     admission.add_argument("--per-key-rate-limit-tokens-per-second", type=float,
                            default=ac.per_key_rate_limit_tokens_per_second, help="requests per second per API key")
+    admission.add_argument("--tenant-rate-limit-enabled", action="store_true",
+                           help="limit requests and tokens per minute and requests in flight per tenant, per "
+                                "--tenant-rate-limit-config (default: off)")
+    admission.add_argument("--tenant-rate-limit-config", default=None, metavar="FILE",
+                           help="YAML of per-tenant limits (see shepherd/middleware/tenant_limits.py); needed "
+                                "by --tenant-rate-limit-enabled (default: none)")
     admission.add_argument("--shutdown-grace-period-secs", type=float, default=defaults.shutdown_grace_period_secs,
                            help="how long in-flight requests may finish after SIGTERM (default: %(default)s)")
     admission.add_argument("--shutdown-settle-secs", type=float, default=None,
@@ -633,6 +639,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             queue_timeout_secs=args.queue_timeout_secs, rate_limit_tokens_per_second=args.rate_limit_tokens_per_second,
             per_key_max_concurrent_requests=args.per_key_max_concurrent_requests,
             per_key_rate_limit_tokens_per_second=args.per_key_rate_limit_tokens_per_second,
+            tenant_rate_limit_enabled=args.tenant_rate_limit_enabled,
+            tenant_rate_limit_config=args.tenant_rate_limit_config,
         ),
         shutdown_grace_period_secs=args.shutdown_grace_period_secs,
         shutdown_settle_secs=args.shutdown_settle_secs,

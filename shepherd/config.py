@@ -241,17 +241,22 @@ class AdmissionConfig:
     rate_limit_tokens_per_second: float = 0.0  # 0: no rate limit
     per_key_max_concurrent_requests: int = 0  # per API key presented (0: unlimited)
     per_key_rate_limit_tokens_per_second: float = 0.0
+    tenant_rate_limit_enabled: bool = False  # per-tenant limits, from the YAML at tenant_rate_limit_config
+    tenant_rate_limit_config: str | None = None
 
     @property
     def enabled(self) -> bool:
         return (self.max_concurrent_requests > 0 or self.rate_limit_tokens_per_second > 0
-                or self.per_key_max_concurrent_requests > 0 or self.per_key_rate_limit_tokens_per_second > 0)
+                or self.per_key_max_concurrent_requests > 0 or self.per_key_rate_limit_tokens_per_second > 0
+                or self.tenant_rate_limit_enabled)
 
     def validate(self) -> None:
         if self.queue_size < 0 or self.queue_timeout_secs <= 0:
             raise ConfigError("--queue-size must not be negative and --queue-timeout-secs must be positive")
         if self.rate_limit_tokens_per_second < 0 or self.per_key_rate_limit_tokens_per_second < 0:
             raise ConfigError("rate limits must not be negative")
+        if self.tenant_rate_limit_enabled and not self.tenant_rate_limit_config:
+            raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config FILE")
 
 
 DISCOVERY_PROVIDERS = ("kubernetes", "file")

@@ -19,6 +19,7 @@ from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
 from shepherd.middleware.tenant import TenantResolver, key_tenants
+from shepherd.middleware.tenant_limits import load_tenant_limits
 from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import DURATION_BUCKETS, LiveState, Metrics
 from shepherd.observability.tracing import Tracing
@@ -127,9 +128,12 @@ class AppContext:
         registry.subscribe(policies.on_registry_event)
         session = create_upstream_session(config)
         transports = transports or Transports.real(config)
+        tenant_limits = (load_tenant_limits(config.admission.tenant_rate_limit_config)
+                         if config.admission.tenant_rate_limit_enabled and config.admission.tenant_rate_limit_config
+                         else None)
         metrics = None if config.disable_metrics else Metrics(
             config.prometheus_duration_buckets or DURATION_BUCKETS, config.tenant_metric_top_n,
-            tenants=key_tenants(config.auth).values())
+            tenants=[*key_tenants(config.auth).values(), *(tenant_limits.tenants if tenant_limits else ())])
         tracing = Tracing(config.otlp_traces_endpoint, config.trace_sample_ratio) if config.enable_trace else None
         http_router = HttpRouter(config, registry, policies, transports.local, metrics, tracing)
         default_router: Router = http_router
@@ -169,7 +173,8 @@ class AppContext:
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
             health=health,
-            admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet),
+            admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet,
+                                          tenant_limits=tenant_limits),
             http_router=http_router,
             router=router,
             refresher=refresher,

@@ -45,7 +45,6 @@ _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag
 _PD_ADMISSION = Refusal("PD admission gating", "bound PD load with --max-concurrent-requests and --queue-size")
 _PRIORITY = Refusal("the priority admission scheduler (x-smg-priority)", "use --max-concurrent-requests, "
                     "--queue-size and --queue-timeout-secs (first come, first served)")
-_TENANT_RATE = Refusal("per-tenant token/request rate limits", "use --per-key-rate-limit-tokens-per-second")
 _ORACLE = Refusal("Oracle history storage", "use --history-backend postgres, redis, sqlite or memory")
 _MESH = _not_built("the HA mesh", "issue 18")
 _KV_INDEX = Refusal("a separate KV-event cache index with its own TTL", "the KV-event index is on with "
@@ -110,7 +109,6 @@ REFUSED: dict[str, Refusal] = {
                                "history schema at start-up"),
     "--priority-scheduler-enabled": _PRIORITY, "--priority-scheduler-default-max-class": _PRIORITY,
     "--priority-scheduler-config": _PRIORITY,
-    "--tenant-rate-limit-enabled": _TENANT_RATE, "--tenant-rate-limit-config": _TENANT_RATE,
     "--backend": Refusal("a fixed backend runtime", "drop the flag; each worker's runtime is detected at "
                          "registration, and cloud providers are added with --external-provider"),
     "--zmq-engine-count": Refusal("ZMQ workers", "serve the engine over HTTP or gRPC"),

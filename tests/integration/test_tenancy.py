@@ -1,5 +1,5 @@
 """Tenants end to end: per-tenant keys and a trusted tenant header name the caller in the access log and
-the `tenant` metric label; no tenant key reaches a worker."""
+the `tenant` metric label; no tenant key reaches a worker; per-tenant rate limits answer 429."""
 
 from __future__ import annotations
 
@@ -16,11 +16,20 @@ CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}], 
 ADMIN = "admin-secret"
 
 
+LIMITS = """
+tenants:
+  "header:limited": {requests_per_minute: 2}
+"""
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[Sim, Gateway]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sim, Gateway]]:
+    limits = tmp_path_factory.mktemp("tenancy") / "limits.yaml"
+    limits.write_text(LIMITS)
     sim = Sim(1)
     gw = Gateway(sim.urls, "--api-key", "shared-secret", "--tenant-api-key", "team-a:secret-a",
                  "--tenant-api-key", "team-b:secret-b", "--trust-tenant-header",
+                 "--tenant-rate-limit-enabled", "--tenant-rate-limit-config", str(limits),
                  "--control-plane-api-keys", f"ops:Ops:admin:{ADMIN}", admin_key=ADMIN)
     try:
         yield sim, gw
@@ -57,3 +66,15 @@ def test_a_bad_tenant_header_is_a_400(cluster: tuple[Sim, Gateway]) -> None:
     _, gw = cluster
     response = _chat(gw, "shared-secret", **{"x-smg-tenant-id": "x" * 200})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_tenant_header"
+
+
+def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(cluster: tuple[Sim, Gateway]) -> None:
+    _, gw = cluster
+    limited = {"x-smg-tenant-id": "limited"}
+    assert [_chat(gw, "shared-secret", **limited).status_code for _ in range(2)] == [200, 200]
+    refused = _chat(gw, "shared-secret", **limited)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    error = refused.json()["error"]
+    assert error["code"] == "tenant_rate_limit_exceeded" and error["type"] == "rate_limit_error"
+    assert _chat(gw, "secret-a").status_code == 200  # other tenants are not limited
+    assert gw.metric("smg_tenant_requests_total", tenant="header:limited", status_code="429") == 1

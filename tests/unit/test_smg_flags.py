@@ -60,6 +60,7 @@ COMPANIONS: dict[str, list[str]] = {
     "--jwt-audience": ["--jwt-issuer", "https://i.example", "--jwt-jwks-uri", "https://i.example/jwks"],
     "--jwt-jwks-uri": ["--jwt-issuer", "https://i.example"],
     "--jwt-role-mapping": ["--jwt-issuer", "https://i.example", "--jwt-jwks-uri", "https://i.example/jwks"],
+    "--tenant-rate-limit-enabled": ["--tenant-rate-limit-config", "tenant-limits.yaml"],
 }
 
 
