@@ -301,6 +301,16 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     admission.add_argument("--tenant-rate-limit-config", default=None, metavar="FILE",
                            help="YAML of per-tenant limits (see shepherd/middleware/tenant_limits.py); needed "
                                 "by --tenant-rate-limit-enabled (default: none)")
+    admission.add_argument("--priority-scheduler-enabled", action="store_true",
+                           help="admit queued requests by the class in their x-smg-priority header (system > "
+                                "interactive > default > bulk); a full queue makes room by preempting a lower "
+                                "class's newest waiter (default: off, first come first served)")
+    admission.add_argument("--priority-scheduler-default-max-class", default=ac.priority_scheduler_default_max_class,
+                           choices=("system", "interactive", "default", "bulk"),
+                           help="the highest class of tenants the scheduler YAML does not list (default: %(default)s)")
+    admission.add_argument("--priority-scheduler-config", default=None, metavar="FILE",
+                           help="YAML of tenants' max classes and per-class queue bounds (see "
+                                "shepherd/middleware/priority.py); without it the built-in defaults (default: none)")
     admission.add_argument("--shutdown-grace-period-secs", type=float, default=defaults.shutdown_grace_period_secs,
                            help="how long in-flight requests may finish after SIGTERM (default: %(default)s)")
     admission.add_argument("--shutdown-settle-secs", type=float, default=None,
@@ -641,6 +651,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             per_key_rate_limit_tokens_per_second=args.per_key_rate_limit_tokens_per_second,
             tenant_rate_limit_enabled=args.tenant_rate_limit_enabled,
             tenant_rate_limit_config=args.tenant_rate_limit_config,
+            priority_scheduler_enabled=args.priority_scheduler_enabled,
+            priority_scheduler_default_max_class=args.priority_scheduler_default_max_class,
+            priority_scheduler_config=args.priority_scheduler_config,
         ),
         shutdown_grace_period_secs=args.shutdown_grace_period_secs,
         shutdown_settle_secs=args.shutdown_settle_secs,

@@ -243,12 +243,15 @@ class AdmissionConfig:
     per_key_rate_limit_tokens_per_second: float = 0.0
     tenant_rate_limit_enabled: bool = False  # per-tenant limits, from the YAML at tenant_rate_limit_config
     tenant_rate_limit_config: str | None = None
+    priority_scheduler_enabled: bool = False  # x-smg-priority classes in the admission queue
+    priority_scheduler_default_max_class: str = "default"  # for tenants the scheduler YAML does not list
+    priority_scheduler_config: str | None = None  # the scheduler YAML (None: built-in class defaults)
 
     @property
     def enabled(self) -> bool:
         return (self.max_concurrent_requests > 0 or self.rate_limit_tokens_per_second > 0
                 or self.per_key_max_concurrent_requests > 0 or self.per_key_rate_limit_tokens_per_second > 0
-                or self.tenant_rate_limit_enabled)
+                or self.tenant_rate_limit_enabled or self.priority_scheduler_enabled)
 
     def validate(self) -> None:
         if self.queue_size < 0 or self.queue_timeout_secs <= 0:

@@ -43,8 +43,6 @@ _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the fla
 _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag; tune cache_aware with "
                      "--cache-threshold and --balance-*-threshold")
 _PD_ADMISSION = Refusal("PD admission gating", "bound PD load with --max-concurrent-requests and --queue-size")
-_PRIORITY = Refusal("the priority admission scheduler (x-smg-priority)", "use --max-concurrent-requests, "
-                    "--queue-size and --queue-timeout-secs (first come, first served)")
 _ORACLE = Refusal("Oracle history storage", "use --history-backend postgres, redis, sqlite or memory")
 _MESH = _not_built("the HA mesh", "issue 18")
 _KV_INDEX = Refusal("a separate KV-event cache index with its own TTL", "the KV-event index is on with "
@@ -107,8 +105,6 @@ REFUSED: dict[str, Refusal] = {
     "--storage-hook-wasm-path": Refusal("WASM storage hooks", "use --history-backend with a supported store"),
     "--schema-config": Refusal("history table/column remapping", "drop the flag; Shepherd migrates its own "
                                "history schema at start-up"),
-    "--priority-scheduler-enabled": _PRIORITY, "--priority-scheduler-default-max-class": _PRIORITY,
-    "--priority-scheduler-config": _PRIORITY,
     "--backend": Refusal("a fixed backend runtime", "drop the flag; each worker's runtime is detected at "
                          "registration, and cloud providers are added with --external-provider"),
     "--zmq-engine-count": Refusal("ZMQ workers", "serve the engine over HTTP or gRPC"),

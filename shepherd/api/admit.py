@@ -7,6 +7,7 @@ from aiohttp import web
 from shepherd.context import AppContext
 from shepherd.headers import presented_key
 from shepherd.middleware.admission import Ticket
+from shepherd.middleware.priority import PRIORITY_HEADER
 from shepherd.request_keys import TENANT, USAGE
 
 
@@ -14,7 +15,8 @@ async def admit(context: AppContext, request: web.Request, model: str | None) ->
     """A ticket to hand back with `leave`, or None when admission control is off; raises its 429/503."""
     if not context.config.admission.enabled:
         return None
-    return await context.admission.acquire(presented_key(request.headers), request.get(TENANT), model)
+    return await context.admission.acquire(presented_key(request.headers), request.get(TENANT), model,
+                                           request.headers.get(PRIORITY_HEADER))
 
 
 def leave(context: AppContext, request: web.Request, ticket: Ticket | None) -> None:

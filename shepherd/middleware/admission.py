@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from shepherd.config import AdmissionConfig
 from shepherd.errors import GatewayError
+from shepherd.middleware.priority import CLASSES, PriorityPlan, preempted
 from shepherd.middleware.tenant_limits import Limits, TenantLimitsConfig, tenant_limited
 
 MAX_TRACKED_KEYS = 10_000  # API keys, and tenants, with state of their own; the idle ones are forgotten first
@@ -150,7 +151,8 @@ FleetTokens = Callable[[str, float], Awaitable[float | None]]
 class AdmissionController:
     def __init__(self, config: AdmissionConfig, count_rate_limit: Counter | None = None,
                  count_rejected: Counter | None = None, fleet: FleetTokens | None = None,
-                 tenant_limits: TenantLimitsConfig | None = None) -> None:
+                 tenant_limits: TenantLimitsConfig | None = None, plan: PriorityPlan | None = None,
+                 count_scheduled: Callable[[str, str | None, str], None] | None = None) -> None:
         self._config = config
         self._tenant_limits = tenant_limits
         self._tenants: OrderedDict[str, _TenantState] = OrderedDict()
@@ -159,20 +161,25 @@ class AdmissionController:
         self._count_rejected = count_rejected  # the reason of every request turned away
         self._limit = config.max_concurrent_requests
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._count_scheduled = count_scheduled if plan is not None else None  # (class, tenant, outcome)
+        self._plan = plan  # the priority classes (--priority-scheduler-enabled), else one FIFO queue
+        self._queues: list[deque[asyncio.Future[None]]] = [deque() for _ in (CLASSES if plan else ("fifo",))]
+        self._queued = 0  # waiters in all queues
         self._bucket = TokenBucket(config.rate_limit_tokens_per_second) if config.rate_limit_tokens_per_second else None
         self._per_key = config.per_key_max_concurrent_requests > 0 or config.per_key_rate_limit_tokens_per_second > 0
         self._keys: OrderedDict[str, _KeyState] = OrderedDict()
-        self.rejected = {"full": 0, "timeout": 0, "rate": 0, "key": 0, "tenant": 0}
+        self.rejected = {"full": 0, "timeout": 0, "rate": 0, "key": 0, "tenant": 0, "preempted": 0}
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiters)
+        return self._queued
 
-    async def acquire(self, api_key: str | None, tenant: str | None = None, model: str | None = None) -> Ticket:
-        """Admit a request presented with `api_key` (None: no key) on behalf of `tenant` for `model`, or
-        raise a 429/503 GatewayError."""
+    async def acquire(self, api_key: str | None, tenant: str | None = None, model: str | None = None,
+                      priority: str | None = None) -> Ticket:
+        """Admit a request presented with `api_key` (None: no key) on behalf of `tenant` for `model`, in
+        the priority class `priority` asks for (the x-smg-priority header), or raise a 400/429/503 GatewayError."""
         config = self._config
+        rank = self._plan.class_of(tenant, priority) if self._plan is not None else 0
         if self._bucket is not None:
             await self._check_rate("global", self._bucket, "rate_limit_exceeded",
                                    "The gateway's request rate limit was reached")
@@ -197,8 +204,12 @@ class AdmissionController:
             if state.requests is not None:
                 state.requests.take()
         try:
-            await self._take_slot()
-        except BaseException:
+            await self._take_slot(rank)
+            if self._count_scheduled is not None:
+                self._count_scheduled(CLASSES[rank], tenant, "admitted")
+        except BaseException as exc:
+            if self._count_scheduled is not None and isinstance(exc, GatewayError):
+                self._count_scheduled(CLASSES[rank], tenant, exc.code.removeprefix("scheduler_"))
             if key is not None:
                 key.in_flight -= 1
             for state in limits:
@@ -217,43 +228,66 @@ class AdmissionController:
         ticket.limits = ()
         if not ticket.holds_slot:
             return
-        while self._waiters:  # hand the slot straight to the longest waiter still waiting
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        for queue in reversed(self._queues):  # the slot goes straight to the oldest waiter of the highest class
+            if queue:
+                queue.popleft().set_result(None)
+                self._queued -= 1
                 return
         self.in_flight -= 1
 
-    async def _take_slot(self) -> None:
+    async def _take_slot(self, rank: int) -> None:
         if self._limit <= 0:
             return
-        if self.in_flight < self._limit and not self._waiters:
+        if self.in_flight < self._limit and not self._queued:
             self.in_flight += 1
             return
-        config = self._config
-        if len(self._waiters) >= config.queue_size:
+        config, plan = self._config, self._plan
+        queue = self._queues[rank]
+        room = plan.classes[rank].queue_size if plan is not None else None
+        if (room is not None and len(queue) >= room) or (self._queued >= config.queue_size
+                                                         and not self._preempt_below(rank)):
             self._reject("full")
             reason = "queuing is disabled" if config.queue_size == 0 else f"{config.queue_size} requests already wait"
-            raise GatewayError(429, "admission_queue_full", f"The gateway is at capacity and {reason}",
-                               headers={"Retry-After": "2"})
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+            raise GatewayError(429, "scheduler_queue_full" if plan else "admission_queue_full",
+                               f"The gateway is at capacity and {reason}", headers={"Retry-After": "2"})
+        timeout = (plan.classes[rank].queue_timeout_secs if plan is not None else None) or config.queue_timeout_secs
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        self._queued += 1
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), config.queue_timeout_secs)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            if waiter.done():  # the slot arrived just as the wait timed out: keep it
+            if waiter.done():  # the slot (or a preemption) arrived just as the wait timed out
+                waiter.result()
                 return
-            waiter.cancel()
+            self._leave_queue(queue, waiter)
             self._reject("timeout")
-            raise GatewayError(503, "admission_queue_timeout",
-                               f"No capacity became free within {config.queue_timeout_secs:g}s",
-                               headers={"Retry-After": "2"}) from None
+            raise GatewayError(503, "scheduler_queue_timeout" if plan else "admission_queue_timeout",
+                               f"No capacity became free within {timeout:g}s", headers={"Retry-After": "2"}) from None
         except asyncio.CancelledError:  # the client left while waiting
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(Ticket(None, True))  # pass the slot it was just given to the next waiter
-            else:
-                waiter.cancel()
+            elif not waiter.done():
+                self._leave_queue(queue, waiter)
             raise
+
+    def _preempt_below(self, rank: int) -> bool:
+        """Make room in a full queue for a request of class `rank`: the newest waiter of the lowest class
+        below it is answered 503 scheduler_preempted. False when there is none (or no scheduler)."""
+        if self._plan is None:
+            return False
+        for queue in self._queues[:rank]:
+            if queue:
+                queue.pop().set_exception(preempted())
+                self._queued -= 1
+                self._reject("preempted")
+                return True
+        return False
+
+    def _leave_queue(self, queue: deque[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+        queue.remove(waiter)  # the queue is bounded (--queue-size): a scan is cheap
+        self._queued -= 1
+        waiter.cancel()
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1

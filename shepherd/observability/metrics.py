@@ -151,6 +151,9 @@ class Metrics:
         self.tenant_requests = _Cached(Counter(
             "smg_tenant_requests_total", "Serving requests per tenant (bounded: see --priority-scheduler-tenant-"
             "metric-top-n)", ["tenant", "status_code"], registry=r))
+        self.scheduler_requests = _Cached(Counter(
+            "smg_scheduler_requests_total", "Priority scheduler outcomes (admitted, queue_full, queue_timeout, "
+            "preempted, ...) by class and tenant", ["class", "tenant", "outcome"], registry=r))
         self.rate_limit = _Cached(Counter(
             "smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
         self.admission_rejected = _Cached(Counter(

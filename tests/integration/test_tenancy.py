@@ -1,14 +1,16 @@
 """Tenants end to end: per-tenant keys and a trusted tenant header name the caller in the access log and
-the `tenant` metric label; no tenant key reaches a worker; per-tenant rate limits answer 429."""
+the `tenant` metric label; no tenant key reaches a worker; per-tenant rate limits answer 429; the priority
+scheduler preempts a queued lower class for a higher one (admission here: one slot, one queue place)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from shepherd.testing import Gateway, Sim
+from shepherd.testing import Gateway, Sim, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -20,16 +22,24 @@ LIMITS = """
 tenants:
   "header:limited": {requests_per_minute: 2}
 """
+PRIORITY = """
+tenants:
+  "auth:team-a": {max_class: system}
+"""
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sim, Gateway]]:
-    limits = tmp_path_factory.mktemp("tenancy") / "limits.yaml"
+    directory = tmp_path_factory.mktemp("tenancy")
+    limits, priority = directory / "limits.yaml", directory / "priority.yaml"
     limits.write_text(LIMITS)
+    priority.write_text(PRIORITY)
     sim = Sim(1)
     gw = Gateway(sim.urls, "--api-key", "shared-secret", "--tenant-api-key", "team-a:secret-a",
                  "--tenant-api-key", "team-b:secret-b", "--trust-tenant-header",
                  "--tenant-rate-limit-enabled", "--tenant-rate-limit-config", str(limits),
+                 "--priority-scheduler-enabled", "--priority-scheduler-config", str(priority),
+                 "--max-concurrent-requests", "1", "--queue-size", "1",
                  "--control-plane-api-keys", f"ops:Ops:admin:{ADMIN}", admin_key=ADMIN)
     try:
         yield sim, gw
@@ -78,3 +88,28 @@ def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(cluster: tuple[S
     assert error["code"] == "tenant_rate_limit_exceeded" and error["type"] == "rate_limit_error"
     assert _chat(gw, "secret-a").status_code == 200  # other tenants are not limited
     assert gw.metric("smg_tenant_requests_total", tenant="header:limited", status_code="429") == 1
+
+
+def test_a_higher_class_preempts_a_queued_lower_one(cluster: tuple[Sim, Gateway]) -> None:
+    sim, gw = cluster
+    sim.faults(latency_ms=1500)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            running = pool.submit(_chat, gw, "secret-b")
+            wait_until(lambda: gw.metric("smg_admission_inflight") == 1, 10, message="the slot taken")
+            queued = pool.submit(_chat, gw, "secret-b", **{"x-smg-priority": "bulk"})
+            wait_until(lambda: gw.metric("smg_admission_queue_depth") == 1, 10, message="a queued request")
+            urgent = pool.submit(_chat, gw, "secret-a", **{"x-smg-priority": "system"})
+            preempted = queued.result(timeout=20)
+            assert preempted.status_code == 503 and preempted.headers["X-SMG-Preempted"] == "true"
+            assert preempted.json()["error"]["code"] == "scheduler_preempted"
+            assert running.result(timeout=20).status_code == 200 and urgent.result(timeout=20).status_code == 200
+    finally:
+        sim.faults(latency_ms=0)
+    capped = _chat(gw, "secret-b", **{"x-smg-priority": "system"})  # team-b may not ask for system: default
+    assert capped.status_code == 200
+    assert gw.metric("smg_scheduler_requests_total", tenant="auth:team-b", outcome="preempted") == 1
+    assert gw.metric("smg_scheduler_requests_total", **{"class": "system", "tenant": "auth:team-a"}) == 1
+    assert gw.metric("smg_scheduler_requests_total", **{"class": "default", "tenant": "auth:team-b"}) >= 2
+    bad = _chat(gw, "secret-a", **{"x-smg-priority": "urgent"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_priority"
