@@ -208,6 +208,24 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          help="seconds between polls of the engines' load (default: %(default)s)")
     routing.add_argument("--disable-load-monitoring", action="store_true",
                          help="poll engine load only when the policy needs it")
+    overload = routing.add_mutually_exclusive_group()
+    overload.add_argument("--worker-overload-protection", dest="worker_overload_protection", action="store_true",
+                          default=defaults.worker_overload_protection,
+                          help="leave engines whose load report is over the thresholds out of routing while "
+                               "another can serve (default: on; the flag is accepted so older command lines parse)")
+    overload.add_argument("--disable-worker-overload-protection", dest="worker_overload_protection",
+                          action="store_false", help="route to engines whatever their load reports say "
+                                                     "(default: protection on)")
+    routing.add_argument("--worker-overload-waiting-requests", type=int,
+                         default=defaults.worker_overload_waiting_requests,
+                         help="queued requests (summed over DP ranks) at or above which an engine is overloaded "
+                              "(default: %(default)s)")
+    routing.add_argument("--worker-overload-token-usage", type=float, default=defaults.worker_overload_token_usage,
+                         help="KV-cache usage (0-1, mean over DP ranks) at or above which an engine is overloaded "
+                              "(default: %(default)s)")
+    routing.add_argument("--worker-overload-shed", action="store_true",
+                         help="when every engine a request could use is overloaded, answer 503 instead of routing "
+                              "to the least loaded (default: off)")
     routing.add_argument("--dp-aware", action="store_true",
                          help="route to each data-parallel rank of an engine as a worker of its own")
 
@@ -608,6 +626,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         load_monitor_interval_secs=args.load_monitor_interval,
         disable_load_monitoring=args.disable_load_monitoring,
         dp_aware=args.dp_aware,
+        worker_overload_protection=args.worker_overload_protection,
+        worker_overload_waiting_requests=args.worker_overload_waiting_requests,
+        worker_overload_token_usage=args.worker_overload_token_usage,
+        worker_overload_shed=args.worker_overload_shed,
         pd_disaggregation=args.pd_disaggregation,
         prefill_urls=tuple(_prefill_entry(entry) for entry in args.prefill),
         decode_urls=tuple(args.decode),

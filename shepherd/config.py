@@ -530,6 +530,12 @@ class GatewayConfig:
     disable_load_monitoring: bool = False  # poll only when a load-aware policy needs it
     dp_aware: bool = False  # route to each data-parallel rank of a worker as its own worker
 
+    # Worker overload protection (workers/overload.py): on by default, as SMG 1.13.
+    worker_overload_protection: bool = True
+    worker_overload_waiting_requests: int = 8  # an engine reporting this many queued requests is overloaded
+    worker_overload_token_usage: float = 0.8  # ... or this KV-cache usage
+    worker_overload_shed: bool = False  # all candidates overloaded: 503 instead of the least loaded
+
     # Logging.
     log_level: str = "info"
     log_json: bool = False
@@ -636,6 +642,10 @@ class GatewayConfig:
                 raise ConfigError(f"worker URL {url!r} must start with http:// or https://")
         if self.load_monitor_interval_secs <= 0:
             raise ConfigError("--load-monitor-interval must be positive")
+        if self.worker_overload_waiting_requests < 1:
+            raise ConfigError("--worker-overload-waiting-requests must be at least 1 (0 would veto every worker)")
+        if not 0.0 < self.worker_overload_token_usage <= 1.0:
+            raise ConfigError("--worker-overload-token-usage must be in (0, 1] (0 would veto every worker)")
         if self.tenant_metric_top_n < 0:
             raise ConfigError("--priority-scheduler-tenant-metric-top-n must not be negative")
         if self.log_level not in ("debug", "info", "warn", "warning", "error"):

@@ -35,8 +35,6 @@ def _not_built(feature: str, owner: str, instead: str = "drop the flag until it 
 _MM = Refusal("multimodal tensor transport and media preprocessing", "drop the flag; media is passed to the "
               "engine inside the request body")
 _EPD = Refusal("encode-prefill-decode (EPD) disaggregation", "use --pd-disaggregation with --prefill/--decode")
-_OVERLOAD = Refusal("worker overload protection", "bound the load with --max-concurrent-requests and "
-                    "--least-load-max-waiting-requests (policy least_load)")
 _STALL = Refusal("worker stall/wedge detection", "rely on the health checker (--health-check-*) and the "
                  "circuit breaker (--cb-*)")
 _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the flag")
@@ -65,9 +63,6 @@ REFUSED: dict[str, Refusal] = {
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
-    "--worker-overload-waiting-requests": _OVERLOAD, "--worker-overload-token-usage": _OVERLOAD,
-    "--worker-overload-protection": _OVERLOAD, "--disable-worker-overload-protection": _OVERLOAD,
-    "--worker-overload-shed": _OVERLOAD,
     "--worker-stall-secs": _STALL, "--worker-wedge-secs": _STALL, "--worker-stale-secs": _STALL,
     "--worker-warmup-secs": _WARMUP, "--worker-warmup-share": _WARMUP, "--worker-warmup-blocks": _WARMUP,
     "--worker-warmup-thin-ratio": _WARMUP, "--worker-warmup-divert-every": _WARMUP,

@@ -154,6 +154,9 @@ class Metrics:
         self.scheduler_requests = _Cached(Counter(
             "smg_scheduler_requests_total", "Priority scheduler outcomes (admitted, queue_full, queue_timeout, "
             "preempted, ...) by class and tenant", ["class", "tenant", "outcome"], registry=r))
+        self.overload_shed = _Cached(Counter(
+            "smg_worker_overload_shed_total", "Requests refused because every worker they could use was "
+            "overloaded (--worker-overload-shed)", ["stage"], registry=r))
         self.rate_limit = _Cached(Counter(
             "smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
         self.admission_rejected = _Cached(Counter(
