@@ -23,6 +23,7 @@ from shepherd import smg_flags
 from shepherd.assembly import checked
 from shepherd.config import (
     DEFAULT_REQUEST_ID_HEADERS,
+    DEFAULT_TENANT_HEADER,
     DISCOVERY_PROVIDERS,
     HISTORY_BACKENDS,
     ROUTED_WORKER_HEADER_MODES,
@@ -42,6 +43,7 @@ from shepherd.config import (
     RecordingConfig,
     RetryConfig,
     ServerLimits,
+    TenantKey,
     WasmConfig,
     concurrency_bound,
     parse_selector,
@@ -104,6 +106,14 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     access = parser.add_argument_group("access control")
     access.add_argument("--api-key", default=None,
                         help="key clients must send on serving routes (never forwarded to workers)")
+    access.add_argument("--tenant-api-key", action="append", default=[], metavar="TENANT_ID:KEY",
+                        help="a serving key of its own for one tenant (repeatable); requests with it are the "
+                             "tenant auth:TENANT_ID in limits, scheduling, logs and metrics (default: none)")
+    access.add_argument("--trust-tenant-header", action="store_true",
+                        help="take the tenant from --tenant-header-name, as set by a trusted proxy in front "
+                             "(a tenant key's tenant still wins) (default: off)")
+    access.add_argument("--tenant-header-name", default=DEFAULT_TENANT_HEADER,
+                        help="the header --trust-tenant-header reads (default: %(default)s)")
     access.add_argument("--control-plane-api-keys", nargs="*", default=[], metavar="ID:NAME:ROLE:KEY",
                         help="keys for admin routes; role admin may call them")
     access.add_argument("--jwt-issuer", default=None, help="accept JWTs from this issuer on admin routes")
@@ -121,6 +131,10 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     observability.add_argument("--prometheus-duration-buckets", type=float, nargs="+", default=[],
                                help="bucket bounds in seconds of every duration histogram (default: 0.001 to "
                                     "7200 s, as SMG)")
+    observability.add_argument("--priority-scheduler-tenant-metric-top-n", type=int,
+                               default=defaults.tenant_metric_top_n, dest="tenant_metric_top_n",
+                               help="tenants with a `tenant` metric label of their own (configured ones first); "
+                                    "the rest share the label other (default: %(default)s)")
     observability.add_argument("--disable-metrics", action="store_true", help="no Prometheus metrics at all")
     observability.add_argument("--enable-trace", action="store_true", help="export OpenTelemetry spans over OTLP")
     observability.add_argument("--otlp-traces-endpoint", default=defaults.otlp_traces_endpoint,
@@ -194,6 +208,24 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          help="seconds between polls of the engines' load (default: %(default)s)")
     routing.add_argument("--disable-load-monitoring", action="store_true",
                          help="poll engine load only when the policy needs it")
+    overload = routing.add_mutually_exclusive_group()
+    overload.add_argument("--worker-overload-protection", dest="worker_overload_protection", action="store_true",
+                          default=defaults.worker_overload_protection,
+                          help="leave engines whose load report is over the thresholds out of routing while "
+                               "another can serve (default: on; the flag is accepted so older command lines parse)")
+    overload.add_argument("--disable-worker-overload-protection", dest="worker_overload_protection",
+                          action="store_false", help="route to engines whatever their load reports say "
+                                                     "(default: protection on)")
+    routing.add_argument("--worker-overload-waiting-requests", type=int,
+                         default=defaults.worker_overload_waiting_requests,
+                         help="queued requests (summed over DP ranks) at or above which an engine is overloaded "
+                              "(default: %(default)s)")
+    routing.add_argument("--worker-overload-token-usage", type=float, default=defaults.worker_overload_token_usage,
+                         help="KV-cache usage (0-1, mean over DP ranks) at or above which an engine is overloaded "
+                              "(default: %(default)s)")
+    routing.add_argument("--worker-overload-shed", action="store_true",
+                         help="when every engine a request could use is overloaded, answer 503 instead of routing "
+                              "to the least loaded (default: off)")
     routing.add_argument("--dp-aware", action="store_true",
                          help="route to each data-parallel rank of an engine as a worker of its own")
 
@@ -281,6 +313,22 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                            help="requests in flight per API key (0: unlimited)")
     admission.add_argument("--per-key-rate-limit-tokens-per-second", type=float,
                            default=ac.per_key_rate_limit_tokens_per_second, help="requests per second per API key")
+    admission.add_argument("--tenant-rate-limit-enabled", action="store_true",
+                           help="limit requests and tokens per minute and requests in flight per tenant, per "
+                                "--tenant-rate-limit-config (default: off)")
+    admission.add_argument("--tenant-rate-limit-config", default=None, metavar="FILE",
+                           help="YAML of per-tenant limits (see shepherd/middleware/tenant_limits.py); needed "
+                                "by --tenant-rate-limit-enabled (default: none)")
+    admission.add_argument("--priority-scheduler-enabled", action="store_true",
+                           help="admit queued requests by the class in their x-smg-priority header (system > "
+                                "interactive > default > bulk); a full queue makes room by preempting a lower "
+                                "class's newest waiter (default: off, first come first served)")
+    admission.add_argument("--priority-scheduler-default-max-class", default=ac.priority_scheduler_default_max_class,
+                           choices=("system", "interactive", "default", "bulk"),
+                           help="the highest class of tenants the scheduler YAML does not list (default: %(default)s)")
+    admission.add_argument("--priority-scheduler-config", default=None, metavar="FILE",
+                           help="YAML of tenants' max classes and per-class queue bounds (see "
+                                "shepherd/middleware/priority.py); without it the built-in defaults (default: none)")
     admission.add_argument("--shutdown-grace-period-secs", type=float, default=defaults.shutdown_grace_period_secs,
                            help="how long in-flight requests may finish after SIGTERM (default: %(default)s)")
     admission.add_argument("--shutdown-settle-secs", type=float, default=None,
@@ -578,6 +626,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         load_monitor_interval_secs=args.load_monitor_interval,
         disable_load_monitoring=args.disable_load_monitoring,
         dp_aware=args.dp_aware,
+        worker_overload_protection=args.worker_overload_protection,
+        worker_overload_waiting_requests=args.worker_overload_waiting_requests,
+        worker_overload_token_usage=args.worker_overload_token_usage,
+        worker_overload_shed=args.worker_overload_shed,
         pd_disaggregation=args.pd_disaggregation,
         prefill_urls=tuple(_prefill_entry(entry) for entry in args.prefill),
         decode_urls=tuple(args.decode),
@@ -619,12 +671,19 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             queue_timeout_secs=args.queue_timeout_secs, rate_limit_tokens_per_second=args.rate_limit_tokens_per_second,
             per_key_max_concurrent_requests=args.per_key_max_concurrent_requests,
             per_key_rate_limit_tokens_per_second=args.per_key_rate_limit_tokens_per_second,
+            tenant_rate_limit_enabled=args.tenant_rate_limit_enabled,
+            tenant_rate_limit_config=args.tenant_rate_limit_config,
+            priority_scheduler_enabled=args.priority_scheduler_enabled,
+            priority_scheduler_default_max_class=args.priority_scheduler_default_max_class,
+            priority_scheduler_config=args.priority_scheduler_config,
         ),
         shutdown_grace_period_secs=args.shutdown_grace_period_secs,
         shutdown_settle_secs=args.shutdown_settle_secs,
         wasm=_wasm_config(args),
         auth=AuthConfig(
             api_keys=(args.api_key,) if args.api_key else (),
+            tenant_keys=tuple(TenantKey.parse(spec) for spec in args.tenant_api_key),
+            trust_tenant_header=args.trust_tenant_header, tenant_header_name=args.tenant_header_name,
             control_plane_keys=tuple(ControlPlaneKey.parse(spec) for spec in args.control_plane_api_keys),
             jwt_issuer=args.jwt_issuer, jwt_audience=args.jwt_audience, jwt_jwks_uri=args.jwt_jwks_uri,
             jwt_role_mapping=tuple(_pair(entry) for entry in args.jwt_role_mapping),
@@ -640,6 +699,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         client_key_path=args.client_key_path,
         prometheus_host=args.prometheus_host or ("::" if ":" in args.host else "0.0.0.0"),
         prometheus_port=args.prometheus_port,
+        tenant_metric_top_n=args.tenant_metric_top_n,
         disable_metrics=args.disable_metrics,
         enable_trace=args.enable_trace,
         otlp_traces_endpoint=args.otlp_traces_endpoint,

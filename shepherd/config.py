@@ -129,8 +129,29 @@ class ControlPlaneKey:
 
 
 @dataclass(frozen=True)
+class TenantKey:
+    """A `--tenant-api-key tenant_id:key` entry: a serving key that names its caller's tenant."""
+
+    tenant: str
+    key: str = field(repr=False)
+
+    @classmethod
+    def parse(cls, spec: str) -> TenantKey:
+        tenant, sep, key = spec.partition(":")
+        if not sep or not tenant.strip() or not key:
+            raise AuthConfigError("--tenant-api-key entries look like tenant_id:key")
+        return cls(tenant.strip(), key)
+
+
+DEFAULT_TENANT_HEADER = "x-smg-tenant-id"
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     api_keys: tuple[str, ...] = ()
+    tenant_keys: tuple[TenantKey, ...] = ()  # serving keys that each resolve to their own tenant
+    trust_tenant_header: bool = False  # take the tenant from --tenant-header-name (set by a trusted proxy)
+    tenant_header_name: str = DEFAULT_TENANT_HEADER
     control_plane_keys: tuple[ControlPlaneKey, ...] = ()
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
@@ -142,13 +163,23 @@ class AuthConfig:
     def control_plane_auth(self) -> bool:
         return bool(self.control_plane_keys or self.jwt_issuer)
 
+    @property
+    def serving_keys(self) -> tuple[str, ...]:
+        """Every key that opens the serving routes (the shared ones and the tenants')."""
+        return self.api_keys + tuple(entry.key for entry in self.tenant_keys)
+
     def validate(self) -> None:
         jwt_fields = (self.jwt_issuer, self.jwt_jwks_uri)
         if any(jwt_fields) and not all(jwt_fields):
             raise AuthConfigError("JWT auth needs both --jwt-issuer and --jwt-jwks-uri")
         if self.allow_unauthenticated_admin and self.control_plane_auth:
             raise AuthConfigError("--allow-unauthenticated-admin contradicts --control-plane-api-keys/--jwt-issuer")
-        if self.allow_unauthenticated_admin and self.api_keys:
+        if len({entry.key for entry in self.tenant_keys} | set(self.api_keys)) < len(self.serving_keys):
+            raise AuthConfigError("a key is given twice across --api-key and --tenant-api-key; each key names "
+                                  "one tenant")
+        if not self.tenant_header_name.strip() or any(c in self.tenant_header_name for c in " :\r\n"):
+            raise AuthConfigError(f"--tenant-header-name must be a header name, got {self.tenant_header_name!r}")
+        if self.allow_unauthenticated_admin and self.serving_keys:
             # Serving is keyed, so the admin API must be too: else anyone could add a worker and read prompts.
             raise AuthConfigError("with --api-key, the admin API needs --control-plane-api-keys or --jwt-issuer, "
                                   "not --allow-unauthenticated-admin")
@@ -210,17 +241,25 @@ class AdmissionConfig:
     rate_limit_tokens_per_second: float = 0.0  # 0: no rate limit
     per_key_max_concurrent_requests: int = 0  # per API key presented (0: unlimited)
     per_key_rate_limit_tokens_per_second: float = 0.0
+    tenant_rate_limit_enabled: bool = False  # per-tenant limits, from the YAML at tenant_rate_limit_config
+    tenant_rate_limit_config: str | None = None
+    priority_scheduler_enabled: bool = False  # x-smg-priority classes in the admission queue
+    priority_scheduler_default_max_class: str = "default"  # for tenants the scheduler YAML does not list
+    priority_scheduler_config: str | None = None  # the scheduler YAML (None: built-in class defaults)
 
     @property
     def enabled(self) -> bool:
         return (self.max_concurrent_requests > 0 or self.rate_limit_tokens_per_second > 0
-                or self.per_key_max_concurrent_requests > 0 or self.per_key_rate_limit_tokens_per_second > 0)
+                or self.per_key_max_concurrent_requests > 0 or self.per_key_rate_limit_tokens_per_second > 0
+                or self.tenant_rate_limit_enabled or self.priority_scheduler_enabled)
 
     def validate(self) -> None:
         if self.queue_size < 0 or self.queue_timeout_secs <= 0:
             raise ConfigError("--queue-size must not be negative and --queue-timeout-secs must be positive")
         if self.rate_limit_tokens_per_second < 0 or self.per_key_rate_limit_tokens_per_second < 0:
             raise ConfigError("rate limits must not be negative")
+        if self.tenant_rate_limit_enabled and not self.tenant_rate_limit_config:
+            raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config FILE")
 
 
 DISCOVERY_PROVIDERS = ("kubernetes", "file")
@@ -491,6 +530,12 @@ class GatewayConfig:
     disable_load_monitoring: bool = False  # poll only when a load-aware policy needs it
     dp_aware: bool = False  # route to each data-parallel rank of a worker as its own worker
 
+    # Worker overload protection (workers/overload.py): on by default, as SMG 1.13.
+    worker_overload_protection: bool = True
+    worker_overload_waiting_requests: int = 8  # an engine reporting this many queued requests is overloaded
+    worker_overload_token_usage: float = 0.8  # ... or this KV-cache usage
+    worker_overload_shed: bool = False  # all candidates overloaded: 503 instead of the least loaded
+
     # Logging.
     log_level: str = "info"
     log_json: bool = False
@@ -541,6 +586,7 @@ class GatewayConfig:
     prometheus_host: str = "0.0.0.0"
     prometheus_duration_buckets: tuple[float, ...] = ()  # empty: the built-in duration buckets
     prometheus_port: int = 29000
+    tenant_metric_top_n: int = 32  # tenants with a `tenant` label of their own; the rest share "other"
     disable_metrics: bool = False
     enable_trace: bool = False
     otlp_traces_endpoint: str = "localhost:4317"
@@ -580,7 +626,7 @@ class GatewayConfig:
 
     @cached_property
     def gateway_keys(self) -> frozenset[str]:
-        return frozenset(self.auth.api_keys)
+        return frozenset(self.auth.serving_keys)
 
     def validate(self) -> GatewayConfig:
         """Return self, or raise ConfigError naming the first bad value."""
@@ -596,6 +642,12 @@ class GatewayConfig:
                 raise ConfigError(f"worker URL {url!r} must start with http:// or https://")
         if self.load_monitor_interval_secs <= 0:
             raise ConfigError("--load-monitor-interval must be positive")
+        if self.worker_overload_waiting_requests < 1:
+            raise ConfigError("--worker-overload-waiting-requests must be at least 1 (0 would veto every worker)")
+        if not 0.0 < self.worker_overload_token_usage <= 1.0:
+            raise ConfigError("--worker-overload-token-usage must be in (0, 1] (0 would veto every worker)")
+        if self.tenant_metric_top_n < 0:
+            raise ConfigError("--priority-scheduler-tenant-metric-top-n must not be negative")
         if self.log_level not in ("debug", "info", "warn", "warning", "error"):
             raise ConfigError(f"--log-level must be one of debug, info, warn, error, got {self.log_level!r}")
         for name in ("request_timeout_secs", "connect_timeout_secs", "worker_startup_timeout_secs",

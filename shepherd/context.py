@@ -18,6 +18,9 @@ from shepherd.mesh.mesh import Mesh
 from shepherd.middleware.admission import AdmissionController
 from shepherd.middleware.auth import Authenticator
 from shepherd.middleware.body_budget import BodyBudget
+from shepherd.middleware.priority import load_priority_plan
+from shepherd.middleware.tenant import TenantResolver, key_tenants
+from shepherd.middleware.tenant_limits import load_tenant_limits
 from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import DURATION_BUCKETS, LiveState, Metrics
 from shepherd.observability.tracing import Tracing
@@ -93,6 +96,7 @@ class AppContext:
     router: RouterManager  # what the API layer calls
     refresher: ModelRefresher  # providers' model lists, re-read on a miss
     auth: Authenticator
+    tenants: TenantResolver  # serving requests' tenant identity
     metrics: Metrics | None
     tracing: Tracing | None
     grpc: GrpcComponents  # tokenizers, gRPC clients and the gRPC router
@@ -125,7 +129,16 @@ class AppContext:
         registry.subscribe(policies.on_registry_event)
         session = create_upstream_session(config)
         transports = transports or Transports.real(config)
-        metrics = None if config.disable_metrics else Metrics(config.prometheus_duration_buckets or DURATION_BUCKETS)
+        tenant_limits = (load_tenant_limits(config.admission.tenant_rate_limit_config)
+                         if config.admission.tenant_rate_limit_enabled and config.admission.tenant_rate_limit_config
+                         else None)
+        plan = (load_priority_plan(config.admission.priority_scheduler_config,
+                                   config.admission.priority_scheduler_default_max_class)
+                if config.admission.priority_scheduler_enabled else None)
+        metrics = None if config.disable_metrics else Metrics(
+            config.prometheus_duration_buckets or DURATION_BUCKETS, config.tenant_metric_top_n,
+            tenants=[*key_tenants(config.auth).values(), *(tenant_limits.tenants if tenant_limits else ()),
+                     *(plan.tenant_max_class if plan else ())])
         tracing = Tracing(config.otlp_traces_endpoint, config.trace_sample_ratio) if config.enable_trace else None
         http_router = HttpRouter(config, registry, policies, transports.local, metrics, tracing)
         default_router: Router = http_router
@@ -166,11 +179,14 @@ class AppContext:
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
             health=health,
-            admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet),
+            admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet,
+                                          tenant_limits=tenant_limits, plan=plan,
+                                          count_scheduled=_scheduler_counter(metrics)),
             http_router=http_router,
             router=router,
             refresher=refresher,
             auth=Authenticator(config.auth, session),
+            tenants=TenantResolver(config.auth),
             metrics=metrics,
             tracing=tracing,
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
@@ -253,6 +269,14 @@ def _admission_counters(metrics: Metrics | None) -> tuple[Callable[[str], None] 
     if metrics is None:
         return None, None
     return (lambda result: metrics.rate_limit(result).inc()), (lambda reason: metrics.admission_rejected(reason).inc())
+
+
+def _scheduler_counter(metrics: Metrics | None) -> Callable[[str, str | None, str], None] | None:
+    """Count every priority-scheduler outcome by class and (bounded) tenant."""
+    if metrics is None:
+        return None
+    return lambda klass, tenant, outcome: metrics.scheduler_requests(
+        klass, metrics.tenant_label(tenant or "anonymous"), outcome).inc()
 
 
 def _breaker_metrics(metrics: Metrics):  # type: ignore[no-untyped-def]

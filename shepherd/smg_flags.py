@@ -35,19 +35,12 @@ def _not_built(feature: str, owner: str, instead: str = "drop the flag until it 
 _MM = Refusal("multimodal tensor transport and media preprocessing", "drop the flag; media is passed to the "
               "engine inside the request body")
 _EPD = Refusal("encode-prefill-decode (EPD) disaggregation", "use --pd-disaggregation with --prefill/--decode")
-_OVERLOAD = Refusal("worker overload protection", "bound the load with --max-concurrent-requests and "
-                    "--least-load-max-waiting-requests (policy least_load)")
 _STALL = Refusal("worker stall/wedge detection", "rely on the health checker (--health-check-*) and the "
                  "circuit breaker (--cb-*)")
 _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the flag")
 _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag; tune cache_aware with "
                      "--cache-threshold and --balance-*-threshold")
 _PD_ADMISSION = Refusal("PD admission gating", "bound PD load with --max-concurrent-requests and --queue-size")
-_TENANCY = Refusal("per-tenant identities and tenant-scoped history", "use --api-key (one serving key) and "
-                   "--per-key-max-concurrent-requests for per-key limits")
-_PRIORITY = Refusal("the priority admission scheduler (x-smg-priority)", "use --max-concurrent-requests, "
-                    "--queue-size and --queue-timeout-secs (first come, first served)")
-_TENANT_RATE = Refusal("per-tenant token/request rate limits", "use --per-key-rate-limit-tokens-per-second")
 _ORACLE = Refusal("Oracle history storage", "use --history-backend postgres, redis, sqlite or memory")
 _MESH = _not_built("the HA mesh", "issue 18")
 _KV_INDEX = Refusal("a separate KV-event cache index with its own TTL", "the KV-event index is on with "
@@ -70,9 +63,6 @@ REFUSED: dict[str, Refusal] = {
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
-    "--worker-overload-waiting-requests": _OVERLOAD, "--worker-overload-token-usage": _OVERLOAD,
-    "--worker-overload-protection": _OVERLOAD, "--disable-worker-overload-protection": _OVERLOAD,
-    "--worker-overload-shed": _OVERLOAD,
     "--worker-stall-secs": _STALL, "--worker-wedge-secs": _STALL, "--worker-stale-secs": _STALL,
     "--worker-warmup-secs": _WARMUP, "--worker-warmup-share": _WARMUP, "--worker-warmup-blocks": _WARMUP,
     "--worker-warmup-thin-ratio": _WARMUP, "--worker-warmup-divert-every": _WARMUP,
@@ -110,10 +100,6 @@ REFUSED: dict[str, Refusal] = {
     "--storage-hook-wasm-path": Refusal("WASM storage hooks", "use --history-backend with a supported store"),
     "--schema-config": Refusal("history table/column remapping", "drop the flag; Shepherd migrates its own "
                                "history schema at start-up"),
-    "--trust-tenant-header": _TENANCY, "--tenant-header-name": _TENANCY, "--tenant-api-key": _TENANCY,
-    "--priority-scheduler-enabled": _PRIORITY, "--priority-scheduler-default-max-class": _PRIORITY,
-    "--priority-scheduler-config": _PRIORITY, "--priority-scheduler-tenant-metric-top-n": _PRIORITY,
-    "--tenant-rate-limit-enabled": _TENANT_RATE, "--tenant-rate-limit-config": _TENANT_RATE,
     "--backend": Refusal("a fixed backend runtime", "drop the flag; each worker's runtime is detected at "
                          "registration, and cloud providers are added with --external-provider"),
     "--zmq-engine-count": Refusal("ZMQ workers", "serve the engine over HTTP or gRPC"),

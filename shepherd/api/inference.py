@@ -9,11 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
+from shepherd.api.admit import admit, leave
 from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.keys import CONTEXT
 from shepherd.context import AppContext
 from shepherd.errors import GatewayError
-from shepherd.headers import presented_key
 from shepherd.request_keys import FIRST_CHUNK, USAGE, WANT_USAGE, WORKER
 from shepherd.routers.common.model_call import CHAT_PATH
 
@@ -36,7 +36,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _inference_handler(upstream_path: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         context = request.app[CONTEXT]
-        admission = context.admission if context.config.admission.enabled else None
         # The body is read (under its deadline) before admission: a client that sends it slowly
         # must not sit on a slot that requests ready to run are waiting for.
         raw = await read_body(request, context.config.max_payload_size)
@@ -44,7 +43,7 @@ def _inference_handler(upstream_path: str) -> Handler:
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise GatewayError(400, "invalid_type", "'model' must be a string", param="model")
-        ticket = await admission.acquire(presented_key(request.headers)) if admission else None
+        ticket = await admit(context, request, model)
         try:
             arrived, started = time.time(), time.perf_counter()
             request[WANT_USAGE] = True
@@ -65,8 +64,7 @@ def _inference_handler(upstream_path: str) -> Handler:
             finally:
                 _observe(context, request, upstream_path, body, status, arrived, started)
         finally:
-            if ticket is not None and admission is not None:
-                admission.release(ticket)
+            leave(context, request, ticket)
 
     return handle
 

@@ -9,11 +9,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shepherd.api.admit import admit, leave
 from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.conversations import page_query, storage_errors
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
-from shepherd.headers import ROUTED_WORKER_HEADER, presented_key
+from shepherd.headers import ROUTED_WORKER_HEADER
 from shepherd.request_keys import WORKER
 from shepherd.responses.executor import ResponsesExecutor
 from shepherd.responses.history import stored_response
@@ -65,8 +66,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     context = request.app[CONTEXT]
     executor = request.app[EXECUTOR]
     body = parse_json_object(await read_body(request, context.config.max_payload_size))
-    admission = context.admission if context.config.admission.enabled else None
-    ticket = await admission.acquire(presented_key(request.headers)) if admission else None
+    model = body.get("model")
+    ticket = await admit(context, request, model if isinstance(model, str) else None)
     try:
         work = await executor.prepare(request, body)
         if work.parsed.background:
@@ -91,8 +92,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                 await events.aclose()  # a client gone: the model call is closed, its upstream aborted
         return _json(await executor.foreground(work), request)
     finally:
-        if ticket is not None and admission is not None:
-            admission.release(ticket)
+        leave(context, request, ticket)
 
 
 @storage_errors

@@ -9,6 +9,8 @@
   process takes from the same bucket; the local one decides only while Redis cannot answer.
 * Per API key (the key a client presents, as Bearer token or `x-api-key`, kept only as a hash): the
   same two limits, each key on its own, so one tenant cannot take the whole gateway.
+* Per tenant (`--tenant-rate-limit-enabled`): requests and tokens per minute and requests in flight,
+  per tenant identity and model, from the YAML of middleware/tenant_limits.py.
 
 Every rate-limit decision and every rejection is reported to the optional counters
 (`smg_http_rate_limit_total`, `smg_admission_queue_rejected_total`).
@@ -22,31 +24,102 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from shepherd.config import AdmissionConfig
 from shepherd.errors import GatewayError
+from shepherd.middleware.priority import CLASSES, PriorityPlan, preempted
+from shepherd.middleware.tenant_limits import Limits, TenantLimitsConfig, tenant_limited
 
-MAX_TRACKED_KEYS = 10_000
+MAX_TRACKED_KEYS = 10_000  # API keys, and tenants, with state of their own; the idle ones are forgotten first
 
 
 class TokenBucket:
+    """`rate` tokens a second, holding at most `capacity` (default: one second's worth, at least one)."""
+
     __slots__ = ("rate", "capacity", "tokens", "updated")
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, capacity: float | None = None) -> None:
         self.rate = rate
-        self.capacity = max(1.0, rate)
+        self.capacity = capacity if capacity is not None else max(1.0, rate)
         self.tokens = self.capacity
         self.updated = time.monotonic()
 
-    def take(self) -> float:
-        """Take a token; return 0, or the seconds until one will be available (nothing taken)."""
+    def wait(self) -> float:
+        """0 when a token is there to take, else the seconds until one will be (nothing taken)."""
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+
+    def take(self) -> float:
+        """Take a token; return 0, or the seconds until one will be available (nothing taken)."""
+        wait = self.wait()
+        if wait == 0.0:
             self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return wait
+
+    def debit(self, amount: float) -> None:
+        """Take `amount` after the fact (tokens a finished request used): the bucket may go into debt."""
+        self.wait()
+        self.tokens -= amount
+
+
+def _per_minute(limit: float) -> TokenBucket | None:
+    return TokenBucket(limit / 60.0, limit) if limit > 0 else None
+
+
+class _LimitState:
+    """One tenant's (or one tenant-and-model's) buckets and in-flight count."""
+
+    __slots__ = ("limits", "in_flight", "requests", "tokens")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.in_flight = 0
+        self.requests = _per_minute(limits.requests_per_minute)
+        self.tokens = _per_minute(limits.tokens_per_minute)
+
+    def refusal(self, what: str) -> GatewayError | None:
+        """Why a request may not start now (nothing taken), else None."""
+        limits = self.limits
+        if 0 < limits.max_concurrent_requests <= self.in_flight:
+            return tenant_limited(f"{what} has {limits.max_concurrent_requests} requests in flight", 1.0)
+        for bucket, unit in ((self.requests, "request"), (self.tokens, "token")):
+            wait = bucket.wait() if bucket is not None else 0.0
+            if wait > 0:
+                return tenant_limited(f"{what} is over its {unit}s-per-minute limit", wait)
+        return None
+
+
+class _TenantState:
+    __slots__ = ("own", "models")
+
+    def __init__(self, limits: Limits) -> None:
+        self.own = _LimitState(limits)
+        self.models: dict[str, _LimitState] = {}  # bounded: one per model rule of the tenant's rule
+
+    def idle(self) -> bool:
+        return self.own.in_flight == 0 and all(m.in_flight == 0 for m in self.models.values())
+
+
+_State = TypeVar("_State")
+
+
+def _tracked(table: OrderedDict[str, _State], name: str, make: Callable[[], _State],
+             idle: Callable[[_State], bool]) -> _State:
+    """`table[name]`, made when missing; past MAX_TRACKED_KEYS entries the least recently seen idle one goes."""
+    state = table.get(name)
+    if state is not None:
+        table.move_to_end(name)
+        return state
+    state = table[name] = make()
+    if len(table) > MAX_TRACKED_KEYS:
+        for old, old_state in table.items():
+            if idle(old_state):
+                del table[old]
+                break
+    return state
 
 
 class _KeyState:
@@ -61,11 +134,12 @@ class _KeyState:
 class Ticket:
     """Proof of admission; hand it back with `release()` exactly once."""
 
-    __slots__ = ("key", "holds_slot")
+    __slots__ = ("key", "holds_slot", "limits")
 
-    def __init__(self, key: _KeyState | None, holds_slot: bool) -> None:
+    def __init__(self, key: _KeyState | None, holds_slot: bool, limits: tuple[_LimitState, ...] = ()) -> None:
         self.key = key
         self.holds_slot = holds_slot
+        self.limits = limits  # the tenant's limit states it counts against
 
 
 Counter = Callable[[str], None]
@@ -76,29 +150,45 @@ FleetTokens = Callable[[str, float], Awaitable[float | None]]
 
 class AdmissionController:
     def __init__(self, config: AdmissionConfig, count_rate_limit: Counter | None = None,
-                 count_rejected: Counter | None = None, fleet: FleetTokens | None = None) -> None:
+                 count_rejected: Counter | None = None, fleet: FleetTokens | None = None,
+                 tenant_limits: TenantLimitsConfig | None = None, plan: PriorityPlan | None = None,
+                 count_scheduled: Callable[[str, str | None, str], None] | None = None) -> None:
         self._config = config
+        self._tenant_limits = tenant_limits
+        self._tenants: OrderedDict[str, _TenantState] = OrderedDict()
         self._fleet = fleet
         self._count_rate_limit = count_rate_limit  # "allowed" | "rejected", per token-bucket decision
         self._count_rejected = count_rejected  # the reason of every request turned away
         self._limit = config.max_concurrent_requests
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._count_scheduled = count_scheduled if plan is not None else None  # (class, tenant, outcome)
+        self._plan = plan  # the priority classes (--priority-scheduler-enabled), else one FIFO queue
+        self._queues: list[deque[asyncio.Future[None]]] = [deque() for _ in (CLASSES if plan else ("fifo",))]
+        self._queued = 0  # waiters in all queues
         self._bucket = TokenBucket(config.rate_limit_tokens_per_second) if config.rate_limit_tokens_per_second else None
         self._per_key = config.per_key_max_concurrent_requests > 0 or config.per_key_rate_limit_tokens_per_second > 0
         self._keys: OrderedDict[str, _KeyState] = OrderedDict()
-        self.rejected = {"full": 0, "timeout": 0, "rate": 0, "key": 0}
+        self.rejected = {"full": 0, "timeout": 0, "rate": 0, "key": 0, "tenant": 0, "preempted": 0}
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiters)
+        return self._queued
 
-    async def acquire(self, api_key: str | None) -> Ticket:
-        """Admit a request presented with `api_key` (None: no key), or raise a 429/503 GatewayError."""
+    async def acquire(self, api_key: str | None, tenant: str | None = None, model: str | None = None,
+                      priority: str | None = None) -> Ticket:
+        """Admit a request presented with `api_key` (None: no key) on behalf of `tenant` for `model`, in
+        the priority class `priority` asks for (the x-smg-priority header), or raise a 400/429/503 GatewayError."""
         config = self._config
+        rank = self._plan.class_of(tenant, priority) if self._plan is not None else 0
         if self._bucket is not None:
             await self._check_rate("global", self._bucket, "rate_limit_exceeded",
                                    "The gateway's request rate limit was reached")
+        limits = self._tenant_states(tenant, model) if tenant is not None and self._tenant_limits else ()
+        for index, state in enumerate(limits):
+            refusal = state.refusal(f"Tenant {tenant}" if index == 0 else f"Tenant {tenant} on model {model}")
+            if refusal is not None:
+                self._reject("tenant")
+                raise refusal
         key = self._key_state(api_key) if self._per_key else None
         if key is not None:
             if key.bucket is not None:
@@ -109,56 +199,95 @@ class AdmissionController:
                 raise GatewayError(429, "key_concurrency_limit_exceeded",
                                    "This API key has too many requests in flight", headers={"Retry-After": "1"})
             key.in_flight += 1
+        for state in limits:
+            state.in_flight += 1
+            if state.requests is not None:
+                state.requests.take()
         try:
-            await self._take_slot()
-        except BaseException:
+            await self._take_slot(rank)
+            if self._count_scheduled is not None:
+                self._count_scheduled(CLASSES[rank], tenant, "admitted")
+        except BaseException as exc:
+            if self._count_scheduled is not None and isinstance(exc, GatewayError):
+                self._count_scheduled(CLASSES[rank], tenant, exc.code.removeprefix("scheduler_"))
             if key is not None:
                 key.in_flight -= 1
+            for state in limits:
+                state.in_flight -= 1
             raise
-        return Ticket(key, self._limit > 0)
+        return Ticket(key, self._limit > 0, limits)
 
-    def release(self, ticket: Ticket) -> None:
+    def release(self, ticket: Ticket, tokens: int = 0) -> None:
+        """Hand back a ticket; `tokens`: what the request used (prompt + completion), for the tenant limits."""
         if ticket.key is not None:
             ticket.key.in_flight -= 1
+        for state in ticket.limits:
+            state.in_flight -= 1
+            if tokens and state.tokens is not None:
+                state.tokens.debit(tokens)
+        ticket.limits = ()
         if not ticket.holds_slot:
             return
-        while self._waiters:  # hand the slot straight to the longest waiter still waiting
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        for queue in reversed(self._queues):  # the slot goes straight to the oldest waiter of the highest class
+            if queue:
+                queue.popleft().set_result(None)
+                self._queued -= 1
                 return
         self.in_flight -= 1
 
-    async def _take_slot(self) -> None:
+    async def _take_slot(self, rank: int) -> None:
         if self._limit <= 0:
             return
-        if self.in_flight < self._limit and not self._waiters:
+        if self.in_flight < self._limit and not self._queued:
             self.in_flight += 1
             return
-        config = self._config
-        if len(self._waiters) >= config.queue_size:
+        config, plan = self._config, self._plan
+        queue = self._queues[rank]
+        room = plan.classes[rank].queue_size if plan is not None else None
+        if (room is not None and len(queue) >= room) or (self._queued >= config.queue_size
+                                                         and not self._preempt_below(rank)):
             self._reject("full")
             reason = "queuing is disabled" if config.queue_size == 0 else f"{config.queue_size} requests already wait"
-            raise GatewayError(429, "admission_queue_full", f"The gateway is at capacity and {reason}",
-                               headers={"Retry-After": "2"})
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+            raise GatewayError(429, "scheduler_queue_full" if plan else "admission_queue_full",
+                               f"The gateway is at capacity and {reason}", headers={"Retry-After": "2"})
+        timeout = (plan.classes[rank].queue_timeout_secs if plan is not None else None) or config.queue_timeout_secs
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        self._queued += 1
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), config.queue_timeout_secs)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            if waiter.done():  # the slot arrived just as the wait timed out: keep it
+            if waiter.done():  # the slot (or a preemption) arrived just as the wait timed out
+                waiter.result()
                 return
-            waiter.cancel()
+            self._leave_queue(queue, waiter)
             self._reject("timeout")
-            raise GatewayError(503, "admission_queue_timeout",
-                               f"No capacity became free within {config.queue_timeout_secs:g}s",
-                               headers={"Retry-After": "2"}) from None
+            raise GatewayError(503, "scheduler_queue_timeout" if plan else "admission_queue_timeout",
+                               f"No capacity became free within {timeout:g}s", headers={"Retry-After": "2"}) from None
         except asyncio.CancelledError:  # the client left while waiting
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(Ticket(None, True))  # pass the slot it was just given to the next waiter
-            else:
-                waiter.cancel()
+            elif not waiter.done():
+                self._leave_queue(queue, waiter)
             raise
+
+    def _preempt_below(self, rank: int) -> bool:
+        """Make room in a full queue for a request of class `rank`: the newest waiter of the lowest class
+        below it is answered 503 scheduler_preempted. False when there is none (or no scheduler)."""
+        if self._plan is None:
+            return False
+        for queue in self._queues[:rank]:
+            if queue:
+                queue.pop().set_exception(preempted())
+                self._queued -= 1
+                self._reject("preempted")
+                return True
+        return False
+
+    def _leave_queue(self, queue: deque[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+        queue.remove(waiter)  # the queue is bounded (--queue-size): a scan is cheap
+        self._queued -= 1
+        waiter.cancel()
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1
@@ -179,14 +308,21 @@ class AdmissionController:
         if not api_key:
             return None
         digest = hashlib.sha256(api_key.encode()).hexdigest()
-        state = self._keys.get(digest)
-        if state is None:
-            state = self._keys[digest] = _KeyState(self._config.per_key_rate_limit_tokens_per_second, digest)
-            if len(self._keys) > MAX_TRACKED_KEYS:  # forget the least recently seen idle key
-                for old, old_state in self._keys.items():
-                    if old_state.in_flight == 0:
-                        del self._keys[old]
-                        break
-        else:
-            self._keys.move_to_end(digest)
-        return state
+        rate = self._config.per_key_rate_limit_tokens_per_second
+        return _tracked(self._keys, digest, lambda: _KeyState(rate, digest), lambda state: state.in_flight == 0)
+
+    def _tenant_states(self, tenant: str, model: str | None) -> tuple[_LimitState, ...]:
+        """The limit states a request of `tenant` for `model` counts against: the tenant's, and its model rule's."""
+        assert self._tenant_limits is not None
+        rule = self._tenant_limits.rule(tenant)
+        if rule is None:
+            return ()
+        state = _tracked(self._tenants, tenant, lambda: _TenantState(rule.limits), _TenantState.idle)
+        matched = rule.model_rule(model)
+        if matched is None:
+            return (state.own,)
+        pattern, limits = matched
+        model_state = state.models.get(pattern)
+        if model_state is None:
+            model_state = state.models[pattern] = _LimitState(limits)
+        return state.own, model_state

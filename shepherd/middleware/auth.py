@@ -1,8 +1,9 @@
 """Who may call what.
 
 * Serving routes (inference, tokenize, ...) need one of the gateway's serving keys when any is
-  configured (`--api-key`), sent as `Authorization: Bearer <key>` or `x-api-key: <key>` (what the
-  Anthropic SDK sends). Public routes (health, readiness, model list, engine info) need nothing.
+  configured (`--api-key`, `--tenant-api-key tenant_id:key`), sent as `Authorization: Bearer <key>` or
+  `x-api-key: <key>` (what the Anthropic SDK sends); the key that matched names the caller's tenant
+  (middleware/tenant.py). Public routes (health, readiness, model list, engine info) need nothing.
 * Control-plane routes (workers, cache flushes, loads, tokenizer and parser admin) need an admin
   credential when control-plane auth is configured: a JWT from `--jwt-issuer` whose role maps to
   `admin`, or a `--control-plane-api-keys id:name:role:key` key with role `admin`. A valid credential
@@ -33,6 +34,7 @@ from multidict import CIMultiDictProxy
 from shepherd.config import AuthConfig
 from shepherd.errors import GatewayError
 from shepherd.headers import presented_key
+from shepherd.middleware.tenant import key_tenants
 
 log = logging.getLogger("shepherd.auth")
 
@@ -49,6 +51,11 @@ def is_public(path: str) -> bool:
 
 CONTROL_PLANE_PREFIXES = ("/workers", "/flush_cache", "/get_loads", "/v1/tokenizers", "/parse/", "/wasm",
                           "/start_profile", "/stop_profile", DASHBOARD_PREFIX)
+
+
+def is_serving(path: str) -> bool:
+    """Routes that serve a tenant (inference, tokenize, responses, ...): neither public nor control plane."""
+    return not is_public(path) and not path.startswith(CONTROL_PLANE_PREFIXES)
 # A browser opening the status page can only be asked for credentials through Basic auth.
 _DASHBOARD_CHALLENGE = {"WWW-Authenticate": 'Basic realm="shepherd dashboard", charset="UTF-8"'}
 _JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
@@ -85,7 +92,7 @@ def _basic_as_bearer(headers: Mapping[str, str]) -> Mapping[str, str]:
 
 class Authenticator:
     def __init__(self, config: AuthConfig, session: aiohttp.ClientSession) -> None:
-        self._serving = [_digest(key) for key in config.api_keys]
+        self._serving = [(_digest(key), tenant) for key, tenant in key_tenants(config).items()]
         self._control = config.control_plane_keys
         self._jwt = _JwtVerifier(config, session) if config.jwt_issuer else None
         self._admin_open = config.allow_unauthenticated_admin
@@ -95,23 +102,31 @@ class Authenticator:
             log.warning("the admin API (%s) is open to anyone who can reach this port "
                         "(--allow-unauthenticated-admin)", ", ".join(p.rstrip("/") for p in CONTROL_PLANE_PREFIXES))
 
-    async def check(self, path: str, headers: Mapping[str, str]) -> None:
-        """Raise a 401/403 GatewayError unless the request may go on."""
+    async def check(self, path: str, headers: Mapping[str, str]) -> str | None:
+        """Raise a 401/403 GatewayError unless the request may go on; on a serving route with keys,
+        return the tenant identity of the key that matched."""
         if is_public(path):
-            return
+            return None
         if path.startswith(DASHBOARD_PREFIX):
             await self._check_dashboard(headers)
         elif path.startswith(CONTROL_PLANE_PREFIXES):
             await self._check_control_plane(headers)
         elif self._serving:
-            self._check_serving(headers)
+            return self._check_serving(headers)
+        return None
 
-    def _check_serving(self, headers: Mapping[str, str]) -> None:
+    def _check_serving(self, headers: Mapping[str, str]) -> str:
         token = presented_key(headers)
         if token is None:
             raise GatewayError(401, "missing_api_key", "An API key is required (Authorization: Bearer <key>)")
-        if not _matches(_digest(token), self._serving):
+        digest = _digest(token)
+        tenant = None
+        for candidate, owner in self._serving:  # no early exit: the time taken does not say which key matched
+            if hmac.compare_digest(digest, candidate):
+                tenant = owner
+        if tenant is None:
             raise GatewayError(401, "invalid_api_key", "Incorrect API key provided")
+        return tenant
 
     async def _check_control_plane(self, headers: Mapping[str, str]) -> None:
         if not self._control and self._jwt is None:
@@ -150,13 +165,6 @@ class Authenticator:
         if role is None:
             raise GatewayError(401, "invalid_credentials", "Invalid control-plane API key", headers=_CHALLENGE)
         return role
-
-
-def _matches(digest: bytes, digests: list[bytes]) -> bool:
-    found = False
-    for candidate in digests:
-        found |= hmac.compare_digest(digest, candidate)
-    return found
 
 
 class _JwtVerifier:

@@ -14,9 +14,9 @@ from aiohttp import web
 from shepherd.context import AppContext
 from shepherd.errors import ERROR_CODE_HEADER, GatewayError, error_response, flavor_for_path
 from shepherd.headers import REQUEST_ID_HEADER
-from shepherd.middleware.auth import reject_duplicate_credentials
+from shepherd.middleware.auth import is_serving, reject_duplicate_credentials
 from shepherd.middleware.request_id import resolve_request_id
-from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
+from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, TENANT, USAGE, WORKER
 
 log = logging.getLogger("shepherd.api")
 access_log = logging.getLogger("shepherd.access")
@@ -33,6 +33,7 @@ _HTTP_EXCEPTION_CODES = {
 def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[valid-type]
     request_id_headers = context.config.request_id_headers
     auth = context.auth if context.auth.enabled else None
+    tenants = context.tenants
     metrics = context.metrics
     tracing = context.tracing
 
@@ -58,8 +59,9 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
         response: web.StreamResponse
         try:
             reject_duplicate_credentials(request.headers)
-            if auth is not None:
-                await auth.check(path, request.headers)
+            authenticated = await auth.check(path, request.headers) if auth is not None else None
+            if is_serving(path):
+                request[TENANT] = tenants.resolve(authenticated, request.headers, request.remote)
             response = await handler(request)
         except GatewayError as exc:
             response = exc.to_response(flavor_for_path(path))
@@ -84,6 +86,8 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
             metrics.http_duration(request.method, route).observe(elapsed)
             metrics.http_responses(route, str(status),
                                    metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, ""))).inc()
+            if TENANT in request:
+                metrics.tenant_requests(metrics.tenant_label(request[TENANT]), str(status)).inc()
         if span is not None:
             if MODEL in request:
                 span.set_attribute("gen_ai.request.model", request[MODEL])
@@ -104,7 +108,7 @@ def _route(request: web.Request) -> str:
 def _log_request(request: web.Request, status: int, elapsed: float, error_code: str | None) -> None:
     fields = {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
               "status": status, "duration_ms": round(elapsed * 1000, 2)}
-    for name, key in (("model", MODEL), ("worker", WORKER)):
+    for name, key in (("tenant", TENANT), ("model", MODEL), ("worker", WORKER)):
         if key in request:
             fields[name] = request[key]
     usage = request.get(USAGE)

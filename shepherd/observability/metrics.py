@@ -36,6 +36,27 @@ MAX_ERROR_CODES = 256
 CHUNK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class BoundedLabel:
+    """Values -> label values, at most `limit` distinct ones besides "other" (those given first keep theirs)."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int, first: Iterable[str] = ()) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        for value in first:
+            self(value)
+
+    def __call__(self, value: str) -> str:
+        seen = self._seen
+        if value in seen:
+            return value
+        if len(seen) < self._limit:
+            seen.add(value)
+            return value
+        return "other"
+
+
 class _Cached:
     """A labelled metric whose children are kept in a dict, so recording skips label validation."""
 
@@ -53,12 +74,16 @@ class _Cached:
 
 
 class Metrics:
-    def __init__(self, duration_buckets: Sequence[float] = DURATION_BUCKETS) -> None:
+    def __init__(self, duration_buckets: Sequence[float] = DURATION_BUCKETS, tenant_labels: int = 32,
+                 tenants: Iterable[str] = ()) -> None:
         durations = tuple(sorted(duration_buckets))  # --prometheus-duration-buckets
         disable_created_metrics()  # as SMG: no *_created series (the library's switch is process-wide)
         self._serves: Callable[[str], bool] = lambda model: False  # set by attach(): the registry's models
         self._state: _StateCollector | None = None
-        self._error_codes: set[str] = set()
+        self.error_code_label = BoundedLabel(MAX_ERROR_CODES)  # the `error_code` label value
+        # The `tenant` label value: the configured tenants, then the first others seen, up to
+        # --priority-scheduler-tenant-metric-top-n; the rest share "other".
+        self.tenant_label = BoundedLabel(tenant_labels, tenants)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = _Cached(Counter(
@@ -123,6 +148,15 @@ class Metrics:
             "smg_worker_cb_transitions_total", "Circuit breaker state changes", ["worker", "from", "to"], registry=r))
         self.health_checks = _Cached(Counter(
             "smg_worker_health_checks_total", "Health probes", ["worker_type", "result"], registry=r))
+        self.tenant_requests = _Cached(Counter(
+            "smg_tenant_requests_total", "Serving requests per tenant (bounded: see --priority-scheduler-tenant-"
+            "metric-top-n)", ["tenant", "status_code"], registry=r))
+        self.scheduler_requests = _Cached(Counter(
+            "smg_scheduler_requests_total", "Priority scheduler outcomes (admitted, queue_full, queue_timeout, "
+            "preempted, ...) by class and tenant", ["class", "tenant", "outcome"], registry=r))
+        self.overload_shed = _Cached(Counter(
+            "smg_worker_overload_shed_total", "Requests refused because every worker they could use was "
+            "overloaded (--worker-overload-shed)", ["stage"], registry=r))
         self.rate_limit = _Cached(Counter(
             "smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
         self.admission_rejected = _Cached(Counter(
@@ -153,16 +187,6 @@ class Metrics:
         if model is None:
             return DEFAULT_MODEL
         return model if self._serves(model) else UNKNOWN_MODEL
-
-    def error_code_label(self, code: str) -> str:
-        """The `error_code` label value: the code, while the set of codes seen stays bounded."""
-        codes = self._error_codes
-        if code in codes:
-            return code
-        if len(codes) < MAX_ERROR_CODES:
-            codes.add(code)
-            return code
-        return "other"
 
     async def exposition(self) -> bytes:
         """The Prometheus text for a scrape. The live state is read on the event loop (it is owned

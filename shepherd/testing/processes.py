@@ -113,7 +113,8 @@ class Sim(Process):
             httpx.post(url + "/sim/reset", timeout=5)
 
 
-_KEYED_FLAGS = ("--control-plane-api-keys", "--jwt-issuer", "--api-key")  # with these, no open admin API
+# With these, no open admin API.
+_KEYED_FLAGS = ("--control-plane-api-keys", "--jwt-issuer", "--api-key", "--tenant-api-key")
 
 
 class Gateway(Process):

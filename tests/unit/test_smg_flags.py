@@ -36,7 +36,8 @@ SAMPLES: dict[str, list[str]] = {
     "--otlp-traces-endpoint": ["localhost:4317"], "--redis-retention-days": ["7"],
     "--health-check-endpoint": ["/health"], "--log-level": ["debug"], "--host": ["127.0.0.1"],
     "--prometheus-host": ["127.0.0.1"], "--worker-startup-check-interval": ["2"], "--discovery-provider": ["file"],
-    "--kv-index": ["positional"],
+    "--kv-index": ["positional"], "--tenant-api-key": ["team-a:secret-a"],
+    "--priority-scheduler-default-max-class": ["interactive"],
 }
 FILES = {"--tls-cert-path", "--tls-key-path", "--client-cert-path", "--client-key-path", "--ca-cert-paths",
          "--chat-template", "--discovery-file", "--log-dir", "--model-path", "--tokenizer-path"}
@@ -60,6 +61,7 @@ COMPANIONS: dict[str, list[str]] = {
     "--jwt-audience": ["--jwt-issuer", "https://i.example", "--jwt-jwks-uri", "https://i.example/jwks"],
     "--jwt-jwks-uri": ["--jwt-issuer", "https://i.example"],
     "--jwt-role-mapping": ["--jwt-issuer", "https://i.example", "--jwt-jwks-uri", "https://i.example/jwks"],
+    "--tenant-rate-limit-enabled": ["--tenant-rate-limit-config", "tenant-limits.yaml"],
 }
 
 
@@ -121,13 +123,13 @@ def test_the_table_lists_no_flag_shepherd_implements() -> None:
 
 
 def test_a_refused_flag_from_the_environment_or_a_config_file_is_refused_too(tmp_path: Path) -> None:
-    with pytest.raises(ConfigSourceError, match=r"^--priority-scheduler-enabled: the priority admission"):
-        parse_args(["launch"], {"SHEPHERD_PRIORITY_SCHEDULER_ENABLED": "true"})
+    with pytest.raises(ConfigSourceError, match=r"^--epd-disaggregation: encode-prefill-decode"):
+        parse_args(["launch"], {"SHEPHERD_EPD_DISAGGREGATION": "true"})
     config = tmp_path / "shepherd.yaml"
     config.write_text(yaml.safe_dump({"mesh-peer-urls": ["10.0.0.2:39527"]}))
     with pytest.raises(ConfigSourceError, match=r"^--mesh-peer-urls: the HA mesh is not built yet \(issue 18\)"):
         parse_args(["launch", "--config", str(config)], {})
-    assert parse_args(["launch"], {"SHEPHERD_PRIORITY_SCHEDULER_ENABLED": "false"}).port == 30000
+    assert parse_args(["launch"], {"SHEPHERD_EPD_DISAGGREGATION": "false"}).port == 30000
 
 
 def test_a_refused_value_of_an_accepted_flag_is_refused() -> None:
@@ -138,10 +140,10 @@ def test_a_refused_value_of_an_accepted_flag_is_refused() -> None:
 
 
 def test_the_command_line_says_the_refusal_in_one_line() -> None:
-    run = subprocess.run([sys.executable, "-m", "shepherd", "launch", "--worker-overload-shed"],
+    run = subprocess.run([sys.executable, "-m", "shepherd", "launch", "--epd-disaggregation"],
                          capture_output=True, text=True, timeout=60, cwd=Path(shepherd.__file__).parent.parent)
     assert run.returncode == 2
-    line = REFUSED["--worker-overload-shed"].message("--worker-overload-shed")
+    line = REFUSED["--epd-disaggregation"].message("--epd-disaggregation")
     assert run.stderr.strip().splitlines() == [f"shepherd: {line}"]
 
 

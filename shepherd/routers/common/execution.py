@@ -32,6 +32,7 @@ from shepherd.policies.base import RoutingRequest
 from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
 from shepherd.routers.common.attempt import Attempt, give_verdict
 from shepherd.routers.common.retry import Backoff, RetryableFailure
+from shepherd.workers.overload import OverloadShed
 from shepherd.workers.worker import Worker
 
 log = logging.getLogger("shepherd.router")
@@ -206,7 +207,7 @@ class Execution(Generic[C]):
                 except GatewayError as exc:
                     if last is not None:
                         break  # nobody left to try: the last worker's failure is the answer
-                    if exc.status != 503 or final:
+                    if exc.status != 503 or final or isinstance(exc, OverloadShed):
                         raise
                     unselectable = exc  # none available yet: wait (backoff) for one
                     continue

@@ -1,7 +1,8 @@
 """Choosing a worker: the model's candidates, narrowed to the available ones, then the policy's pick.
 
 Every path selects through `Selector.pick`, so availability (health, breaker, drain), the "not
-tried yet" rule and the selection metric are the same everywhere. A decision only reads the
+tried yet" rule, worker overload protection (workers/overload.py) and the selection metric are the same
+everywhere. A decision only reads the
 registry snapshot and the policy: it never awaits.
 """
 
@@ -9,18 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shepherd.config import GatewayConfig
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.policies.base import Policy, RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
+from shepherd.workers.overload import OverloadGuard
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker, WorkerType
 
 
+def overload_guard(config: GatewayConfig, metrics: Metrics | None) -> OverloadGuard | None:
+    """The engines' overload protection as the gateway is configured (None: off)."""
+    count = metrics.overload_shed("selection").inc if metrics is not None else None
+    return OverloadGuard.from_config(config, count)
+
+
 class Selector:
     def __init__(self, registry: WorkerRegistry, policies: PolicyRegistry, metrics: Metrics | None,
-                 *, repeat_when_all_tried: bool = True) -> None:
+                 *, repeat_when_all_tried: bool = True, overload: OverloadGuard | None = None) -> None:
         self.registry = registry
+        self._overload = overload
         self.policies = policies
         self._metrics = metrics
         # Local engines may be tried again once every one was (a transient failure passes); a provider
@@ -50,6 +60,8 @@ class Selector:
             label = model or "default"
             raise GatewayError(503, "no_available_workers", f"No available {what} for model `{label}`",
                                headers={"Retry-After": "1"})
+        if self._overload is not None:
+            available = self._overload.screen(available, what)
         policy = policy or self.policies.for_model(model)
         worker = policy.select(available, routing)
         if worker is None:

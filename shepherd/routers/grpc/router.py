@@ -24,7 +24,7 @@ from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.request_keys import REQUEST_ID, USAGE
 from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
-from shepherd.routers.common.selection import Selector
+from shepherd.routers.common.selection import Selector, overload_guard
 from shepherd.routers.grpc.chat_response import ChatResponder
 from shepherd.routers.grpc.choices import token_counts
 from shepherd.routers.grpc.completion_response import CompletionResponder
@@ -60,7 +60,7 @@ class GrpcRouter:
                  metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
         self._config = config
         self._tokenizers = tokenizers
-        self.selector = Selector(registry, policies, metrics)
+        self.selector = Selector(registry, policies, metrics, overload=overload_guard(config, metrics))
         self.lifecycle: Lifecycle[Worker] = Lifecycle.for_path(LABELS, config, metrics, tracing)
         self.executor = GrpcExecutor(pool)
         self.embeddings = GrpcEmbeddings(config, self.selector, self.lifecycle, pool, tokenizers)

@@ -38,7 +38,7 @@ from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.headers import client_response_headers, routed_headers, upstream_request_headers
 from shepherd.routers.common.relay import failure, no_answer, read_answer, relay_stream, relay_whole
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
-from shepherd.routers.common.selection import Selector
+from shepherd.routers.common.selection import Selector, overload_guard
 from shepherd.transport.base import Transport
 from shepherd.transport.errors import UpstreamError
 from shepherd.workers.registry import WorkerRegistry
@@ -65,8 +65,9 @@ class PdRouter:
     ) -> None:
         self._config = config
         self._registry = registry
-        self._prefill = Selector(registry, prefill_policies, metrics)
-        self._decode = Selector(registry, decode_policies, metrics)
+        overload = overload_guard(config, metrics)
+        self._prefill = Selector(registry, prefill_policies, metrics, overload=overload)
+        self._decode = Selector(registry, decode_policies, metrics, overload=overload)
         self._transport = transport
         self._rng = random.SystemRandom()
         self.lifecycle: Lifecycle[Pair] = Lifecycle.for_path(LABELS, config, metrics, tracing)

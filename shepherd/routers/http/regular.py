@@ -24,7 +24,7 @@ from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.headers import client_response_headers, routed_headers, upstream_request_headers
 from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
-from shepherd.routers.common.selection import Selector
+from shepherd.routers.common.selection import Selector, overload_guard
 from shepherd.routers.http.messages import (
     ANTHROPIC_PATHS,
     COUNT_TOKENS_PATH,
@@ -54,7 +54,7 @@ class HttpRouter:
     ) -> None:
         self._config = config
         self._transport = transport
-        self.selector = Selector(registry, policies, metrics)
+        self.selector = Selector(registry, policies, metrics, overload=overload_guard(config, metrics))
         self.lifecycle: Lifecycle[Worker] = Lifecycle.for_path(LABELS, config, metrics, tracing)
 
     async def route(

@@ -1,0 +1,27 @@
+"""The one way a serving handler passes admission control (middleware/admission.py) and leaves it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shepherd.context import AppContext
+from shepherd.headers import presented_key
+from shepherd.middleware.admission import Ticket
+from shepherd.middleware.priority import PRIORITY_HEADER
+from shepherd.request_keys import TENANT, USAGE
+
+
+async def admit(context: AppContext, request: web.Request, model: str | None) -> Ticket | None:
+    """A ticket to hand back with `leave`, or None when admission control is off; raises its 429/503."""
+    if not context.config.admission.enabled:
+        return None
+    return await context.admission.acquire(presented_key(request.headers), request.get(TENANT), model,
+                                           request.headers.get(PRIORITY_HEADER))
+
+
+def leave(context: AppContext, request: web.Request, ticket: Ticket | None) -> None:
+    """Hand the ticket back, with the tokens the request used (the tenant token limits count them)."""
+    if ticket is None:
+        return
+    usage = request.get(USAGE)
+    context.admission.release(ticket, int(usage[0]) + int(usage[1]) if usage else 0)
