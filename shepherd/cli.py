@@ -69,6 +69,13 @@ def _size(value: str) -> int:
     return int(value)
 
 
+def _alias(value: str) -> tuple[str, str]:
+    alias, sep, canonical = value.partition("=")
+    if not sep or not alias.strip() or not canonical.strip():
+        raise argparse.ArgumentTypeError(f"expected ALIAS=CANONICAL, got {value!r}")
+    return alias.strip(), canonical.strip()
+
+
 def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     defaults = GatewayConfig()
     add_config_argument(parser.add_argument_group("configuration sources"))
@@ -148,6 +155,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--external-model-refresh-secs", type=float, default=defaults.external_model_refresh_secs,
                          help="a request for an unknown model re-reads the providers' model lists at most this "
                               "often (default: %(default)s)")
+    workers.add_argument("--model-alias", action="append", type=_alias, default=[], dest="model_aliases",
+                         metavar="ALIAS=CANONICAL",
+                         help="serve a model under an extra client-facing name as well: requests naming ALIAS go "
+                              "to CANONICAL's workers (which see, and answer with, CANONICAL) and /v1/models lists "
+                              "it; repeatable; case-sensitive; a worker serving a model named ALIAS itself wins "
+                              "(default: none)")
     workers.add_argument("--worker-startup-delay", type=float, default=0.0, dest="worker_startup_delay_secs",
                          help="grace period in seconds before the first probe of a new worker (default: %(default)s)")
     workers.add_argument("--worker-drain-timeout-secs", type=float, default=defaults.worker_drain_timeout_secs,

@@ -553,6 +553,8 @@ class GatewayConfig:
     # External providers (--external-provider URL=KIND[,key_env=VAR][,model=ID]...).
     external_providers: tuple[str, ...] = ()
     external_model_refresh_secs: float = 10.0  # a model-list refresh on a miss happens at most this often
+    # --model-alias ALIAS=CANONICAL: extra client-facing names; requests are routed (and answered) as CANONICAL.
+    model_aliases: tuple[tuple[str, str], ...] = ()
 
     history: HistoryConfig = field(default_factory=HistoryConfig)  # chat history storage
     mcp_config_path: str | None = None  # MCP servers whose tools the gateway runs (shepherd/mcp/config.py)
@@ -647,7 +649,20 @@ class GatewayConfig:
             raise ConfigError("--request-id-headers needs at least one header name")
         if self.external_model_refresh_secs < 0:
             raise ConfigError("--external-model-refresh-secs must not be negative")
+        _validate_aliases(self.model_aliases)
         return self
+
+
+def _validate_aliases(aliases: tuple[tuple[str, str], ...]) -> None:
+    targets: dict[str, str] = {}
+    for alias, canonical in aliases:
+        if not alias or not canonical or alias == canonical:
+            raise ConfigError(f"--model-alias needs ALIAS=CANONICAL with two different names, got {alias}={canonical}")
+        if targets.setdefault(alias, canonical) != canonical:
+            raise ConfigError(f"--model-alias {alias} names two models: {targets[alias]} and {canonical}")
+    if chained := sorted(set(targets) & set(targets.values())):
+        raise ConfigError(f"--model-alias {chained[0]} is both an alias and a canonical model; name the served "
+                          "model directly")
 
 
 def is_grpc_target(url: str) -> bool:

@@ -116,7 +116,7 @@ class AppContext:
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
         """Build the context; must run inside the event loop that will serve it. `transports` replaces
         the real HTTP clients (tests pass fake ones)."""
-        registry = WorkerRegistry()
+        registry = WorkerRegistry(dict(config.model_aliases))
         if config.mesh.redis_url is not None:  # sticky keys agree across instances
             config = dataclasses.replace(config, policy_options=dataclasses.replace(
                 config.policy_options, agree_across_instances=True))

@@ -59,8 +59,6 @@ _LATER = "issue 21 follow-up"
 REFUSED: dict[str, Refusal] = {
     "--health-check-port": _not_built("a dedicated probe listener", _LATER, "probe /liveness, /readiness and "
                                       "/health on --port"),
-    "--model-alias": _not_built("model aliases", _LATER, "serve the model under the name clients use "
-                                "(--served-model-name on the engine)"),
     "--sse-keepalive-secs": _not_built("SSE keep-alive frames", _LATER, "raise the idle timeout of proxies in "
                                        "front of the gateway"),
     "--tokenizer-cache-l0-max-memory": _not_built("a memory bound on the L0 tokenizer cache", _LATER,

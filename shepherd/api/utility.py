@@ -50,7 +50,8 @@ def _pd_readiness(registry: WorkerRegistry) -> web.Response:
 
 
 def _model_cards(registry: WorkerRegistry) -> dict[str, dict[str, Any]]:
-    """The union of every worker's models, one card per model id (the first worker's card wins)."""
+    """The union of every worker's models, one card per model id (the first worker's card wins), and
+    one per --model-alias of a served model (its `root` names the model it stands for)."""
     seen: dict[str, dict[str, Any]] = {}
     for worker in registry.all():
         cards = worker.model_cards or tuple({"id": model} for model in worker.model_ids)
@@ -61,6 +62,10 @@ def _model_cards(registry: WorkerRegistry) -> dict[str, dict[str, Any]]:
                                   "created": card.get("created", int(worker.created_at)),
                                   "owned_by": card.get("owned_by", worker.runtime_type),
                                   **{k: v for k, v in card.items() if k not in ("id", "object")}}
+    if registry.has_aliases:
+        for model_id, card in list(seen.items()):
+            for alias in registry.aliases_of(model_id):
+                seen.setdefault(alias, {**card, "id": alias, "root": model_id})
     return seen
 
 

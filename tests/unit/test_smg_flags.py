@@ -36,7 +36,7 @@ SAMPLES: dict[str, list[str]] = {
     "--otlp-traces-endpoint": ["localhost:4317"], "--redis-retention-days": ["7"],
     "--health-check-endpoint": ["/health"], "--log-level": ["debug"], "--host": ["127.0.0.1"],
     "--prometheus-host": ["127.0.0.1"], "--worker-startup-check-interval": ["2"], "--discovery-provider": ["file"],
-    "--kv-index": ["positional"],
+    "--kv-index": ["positional"], "--model-alias": ["fast=mock-model"],
 }
 FILES = {"--tls-cert-path", "--tls-key-path", "--client-cert-path", "--client-key-path", "--ca-cert-paths",
          "--chat-template", "--discovery-file", "--log-dir", "--model-path", "--tokenizer-path"}
