@@ -35,6 +35,7 @@ from shepherd.middleware.routed_worker import install_routed_worker_header
 from shepherd.observability.metrics import Metrics
 from shepherd.plugins.registry import PluginError
 from shepherd.providers.startup import parse_external_provider
+from shepherd.routers.common.keepalive import SSE_KEEPALIVE_SECS
 from shepherd.supervisor import metrics_port_file
 from shepherd.workers.spec import WorkerSpec, normalize_url
 from shepherd.workers.worker import WorkerType
@@ -55,6 +56,7 @@ def build_app(context: AppContext) -> web.Application:
         cors.install(app)
     install_routed_worker_header(app, context)
     app[CONTEXT] = context
+    app[SSE_KEEPALIVE_SECS] = config.sse_keepalive_secs
     add_inference_routes(app)
     add_utility_routes(app)
     add_admin_routes(app)

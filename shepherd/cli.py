@@ -94,6 +94,11 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--upstream-pool-idle-timeout-secs", type=float,
                         default=defaults.upstream_pool_idle_timeout_secs,
                         help="how long an idle pooled worker connection is kept (default: %(default)s)")
+    server.add_argument("--sse-keepalive-secs", type=float, default=defaults.sse_keepalive_secs,
+                        help="seconds of silence after which an open event stream to a client carries a keep-alive "
+                             "frame (an SSE comment; the ping event on /v1/messages), so an idle-timeout proxy does "
+                             "not cut a stream waiting on a long prefill; nothing is sent while frames flow; 0 sends "
+                             "none (default: %(default)s, as SMG)")
     server.add_argument("--request-id-headers", nargs="+", default=list(DEFAULT_REQUEST_ID_HEADERS),
                         help="headers a client request id is taken from, in order")
     server.add_argument("--tls-cert-path", default=None, help="serve HTTPS with this certificate (PEM)")

@@ -501,6 +501,7 @@ class GatewayConfig:
     max_payload_size: int = 512 * 1024 * 1024
     max_background_responses: int = 1024  # background Responses running at once (0: run them in the foreground)
     upstream_pool_idle_timeout_secs: float = 3.0
+    sse_keepalive_secs: float = 15.0  # a client event stream silent this long carries a keep-alive frame (0: none)
 
     # Worker registration (control plane).
     worker_startup_timeout_secs: float = 1800.0
@@ -649,6 +650,8 @@ class GatewayConfig:
             raise ConfigError("--request-id-headers needs at least one header name")
         if self.external_model_refresh_secs < 0:
             raise ConfigError("--external-model-refresh-secs must not be negative")
+        if self.sse_keepalive_secs < 0:
+            raise ConfigError("--sse-keepalive-secs must not be negative (0 sends no keep-alive frames)")
         _validate_aliases(self.model_aliases)
         return self
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[Sim, Gateway]]:
-    sim = Sim(1)
-    gw = Gateway(sim.urls, "--model-alias", "fast=mock-model", expect_workers=1)
+    sim = Sim(1, "--prefill-tps", "40")
+    gw = Gateway(sim.urls, "--model-alias", "fast=mock-model", "--sse-keepalive-secs", "1", expect_workers=1)
     try:
         yield sim, gw
     finally:
@@ -35,3 +36,28 @@ def test_an_alias_is_listed_and_served_as_its_model(cluster: tuple[Sim, Gateway]
     unknown = httpx.post(gw.url + "/v1/chat/completions", timeout=10, json={
         "model": "slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     assert unknown.status_code == 404
+
+
+def _raw_stream(gw: Gateway, content: str, max_tokens: int) -> list[str]:
+    lines: list[str] = []
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=30, json={
+            "model": "mock-model", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "stream": True}) as response:
+        assert response.status_code == 200
+        lines.extend(line for line in response.iter_lines() if line)
+    return lines
+
+
+def test_a_stream_waiting_on_a_long_prefill_carries_keepalive_comments(cluster: tuple[Sim, Gateway]) -> None:
+    _, gw = cluster
+    lines = _raw_stream(gw, "word " * 100, 4)  # the sim's prefill: 100 tokens at 40 per second, 1 s frames
+    first_token = next(i for i, line in enumerate(lines) if line.startswith("data: {") and
+                       json.loads(line[6:])["choices"][0]["delta"].get("content"))
+    assert ": keep-alive" in lines[:first_token]  # sent while the worker was silent
+    assert lines[-1] == "data: [DONE]"
+
+
+def test_a_stream_that_flows_carries_none(cluster: tuple[Sim, Gateway]) -> None:
+    _, gw = cluster
+    lines = _raw_stream(gw, "hi", 60)  # a token every few milliseconds
+    assert len(lines) > 60 and ": keep-alive" not in lines
