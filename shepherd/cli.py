@@ -130,6 +130,11 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                                     "--host's family, :: for an IPv6 host, else 0.0.0.0)")
     observability.add_argument("--prometheus-port", type=int, default=defaults.prometheus_port,
                                help="the /metrics listener's port (default: %(default)s)")
+    observability.add_argument("--health-check-port", type=int, default=None,
+                               help="also serve /liveness, /readiness and /health on this port, from a thread of "
+                                    "their own, so probes are answered while the main port is saturated or needs a "
+                                    "key; they answer 503 if the gateway's event loop is stuck (default: off; the "
+                                    "routes stay on --port either way)")
     observability.add_argument("--prometheus-duration-buckets", type=float, nargs="+", default=[],
                                help="bucket bounds in seconds of every duration histogram (default: 0.001 to "
                                     "7200 s, as SMG)")

@@ -542,6 +542,7 @@ class GatewayConfig:
     prometheus_host: str = "0.0.0.0"
     prometheus_duration_buckets: tuple[float, ...] = ()  # empty: the built-in duration buckets
     prometheus_port: int = 29000
+    health_check_port: int | None = None  # /liveness, /readiness, /health on a listener of their own
     disable_metrics: bool = False
     enable_trace: bool = False
     otlp_traces_endpoint: str = "localhost:4317"
@@ -621,6 +622,10 @@ class GatewayConfig:
             raise ConfigError("--trace-sample-ratio must be between 0 and 1")
         if not 0 <= self.prometheus_port < 65536:
             raise ConfigError("--prometheus-port must be between 0 and 65535")
+        if self.health_check_port is not None and not 0 < self.health_check_port < 65536:
+            raise ConfigError(f"--health-check-port must be between 1 and 65535, got {self.health_check_port}")
+        if self.health_check_port in (self.port, self.prometheus_port):
+            raise ConfigError("--health-check-port must differ from --port and --prometheus-port")
         self.health.validate()
         self.breaker.validate()
         self.admission.validate()

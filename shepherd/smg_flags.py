@@ -57,8 +57,6 @@ _RL = Refusal("the RL control plane (/v1/rl)", "call the engines' control routes
 _LATER = "issue 21 follow-up"
 
 REFUSED: dict[str, Refusal] = {
-    "--health-check-port": _not_built("a dedicated probe listener", _LATER, "probe /liveness, /readiness and "
-                                      "/health on --port"),
     "--tokenizer-cache-l0-max-memory": _not_built("a memory bound on the L0 tokenizer cache", _LATER,
                                                   "bound it by entries with --tokenizer-cache-l0-max-entries"),
     "--disable-tokenizer-autoload": _not_built("turning tokenizer autoload off", _LATER, "drop the flag; "

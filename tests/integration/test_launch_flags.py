@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shepherd.testing import Gateway, Sim
+from shepherd.testing import Gateway, Sim, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[Sim, Gateway]]:
     sim = Sim(1, "--prefill-tps", "40")
-    gw = Gateway(sim.urls, "--model-alias", "fast=mock-model", "--sse-keepalive-secs", "1", expect_workers=1)
+    probe_port = free_ports(1)[0]
+    gw = Gateway(sim.urls, "--model-alias", "fast=mock-model", "--sse-keepalive-secs", "1",
+                 "--health-check-port", str(probe_port), expect_workers=1)
+    gw.probe_url = f"http://127.0.0.1:{probe_port}"  # type: ignore[attr-defined]
     try:
         yield sim, gw
     finally:
@@ -61,3 +64,13 @@ def test_a_stream_that_flows_carries_none(cluster: tuple[Sim, Gateway]) -> None:
     _, gw = cluster
     lines = _raw_stream(gw, "hi", 60)  # a token every few milliseconds
     assert len(lines) > 60 and ": keep-alive" not in lines
+
+
+def test_the_probe_port_answers_liveness_and_readiness(cluster: tuple[Sim, Gateway]) -> None:
+    _, gw = cluster
+    probes = gw.probe_url  # type: ignore[attr-defined]
+    ready = httpx.get(probes + "/readiness", timeout=5)
+    assert ready.status_code == 200 and ready.json()["healthy_workers"] == 1
+    assert httpx.get(probes + "/liveness", timeout=5).text == "OK"
+    assert httpx.get(probes + "/health", timeout=5).text == "OK"
+    assert httpx.get(probes + "/v1/models", timeout=5).status_code == 404  # the probe routes only
