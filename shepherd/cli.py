@@ -368,6 +368,10 @@ def _add_hardening_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--body-read-timeout-secs", type=float, default=limits.body_read_timeout_secs,
                        help="a request body must arrive within this many seconds, before it takes an admission "
                             "slot (408 past it; default: %(default)s)")
+    group.add_argument("--stream-body-stall-timeout-secs", type=float, default=limits.stream_body_stall_timeout_secs,
+                       help="a request body whose client sends nothing for this many seconds is refused (408 "
+                            "request_body_stalled), within --body-read-timeout-secs; 0: no stall bound "
+                            "(default: %(default)s, as SMG)")
     group.add_argument("--max-buffered-request-bytes", type=_size, default=limits.max_buffered_request_bytes,
                        help="request-body bytes held across all requests at once; past it new bodies get 503 "
                             "(default: 1 GiB)")
@@ -383,6 +387,7 @@ def _limits_from_args(args: argparse.Namespace) -> ServerLimits:
     return ServerLimits(header_read_timeout_secs=args.header_read_timeout_secs,
                         idle_connection_timeout_secs=args.idle_connection_timeout_secs,
                         body_read_timeout_secs=args.body_read_timeout_secs,
+                        stream_body_stall_timeout_secs=args.stream_body_stall_timeout_secs,
                         max_buffered_request_bytes=args.max_buffered_request_bytes)
 
 

@@ -364,6 +364,7 @@ class ServerLimits:
     header_read_timeout_secs: float = 30.0  # from a request's first byte to the end of its head (SMG's name)
     idle_connection_timeout_secs: float = 90.0  # a kept-alive connection with no request (SMG's name)
     body_read_timeout_secs: float = 60.0  # the whole request body, read before admission
+    stream_body_stall_timeout_secs: float = 300.0  # the longest wait for the next body bytes (SMG's name; 0: none)
     max_buffered_request_bytes: int = 1024**3  # request bodies held at once, all requests together
 
     def validate(self) -> None:
@@ -371,6 +372,8 @@ class ServerLimits:
                      "max_buffered_request_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.stream_body_stall_timeout_secs < 0:
+            raise ConfigError("--stream-body-stall-timeout-secs must not be negative (0: no stall bound)")
 
 
 @dataclass(frozen=True)

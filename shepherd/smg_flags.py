@@ -75,9 +75,6 @@ REFUSED: dict[str, Refusal] = {
     "--cache-index": _KV_INDEX, "--cache-ttl-secs": _KV_INDEX,
     "--pd-admission-wait-secs": _PD_ADMISSION, "--prefill-max-inflight-requests-per-worker": _PD_ADMISSION,
     "--prefill-queue-size": _PD_ADMISSION, "--prefill-queue-timeout-secs": _PD_ADMISSION,
-    "--stream-body-stall-timeout-secs": Refusal(
-        "streaming request bodies to workers", "Shepherd reads each request body whole before routing it; "
-        "bound that with --body-read-timeout-secs"),
     "--routing-key-override": Refusal("sticky sessions on any policy", "use --policy manual (sticky by "
                                       "--routing-key-headers, idle keys dropped after --max-idle-secs)"),
     "--dp-minimum-tokens-scheduler": Refusal("the minimum-tokens DP rank scheduler", "use --dp-aware, which "

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -19,7 +21,7 @@ def cluster() -> Iterator[tuple[Sim, Gateway]]:
     sim = Sim(1, "--prefill-tps", "40")
     probe_port = free_ports(1)[0]
     gw = Gateway(sim.urls, "--model-alias", "fast=mock-model", "--sse-keepalive-secs", "1",
-                 "--health-check-port", str(probe_port), expect_workers=1)
+                 "--health-check-port", str(probe_port), "--stream-body-stall-timeout-secs", "2", expect_workers=1)
     gw.probe_url = f"http://127.0.0.1:{probe_port}"  # type: ignore[attr-defined]
     try:
         yield sim, gw
@@ -74,3 +76,31 @@ def test_the_probe_port_answers_liveness_and_readiness(cluster: tuple[Sim, Gatew
     assert httpx.get(probes + "/liveness", timeout=5).text == "OK"
     assert httpx.get(probes + "/health", timeout=5).text == "OK"
     assert httpx.get(probes + "/v1/models", timeout=5).status_code == 404  # the probe routes only
+
+
+def _upload(gw: Gateway, body: bytes, parts: int, pause: float) -> bytes:
+    """POST `body` in `parts` pieces with `pause` seconds between them; the raw answer."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:  # 15: a bound, not under test
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        size = -(-len(body) // parts)
+        for start in range(0, len(body), size):
+            sock.sendall(body[start:start + size])
+            time.sleep(pause)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_a_body_that_stalls_is_refused_and_one_that_trickles_is_not(cluster: tuple[Sim, Gateway]) -> None:
+    _, gw = cluster
+    body = json.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 2}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:20])  # and nothing more
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408") and b'"code":"request_body_stalled"' in answer
+    trickled = _upload(gw, body, 10, 0.3)  # 3 s in all, more than the stall bound, but never silent for long
+    assert trickled.startswith(b"HTTP/1.1 200"), trickled[:200]
