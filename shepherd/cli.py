@@ -185,6 +185,13 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     grpc.add_argument("--tokenizer-cache-enable-l0", action="store_true", help="exact-match tokenization cache")
     grpc.add_argument("--tokenizer-cache-l0-max-entries", type=int, default=defaults.tokenizer_cache_l0_max_entries,
                       help="L0 entries kept (default: %(default)s)")
+    grpc.add_argument("--tokenizer-cache-l0-max-memory", type=_size, default=defaults.tokenizer_cache_l0_max_memory,
+                      help="L0 memory bound in bytes (texts, ids and per-entry overhead), e.g. 256M; the least "
+                           "recently used entries go first (default: 256 MiB, as SMG)")
+    grpc.add_argument("--disable-tokenizer-autoload", action="store_true",
+                      help="load no tokenizer by itself (not from --model-path/--tokenizer-path, a worker's paths or "
+                           "its GetTokenizer): for pure load balancing over HTTP workers; a gRPC worker whose "
+                           "model got no tokenizer from POST /v1/tokenizers first is refused (default: off)")
     grpc.add_argument("--tokenizer-cache-enable-l1", action="store_true",
                       help="prefix tokenization cache at special-token boundaries")
     grpc.add_argument("--tokenizer-cache-l1-max-memory", type=_size, default=defaults.tokenizer_cache_l1_max_memory,
@@ -683,6 +690,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         chat_template=args.chat_template,
         tokenizer_cache_enable_l0=args.tokenizer_cache_enable_l0,
         tokenizer_cache_l0_max_entries=args.tokenizer_cache_l0_max_entries,
+        tokenizer_cache_l0_max_memory=args.tokenizer_cache_l0_max_memory,
+        disable_tokenizer_autoload=args.disable_tokenizer_autoload,
         tokenizer_cache_enable_l1=args.tokenizer_cache_enable_l1,
         tokenizer_cache_l1_max_memory=args.tokenizer_cache_l1_max_memory,
         recording=_recording_config(args),

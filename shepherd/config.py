@@ -582,8 +582,10 @@ class GatewayConfig:
     chat_template: str | None = None  # a .jinja (or .json) file that overrides every model's template
     tokenizer_cache_enable_l0: bool = False
     tokenizer_cache_l0_max_entries: int = 10_000
+    tokenizer_cache_l0_max_memory: int = 256 * 1024 * 1024  # SMG's default
     tokenizer_cache_enable_l1: bool = False
     tokenizer_cache_l1_max_memory: int = 50 * 1024 * 1024
+    disable_tokenizer_autoload: bool = False  # tokenizers only from POST /v1/tokenizers
 
     @cached_property
     def gateway_keys(self) -> frozenset[str]:
@@ -652,6 +654,8 @@ class GatewayConfig:
                 raise ConfigError(f"gRPC worker URL {url!r} must be grpc://host:port")
         if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_entries <= 0:
             raise ConfigError("--tokenizer-cache-l0-max-entries must be positive when L0 is enabled")
+        if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_memory <= 0:
+            raise ConfigError("--tokenizer-cache-l0-max-memory must be positive when L0 is enabled")
         if self.tokenizer_cache_enable_l1 and self.tokenizer_cache_l1_max_memory <= 0:
             raise ConfigError("--tokenizer-cache-l1-max-memory must be positive when L1 is enabled")
         if not self.request_id_headers:

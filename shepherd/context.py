@@ -199,7 +199,8 @@ class AppContext:
                 workers=registry.all, serves=registry.serves, requests_in_flight=lambda: context.in_flight,
                 admission_queue_depth=lambda: context.admission.queue_depth,
                 admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees,
-                mesh=(lambda: (mesh.status.connected, mesh.status.errors)) if mesh is not None else None))
+                mesh=(lambda: (mesh.status.connected, mesh.status.errors)) if mesh is not None else None,
+                tokenizer_cache=context.grpc.tokenizers.cache_totals))
         return context
 
     def all_policy_registries(self) -> list[PolicyRegistry]:

@@ -54,13 +54,8 @@ _KV_INDEX = Refusal("a separate KV-event cache index with its own TTL", "the KV-
                     "--kv-index positional and --policy precise_cache; entries leave it when the engine evicts")
 _RL = Refusal("the RL control plane (/v1/rl)", "call the engines' control routes directly")
 
-_LATER = "issue 21 follow-up"
 
 REFUSED: dict[str, Refusal] = {
-    "--tokenizer-cache-l0-max-memory": _not_built("a memory bound on the L0 tokenizer cache", _LATER,
-                                                  "bound it by entries with --tokenizer-cache-l0-max-entries"),
-    "--disable-tokenizer-autoload": _not_built("turning tokenizer autoload off", _LATER, "drop the flag; "
-                                               "tokenizers are loaded only for gRPC workers and --model-path"),
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
