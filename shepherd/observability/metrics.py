@@ -95,6 +95,13 @@ class Metrics:
         self.upstream_responses = _Cached(Counter(
             "smg_router_upstream_responses_total", "Worker responses per attempt",
             ["router_type", "status_code", "error_code"], registry=r))
+        pd = ["backend_type", "model", "runtime"]  # runtime: the prefill worker's (sglang, vllm, ...)
+        self.pd_ttft = _Cached(Histogram(
+            "smg_pd_ttft_seconds", "PD: dispatch to the decode worker's response head", pd, buckets=durations,
+            registry=r))
+        self.pd_prefill_duration = _Cached(Histogram(
+            "smg_pd_prefill_duration_seconds", "PD: dispatch to the end of the prefill worker's answer", pd,
+            buckets=durations, registry=r))
         self.ttfb = _Cached(Histogram(
             "smg_router_ttfb_seconds", "Streams: time from dispatch to the first body byte from the worker",
             ["endpoint", "model", "worker"], buckets=durations, registry=r))
