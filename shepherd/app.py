@@ -20,7 +20,7 @@ from shepherd.api.keys import CONTEXT
 from shepherd.api.parse import add_parse_routes
 from shepherd.api.responses import add_response_routes
 from shepherd.api.tokenize import add_tokenizer_routes
-from shepherd.api.utility import add_utility_routes
+from shepherd.api.utility import add_utility_routes, readiness_state
 from shepherd.api.wasm import add_wasm_routes
 from shepherd.assembly import checked
 from shepherd.config import ConfigError, GatewayConfig
@@ -34,7 +34,9 @@ from shepherd.middleware.plugins import plugin_middleware
 from shepherd.middleware.routed_worker import install_routed_worker_header
 from shepherd.observability.metrics import Metrics
 from shepherd.plugins.registry import PluginError
+from shepherd.probe_port import ProbeListener
 from shepherd.providers.startup import parse_external_provider
+from shepherd.routers.common.keepalive import SSE_KEEPALIVE_SECS
 from shepherd.supervisor import metrics_port_file
 from shepherd.workers.spec import WorkerSpec, normalize_url
 from shepherd.workers.worker import WorkerType
@@ -55,6 +57,7 @@ def build_app(context: AppContext) -> web.Application:
         cors.install(app)
     install_routed_worker_header(app, context)
     app[CONTEXT] = context
+    app[SSE_KEEPALIVE_SECS] = config.sse_keepalive_secs
     add_inference_routes(app)
     add_utility_routes(app)
     add_admin_routes(app)
@@ -95,6 +98,7 @@ class Gateway:
         self.context: AppContext | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
+        self.probes: ProbeListener | None = None  # --health-check-port
 
     @property
     def port(self) -> int:
@@ -145,6 +149,8 @@ class Gateway:
                 raise bind_error("metrics", host, port, exc) from None
             if child:
                 self._announce_metrics_port()
+        if self.config.health_check_port is not None:
+            await self._start_probes(child)
         warn_if_open(self.config, log)
         self.context.start()
         key = self.config.worker_api_key
@@ -164,6 +170,17 @@ class Gateway:
                  + len(self.config.external_providers))
         log.info("shepherd listening on %s://%s:%d with %d startup workers", scheme, self.config.host, self.port,
                  count)
+
+    async def _start_probes(self, child: bool) -> None:
+        context, host, port = self.context, self.config.host, self.config.health_check_port
+        assert context is not None and port is not None
+        self.probes = ProbeListener(host, port, lambda: readiness_state(context), reuse_port=child,
+                                    header_timeout=self.config.limits.header_read_timeout_secs)
+        try:
+            await self.probes.start()
+        except OSError as exc:
+            self.probes = None
+            raise bind_error("probe", host, port, exc) from None
 
     def _announce_metrics_port(self) -> None:
         """Tell the supervisor where this child's metrics are (written whole, then renamed)."""
@@ -221,6 +238,8 @@ class Gateway:
         return None
 
     async def stop(self) -> None:
+        if self.probes is not None:
+            await self.probes.stop()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         if self._runner is not None:

@@ -71,6 +71,13 @@ def _size(value: str) -> int:
     return int(value)
 
 
+def _alias(value: str) -> tuple[str, str]:
+    alias, sep, canonical = value.partition("=")
+    if not sep or not alias.strip() or not canonical.strip():
+        raise argparse.ArgumentTypeError(f"expected ALIAS=CANONICAL, got {value!r}")
+    return alias.strip(), canonical.strip()
+
+
 def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     defaults = GatewayConfig()
     add_config_argument(parser.add_argument_group("configuration sources"))
@@ -89,6 +96,11 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--upstream-pool-idle-timeout-secs", type=float,
                         default=defaults.upstream_pool_idle_timeout_secs,
                         help="how long an idle pooled worker connection is kept (default: %(default)s)")
+    server.add_argument("--sse-keepalive-secs", type=float, default=defaults.sse_keepalive_secs,
+                        help="seconds of silence after which an open event stream to a client carries a keep-alive "
+                             "frame (an SSE comment; the ping event on /v1/messages), so an idle-timeout proxy does "
+                             "not cut a stream waiting on a long prefill; nothing is sent while frames flow; 0 sends "
+                             "none (default: %(default)s, as SMG)")
     server.add_argument("--request-id-headers", nargs="+", default=list(DEFAULT_REQUEST_ID_HEADERS),
                         help="headers a client request id is taken from, in order")
     server.add_argument("--tls-cert-path", default=None, help="serve HTTPS with this certificate (PEM)")
@@ -128,6 +140,11 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                                     "--host's family, :: for an IPv6 host, else 0.0.0.0)")
     observability.add_argument("--prometheus-port", type=int, default=defaults.prometheus_port,
                                help="the /metrics listener's port (default: %(default)s)")
+    observability.add_argument("--health-check-port", type=int, default=None,
+                               help="also serve /liveness, /readiness and /health on this port, from a thread of "
+                                    "their own, so probes are answered while the main port is saturated or needs a "
+                                    "key; they answer 503 if the gateway's event loop is stuck (default: off; the "
+                                    "routes stay on --port either way)")
     observability.add_argument("--prometheus-duration-buckets", type=float, nargs="+", default=[],
                                help="bucket bounds in seconds of every duration histogram (default: 0.001 to "
                                     "7200 s, as SMG)")
@@ -162,6 +179,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--external-model-refresh-secs", type=float, default=defaults.external_model_refresh_secs,
                          help="a request for an unknown model re-reads the providers' model lists at most this "
                               "often (default: %(default)s)")
+    workers.add_argument("--model-alias", action="append", type=_alias, default=[], dest="model_aliases",
+                         metavar="ALIAS=CANONICAL",
+                         help="serve a model under an extra client-facing name as well: requests naming ALIAS go "
+                              "to CANONICAL's workers (which see, and answer with, CANONICAL) and /v1/models lists "
+                              "it; repeatable; case-sensitive; a worker serving a model named ALIAS itself wins "
+                              "(default: none)")
     workers.add_argument("--worker-startup-delay", type=float, default=0.0, dest="worker_startup_delay_secs",
                          help="grace period in seconds before the first probe of a new worker (default: %(default)s)")
     workers.add_argument("--worker-drain-timeout-secs", type=float, default=defaults.worker_drain_timeout_secs,
@@ -176,6 +199,13 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     grpc.add_argument("--tokenizer-cache-enable-l0", action="store_true", help="exact-match tokenization cache")
     grpc.add_argument("--tokenizer-cache-l0-max-entries", type=int, default=defaults.tokenizer_cache_l0_max_entries,
                       help="L0 entries kept (default: %(default)s)")
+    grpc.add_argument("--tokenizer-cache-l0-max-memory", type=_size, default=defaults.tokenizer_cache_l0_max_memory,
+                      help="L0 memory bound in bytes (texts, ids and per-entry overhead), e.g. 256M; the least "
+                           "recently used entries go first (default: 256 MiB, as SMG)")
+    grpc.add_argument("--disable-tokenizer-autoload", action="store_true",
+                      help="load no tokenizer by itself (not from --model-path/--tokenizer-path, a worker's paths or "
+                           "its GetTokenizer): for pure load balancing over HTTP workers; a gRPC worker whose "
+                           "model got no tokenizer from POST /v1/tokenizers first is refused (default: off)")
     grpc.add_argument("--tokenizer-cache-enable-l1", action="store_true",
                       help="prefix tokenization cache at special-token boundaries")
     grpc.add_argument("--tokenizer-cache-l1-max-memory", type=_size, default=defaults.tokenizer_cache_l1_max_memory,
@@ -393,6 +423,10 @@ def _add_hardening_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--body-read-timeout-secs", type=float, default=limits.body_read_timeout_secs,
                        help="a request body must arrive within this many seconds, before it takes an admission "
                             "slot (408 past it; default: %(default)s)")
+    group.add_argument("--stream-body-stall-timeout-secs", type=float, default=limits.stream_body_stall_timeout_secs,
+                       help="a request body whose client sends nothing for this many seconds is refused (408 "
+                            "request_body_stalled), within --body-read-timeout-secs; 0: no stall bound "
+                            "(default: %(default)s, as SMG)")
     group.add_argument("--max-buffered-request-bytes", type=_size, default=limits.max_buffered_request_bytes,
                        help="request-body bytes held across all requests at once; past it new bodies get 503 "
                             "(default: 1 GiB)")
@@ -408,6 +442,7 @@ def _limits_from_args(args: argparse.Namespace) -> ServerLimits:
     return ServerLimits(header_read_timeout_secs=args.header_read_timeout_secs,
                         idle_connection_timeout_secs=args.idle_connection_timeout_secs,
                         body_read_timeout_secs=args.body_read_timeout_secs,
+                        stream_body_stall_timeout_secs=args.stream_body_stall_timeout_secs,
                         max_buffered_request_bytes=args.max_buffered_request_bytes)
 
 
@@ -715,6 +750,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         chat_template=args.chat_template,
         tokenizer_cache_enable_l0=args.tokenizer_cache_enable_l0,
         tokenizer_cache_l0_max_entries=args.tokenizer_cache_l0_max_entries,
+        tokenizer_cache_l0_max_memory=args.tokenizer_cache_l0_max_memory,
+        disable_tokenizer_autoload=args.disable_tokenizer_autoload,
         tokenizer_cache_enable_l1=args.tokenizer_cache_enable_l1,
         tokenizer_cache_l1_max_memory=args.tokenizer_cache_l1_max_memory,
         recording=_recording_config(args),

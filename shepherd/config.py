@@ -403,6 +403,7 @@ class ServerLimits:
     header_read_timeout_secs: float = 30.0  # from a request's first byte to the end of its head (SMG's name)
     idle_connection_timeout_secs: float = 90.0  # a kept-alive connection with no request (SMG's name)
     body_read_timeout_secs: float = 60.0  # the whole request body, read before admission
+    stream_body_stall_timeout_secs: float = 300.0  # the longest wait for the next body bytes (SMG's name; 0: none)
     max_buffered_request_bytes: int = 1024**3  # request bodies held at once, all requests together
 
     def validate(self) -> None:
@@ -410,6 +411,8 @@ class ServerLimits:
                      "max_buffered_request_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.stream_body_stall_timeout_secs < 0:
+            raise ConfigError("--stream-body-stall-timeout-secs must not be negative (0: no stall bound)")
 
 
 @dataclass(frozen=True)
@@ -546,6 +549,7 @@ class GatewayConfig:
     max_payload_size: int = 512 * 1024 * 1024
     max_background_responses: int = 1024  # background Responses running at once (0: run them in the foreground)
     upstream_pool_idle_timeout_secs: float = 3.0
+    sse_keepalive_secs: float = 15.0  # a client event stream silent this long carries a keep-alive frame (0: none)
 
     # Worker registration (control plane).
     worker_startup_timeout_secs: float = 1800.0
@@ -587,6 +591,7 @@ class GatewayConfig:
     prometheus_duration_buckets: tuple[float, ...] = ()  # empty: the built-in duration buckets
     prometheus_port: int = 29000
     tenant_metric_top_n: int = 32  # tenants with a `tenant` label of their own; the rest share "other"
+    health_check_port: int | None = None  # /liveness, /readiness, /health on a listener of their own
     disable_metrics: bool = False
     enable_trace: bool = False
     otlp_traces_endpoint: str = "localhost:4317"
@@ -599,6 +604,8 @@ class GatewayConfig:
     # External providers (--external-provider URL=KIND[,key_env=VAR][,model=ID]...).
     external_providers: tuple[str, ...] = ()
     external_model_refresh_secs: float = 10.0  # a model-list refresh on a miss happens at most this often
+    # --model-alias ALIAS=CANONICAL: extra client-facing names; requests are routed (and answered) as CANONICAL.
+    model_aliases: tuple[tuple[str, str], ...] = ()
 
     history: HistoryConfig = field(default_factory=HistoryConfig)  # chat history storage
     mcp_config_path: str | None = None  # MCP servers whose tools the gateway runs (shepherd/mcp/config.py)
@@ -621,8 +628,10 @@ class GatewayConfig:
     chat_template: str | None = None  # a .jinja (or .json) file that overrides every model's template
     tokenizer_cache_enable_l0: bool = False
     tokenizer_cache_l0_max_entries: int = 10_000
+    tokenizer_cache_l0_max_memory: int = 256 * 1024 * 1024  # SMG's default
     tokenizer_cache_enable_l1: bool = False
     tokenizer_cache_l1_max_memory: int = 50 * 1024 * 1024
+    disable_tokenizer_autoload: bool = False  # tokenizers only from POST /v1/tokenizers
 
     @cached_property
     def gateway_keys(self) -> frozenset[str]:
@@ -670,6 +679,10 @@ class GatewayConfig:
             raise ConfigError("--trace-sample-ratio must be between 0 and 1")
         if not 0 <= self.prometheus_port < 65536:
             raise ConfigError("--prometheus-port must be between 0 and 65535")
+        if self.health_check_port is not None and not 0 < self.health_check_port < 65536:
+            raise ConfigError(f"--health-check-port must be between 1 and 65535, got {self.health_check_port}")
+        if self.health_check_port in (self.port, self.prometheus_port):
+            raise ConfigError("--health-check-port must differ from --port and --prometheus-port")
         self.health.validate()
         self.breaker.validate()
         self.admission.validate()
@@ -693,13 +706,30 @@ class GatewayConfig:
                 raise ConfigError(f"gRPC worker URL {url!r} must be grpc://host:port")
         if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_entries <= 0:
             raise ConfigError("--tokenizer-cache-l0-max-entries must be positive when L0 is enabled")
+        if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_memory <= 0:
+            raise ConfigError("--tokenizer-cache-l0-max-memory must be positive when L0 is enabled")
         if self.tokenizer_cache_enable_l1 and self.tokenizer_cache_l1_max_memory <= 0:
             raise ConfigError("--tokenizer-cache-l1-max-memory must be positive when L1 is enabled")
         if not self.request_id_headers:
             raise ConfigError("--request-id-headers needs at least one header name")
         if self.external_model_refresh_secs < 0:
             raise ConfigError("--external-model-refresh-secs must not be negative")
+        if self.sse_keepalive_secs < 0:
+            raise ConfigError("--sse-keepalive-secs must not be negative (0 sends no keep-alive frames)")
+        _validate_aliases(self.model_aliases)
         return self
+
+
+def _validate_aliases(aliases: tuple[tuple[str, str], ...]) -> None:
+    targets: dict[str, str] = {}
+    for alias, canonical in aliases:
+        if not alias or not canonical or alias == canonical:
+            raise ConfigError(f"--model-alias needs ALIAS=CANONICAL with two different names, got {alias}={canonical}")
+        if targets.setdefault(alias, canonical) != canonical:
+            raise ConfigError(f"--model-alias {alias} names two models: {targets[alias]} and {canonical}")
+    if chained := sorted(set(targets) & set(targets.values())):
+        raise ConfigError(f"--model-alias {chained[0]} is both an alias and a canonical model; name the served "
+                          "model directly")
 
 
 def is_grpc_target(url: str) -> bool:

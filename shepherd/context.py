@@ -120,7 +120,7 @@ class AppContext:
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:
         """Build the context; must run inside the event loop that will serve it. `transports` replaces
         the real HTTP clients (tests pass fake ones)."""
-        registry = WorkerRegistry()
+        registry = WorkerRegistry(dict(config.model_aliases))
         if config.mesh.redis_url is not None:  # sticky keys agree across instances
             config = dataclasses.replace(config, policy_options=dataclasses.replace(
                 config.policy_options, agree_across_instances=True))
@@ -216,7 +216,8 @@ class AppContext:
                 workers=registry.all, serves=registry.serves, requests_in_flight=lambda: context.in_flight,
                 admission_queue_depth=lambda: context.admission.queue_depth,
                 admission_in_flight=lambda: context.admission.in_flight, cache_trees=policies.cache_trees,
-                mesh=(lambda: (mesh.status.connected, mesh.status.errors)) if mesh is not None else None))
+                mesh=(lambda: (mesh.status.connected, mesh.status.errors)) if mesh is not None else None,
+                tokenizer_cache=context.grpc.tokenizers.cache_totals))
         return context
 
     def all_policy_registries(self) -> list[PolicyRegistry]:

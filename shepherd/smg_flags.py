@@ -47,19 +47,8 @@ _KV_INDEX = Refusal("a separate KV-event cache index with its own TTL", "the KV-
                     "--kv-index positional and --policy precise_cache; entries leave it when the engine evicts")
 _RL = Refusal("the RL control plane (/v1/rl)", "call the engines' control routes directly")
 
-_LATER = "issue 21 follow-up"
 
 REFUSED: dict[str, Refusal] = {
-    "--health-check-port": _not_built("a dedicated probe listener", _LATER, "probe /liveness, /readiness and "
-                                      "/health on --port"),
-    "--model-alias": _not_built("model aliases", _LATER, "serve the model under the name clients use "
-                                "(--served-model-name on the engine)"),
-    "--sse-keepalive-secs": _not_built("SSE keep-alive frames", _LATER, "raise the idle timeout of proxies in "
-                                       "front of the gateway"),
-    "--tokenizer-cache-l0-max-memory": _not_built("a memory bound on the L0 tokenizer cache", _LATER,
-                                                  "bound it by entries with --tokenizer-cache-l0-max-entries"),
-    "--disable-tokenizer-autoload": _not_built("turning tokenizer autoload off", _LATER, "drop the flag; "
-                                               "tokenizers are loaded only for gRPC workers and --model-path"),
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
@@ -71,9 +60,6 @@ REFUSED: dict[str, Refusal] = {
     "--cache-index": _KV_INDEX, "--cache-ttl-secs": _KV_INDEX,
     "--pd-admission-wait-secs": _PD_ADMISSION, "--prefill-max-inflight-requests-per-worker": _PD_ADMISSION,
     "--prefill-queue-size": _PD_ADMISSION, "--prefill-queue-timeout-secs": _PD_ADMISSION,
-    "--stream-body-stall-timeout-secs": Refusal(
-        "streaming request bodies to workers", "Shepherd reads each request body whole before routing it; "
-        "bound that with --body-read-timeout-secs"),
     "--routing-key-override": Refusal("sticky sessions on any policy", "use --policy manual (sticky by "
                                       "--routing-key-headers, idle keys dropped after --max-idle-secs)"),
     "--dp-minimum-tokens-scheduler": Refusal("the minimum-tokens DP rank scheduler", "use --dp-aware, which "

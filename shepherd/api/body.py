@@ -15,10 +15,12 @@ from shepherd.request_keys import BODY_BYTES, RAW_BODY
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, read within `--body-read-timeout-secs` (408) and the gateway-wide body budget
-    (503); 413 before reading anything when Content-Length already says it is over `limit`. The
-    bytes stay reserved until the request is done (the gateway middleware gives them back). A body
-    read before (by a plugin hook) is not read again: every reader gets the same bytes."""
+    """The raw body, read within `--body-read-timeout-secs` (408 `request_body_timeout`), with no wait
+    on the client longer than `--stream-body-stall-timeout-secs` (408 `request_body_stalled`), and
+    within the gateway-wide body budget (503); 413 before reading anything when Content-Length already
+    says it is over `limit`. The bytes stay reserved until the request is done (the gateway middleware
+    gives them back). A body read before (by a plugin hook) is not read again: every reader gets the
+    same bytes."""
     cached = request.get(RAW_BODY)
     if cached is not None:
         return cached
@@ -33,19 +35,38 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         body = await _read(request, limit, length, context.bodies)
         request[RAW_BODY] = body
         return body
-    timeout = context.config.limits.body_read_timeout_secs
+    limits = context.config.limits
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.body_read_timeout_secs
+    stall = limits.stream_body_stall_timeout_secs
+    stall_bound = _StallBound(loop, deadline, stall) if 0 < stall < limits.body_read_timeout_secs else None
     try:
-        async with asyncio.timeout(timeout):
-            body = await _read(request, limit, length, context.bodies)
+        async with asyncio.timeout_at(deadline if stall_bound is None else stall_bound.next()) as bound:
+            body = await _read(request, limit, length, context.bodies, bound, stall_bound)
             request[RAW_BODY] = body
             return body
     except TimeoutError:
+        if (when := bound.when()) is not None and when < deadline:
+            raise GatewayError(408, "request_body_stalled",
+                               f"The request body stalled: nothing arrived for {stall:g}s",
+                               headers={"Connection": "close"}) from None
         raise GatewayError(408, "request_body_timeout",
-                           f"The request body did not arrive within {timeout:g}s",
+                           f"The request body did not arrive within {limits.body_read_timeout_secs:g}s",
                            headers={"Connection": "close"}) from None
 
 
-async def _read(request: web.Request, limit: int, length: int | None, budget: BodyBudget) -> bytes:
+class _StallBound:
+    """When the body read times out next: `stall` seconds after the last bytes, at most at the deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, stall: float) -> None:
+        self._loop, self._deadline, self._stall = loop, deadline, stall
+
+    def next(self) -> float:
+        return min(self._deadline, self._loop.time() + self._stall)
+
+
+async def _read(request: web.Request, limit: int, length: int | None, budget: BodyBudget,
+                bound: asyncio.Timeout | None = None, stall: _StallBound | None = None) -> bytes:
     if length is not None:  # reserve it all at once: a body that cannot fit is refused unread
         _reserve(request, budget, length)
     parts: list[bytes] = []
@@ -58,6 +79,8 @@ async def _read(request: web.Request, limit: int, length: int | None, budget: Bo
         if length is None:
             _reserve(request, budget, len(chunk))
         parts.append(chunk)
+        if bound is not None and stall is not None:
+            bound.reschedule(stall.next())  # the client sent something: the stall clock starts again
     return b"".join(parts)
 
 

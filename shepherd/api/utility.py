@@ -9,6 +9,7 @@ from aiohttp import web
 
 from shepherd.api.engine_metrics import engine_metrics
 from shepherd.api.keys import CONTEXT
+from shepherd.context import AppContext
 from shepherd.errors import GatewayError
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import WorkerType
@@ -19,9 +20,14 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 async def readiness(request: web.Request) -> web.Response:
-    context = request.app[CONTEXT]
+    status, body = readiness_state(request.app[CONTEXT])
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+def readiness_state(context: AppContext) -> tuple[int, dict[str, Any]]:
+    """What /readiness answers (status, body): on the main port, and published to --health-check-port."""
     if context.draining:
-        return web.json_response({"status": "not ready", "reason": "draining"}, status=503, dumps=_dumps)
+        return 503, {"status": "not ready", "reason": "draining"}
     if context.config.pd_disaggregation:
         return _pd_readiness(context.registry)
     workers = context.registry.of_type(WorkerType.REGULAR)
@@ -30,27 +36,26 @@ async def readiness(request: web.Request) -> web.Response:
     # the gateway serves on its last known state.
     mesh = {"mesh": context.mesh.details()} if context.mesh is not None else {}
     if healthy:
-        body = {"status": "ready", "healthy_workers": healthy, "total_workers": len(workers), **mesh}
-        return web.json_response(body, dumps=_dumps)
-    body = {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0,
-            "total_workers": len(workers), **mesh}
-    return web.json_response(body, status=503, dumps=_dumps)
+        return 200, {"status": "ready", "healthy_workers": healthy, "total_workers": len(workers), **mesh}
+    return 503, {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0,
+                 "total_workers": len(workers), **mesh}
 
 
-def _pd_readiness(registry: WorkerRegistry) -> web.Response:
+def _pd_readiness(registry: WorkerRegistry) -> tuple[int, dict[str, Any]]:
     """Disaggregated serving needs at least one healthy worker of each role."""
     prefill = sum(1 for w in registry.of_type(WorkerType.PREFILL) if w.is_available)
     decode = sum(1 for w in registry.of_type(WorkerType.DECODE) if w.is_available)
     body: dict[str, Any] = {"healthy_prefill_workers": prefill, "healthy_decode_workers": decode,
                             "total_workers": len(registry)}
     if prefill and decode:
-        return web.json_response({"status": "ready", **body}, dumps=_dumps)
+        return 200, {"status": "ready", **body}
     reason = "no healthy prefill workers" if not prefill else "no healthy decode workers"
-    return web.json_response({"status": "not ready", "reason": reason, **body}, status=503, dumps=_dumps)
+    return 503, {"status": "not ready", "reason": reason, **body}
 
 
 def _model_cards(registry: WorkerRegistry) -> dict[str, dict[str, Any]]:
-    """The union of every worker's models, one card per model id (the first worker's card wins)."""
+    """The union of every worker's models, one card per model id (the first worker's card wins), and
+    one per --model-alias of a served model (its `root` names the model it stands for)."""
     seen: dict[str, dict[str, Any]] = {}
     for worker in registry.all():
         cards = worker.model_cards or tuple({"id": model} for model in worker.model_ids)
@@ -61,6 +66,10 @@ def _model_cards(registry: WorkerRegistry) -> dict[str, dict[str, Any]]:
                                   "created": card.get("created", int(worker.created_at)),
                                   "owned_by": card.get("owned_by", worker.runtime_type),
                                   **{k: v for k, v in card.items() if k not in ("id", "object")}}
+    if registry.has_aliases:
+        for model_id, card in list(seen.items()):
+            for alias in registry.aliases_of(model_id):
+                seen.setdefault(alias, {**card, "id": alias, "root": model_id})
     return seen
 
 

@@ -13,7 +13,7 @@ Two kinds of series:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,13 @@ class Metrics:
         self.upstream_responses = _Cached(Counter(
             "smg_router_upstream_responses_total", "Worker responses per attempt",
             ["router_type", "status_code", "error_code"], registry=r))
+        pd = ["backend_type", "model", "runtime"]  # runtime: the prefill worker's (sglang, vllm, ...)
+        self.pd_ttft = _Cached(Histogram(
+            "smg_pd_ttft_seconds", "PD: dispatch to the decode worker's response head", pd, buckets=durations,
+            registry=r))
+        self.pd_prefill_duration = _Cached(Histogram(
+            "smg_pd_prefill_duration_seconds", "PD: dispatch to the end of the prefill worker's answer", pd,
+            buckets=durations, registry=r))
         self.ttfb = _Cached(Histogram(
             "smg_router_ttfb_seconds", "Streams: time from dispatch to the first body byte from the worker",
             ["endpoint", "model", "worker"], buckets=durations, registry=r))
@@ -218,6 +225,8 @@ class LiveState:
     admission_in_flight: Callable[[], int]
     cache_trees: Callable[[], Iterable[tuple[str | None, float, float]]]  # (model, hit ratio, tree size)
     mesh: Callable[[], tuple[bool, int]] | None = None  # (shared store answers, failed calls); None: no mesh
+    # The tokenization caches' totals over every tokenizer (TokenizerRegistry.cache_totals); None: not shown.
+    tokenizer_cache: Callable[[], Mapping[str, int]] | None = None
 
 
 class _StateCollector(Collector):
@@ -274,5 +283,31 @@ class _StateCollector(Collector):
             errors_family = CounterMetricFamily("smg_mesh_store_errors", "Mesh store calls that failed")
             errors_family.add_metric([], errors)
             yield errors_family  # type: ignore[misc]
+        if state.tokenizer_cache is not None:
+            yield from _tokenizer_cache_families(state.tokenizer_cache())
         yield gauge("smg_cache_tree_chars", "cache_aware: characters (or tokens) held in the tree", ["model"],
                     (([model or DEFAULT_MODEL], size) for model, _, size in trees))
+
+
+def _tokenizer_cache_families(totals: Mapping[str, int]) -> Iterator[Any]:
+    """SMG's tokenizer cache families (both layers always, a disabled one at zero; no model labels), and
+    the layers' present size."""
+    lookups = CounterMetricFamily("smg_tokenizer_cache_lookups", "Tokenizer cache lookups by layer and result; "
+                                  "an L0 hit skips L1, and L1 counts a text without special-token boundaries as a "
+                                  "miss", labels=["layer", "result"])
+    evictions = CounterMetricFamily("smg_tokenizer_cache_evictions", "Tokenizer cache entries removed to make room",
+                                    labels=["layer"])
+    reused = CounterMetricFamily("smg_tokenizer_cache_reused_bytes", "UTF-8 input bytes served by tokenizer cache "
+                                 "hits: whole texts for L0, matched prefixes for L1", labels=["layer"])
+    entries = GaugeMetricFamily("smg_tokenizer_cache_entries", "Entries held by the tokenizer cache", labels=["layer"])
+    memory = GaugeMetricFamily("smg_tokenizer_cache_memory_bytes", "Memory held by the tokenizer cache (as bounded "
+                               "by --tokenizer-cache-l0-max-memory and --tokenizer-cache-l1-max-memory)",
+                               labels=["layer"])
+    for layer in ("l0", "l1"):
+        lookups.add_metric([layer, "hit"], totals[f"{layer}_hits"])
+        lookups.add_metric([layer, "miss"], totals[f"{layer}_misses"])
+        evictions.add_metric([layer], totals[f"{layer}_evictions"])
+        reused.add_metric([layer], totals[f"{layer}_reused_bytes"])
+        entries.add_metric([layer], totals[f"{layer}_entries"])
+        memory.add_metric([layer], totals[f"{layer}_memory_bytes"])
+    yield from (lookups, evictions, reused, entries, memory)

@@ -4,6 +4,9 @@ HTTP workers get the transparent proxy; other connection modes (gRPC engines, ex
 register their own router here. A model served by several kinds goes to the kind of its first
 available worker. A model nobody serves goes to the external router while providers exist, which
 re-reads their model lists before answering 404; requests without a model never go to a provider.
+
+A request that names a --model-alias is rewritten here to the canonical model, once for every path:
+workers see (and answers report) the canonical id, as in SMG.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from shepherd.routers.base import Router
@@ -56,4 +60,11 @@ class RouterManager:
         method: str = "POST",
     ) -> web.StreamResponse:
         model = body.get("model") if body else None
+        if model is not None and self._registry.has_aliases and isinstance(model, str):
+            canonical = self._registry.canonical(model)
+            if canonical != model:
+                assert body is not None
+                body = {**body, "model": canonical}
+                raw_body = orjson.dumps(body)
+                model = canonical
         return await self.router_for(model).route(request, upstream_path, raw_body, body, method)

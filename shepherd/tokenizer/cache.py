@@ -1,6 +1,7 @@
 """The two-level tokenization cache. It wraps encode only; decoding is never cached.
 
-L0 is an exact-match LRU keyed by (text, add_special_tokens), bounded by entry count.
+L0 is an exact-match LRU keyed by (text, add_special_tokens), bounded by entry count and by memory
+(texts, ids and a per-entry overhead, as SMG's --tokenizer-cache-l0-max-memory).
 
 L1 reuses prefixes. A boundary is the offset just after a special token (`<|im_end|>` and friends);
 because such tokens are atomic (matched before normalization, no right-strip), encoding a text equals
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import sys
 import threading
 from array import array
 from collections import OrderedDict
@@ -29,6 +31,7 @@ from shepherd.tokenizer.tokenizer import Tokenizer
 log = logging.getLogger("shepherd.tokenizer")
 
 _L1_ENTRY_OVERHEAD = 160  # bytes: digest key, OrderedDict slot and array header, per entry
+_L0_ENTRY_OVERHEAD = 160  # bytes: OrderedDict slot and links, array header, per entry (the text is counted apart)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class CacheConfig:
     l0_max_entries: int = 10_000
     enable_l1: bool = False
     l1_max_memory: int = 50 * 1024 * 1024
+    l0_max_memory: int = 256 * 1024 * 1024
 
     @property
     def enabled(self) -> bool:
@@ -44,20 +48,34 @@ class CacheConfig:
 
 
 class CacheStats:
-    __slots__ = ("l0_hits", "l0_misses", "l1_hits", "l1_misses", "l1_tokens_reused")
+    """Lookups per layer (an L0 hit skips L1; L1 counts a text without boundaries as a miss, as SMG),
+    and the UTF-8 input bytes hits served: whole texts for L0, matched prefixes for L1."""
+
+    __slots__ = ("l0_hits", "l0_misses", "l1_hits", "l1_misses", "l1_tokens_reused", "l0_reused_bytes",
+                 "l1_reused_bytes")
 
     def __init__(self) -> None:
         self.l0_hits = self.l0_misses = self.l1_hits = self.l1_misses = self.l1_tokens_reused = 0
+        self.l0_reused_bytes = self.l1_reused_bytes = 0
 
     def to_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class L0Cache:
-    """Exact match. Two LRU maps (one per add_special_tokens value) share one entry budget."""
+# What a scrape reads (summed over every tokenizer): the counters only grow, gauges are the present.
+COUNTER_TOTALS = ("l0_hits", "l0_misses", "l1_hits", "l1_misses", "l0_evictions", "l1_evictions",
+                  "l0_reused_bytes", "l1_reused_bytes")
+GAUGE_TOTALS = ("l0_entries", "l1_entries", "l0_memory_bytes", "l1_memory_bytes")
 
-    def __init__(self, max_entries: int) -> None:
+
+class L0Cache:
+    """Exact match. Two LRU maps (one per add_special_tokens value) share one entry and memory budget."""
+
+    def __init__(self, max_entries: int, max_memory: int = 256 * 1024 * 1024) -> None:
         self.max_entries = max_entries
+        self.max_memory = max_memory
+        self.memory = 0
+        self.evictions = 0  # entries dropped to make room
         self._maps: tuple[OrderedDict[str, array[int]], OrderedDict[str, array[int]]] = (OrderedDict(), OrderedDict())
         self._lock = threading.Lock()
 
@@ -75,13 +93,25 @@ class L0Cache:
 
     def put(self, text: str, add_special_tokens: bool, ids: list[int]) -> None:
         stored = array("I", ids)  # 4 bytes a token instead of a list of int objects
+        size = _l0_size(text, stored)
+        if size > self.max_memory:
+            return  # larger than the whole cache: kept nowhere
         with self._lock:
             entries = self._maps[add_special_tokens]
+            old = entries.pop(text, None)
+            if old is not None:
+                self.memory -= _l0_size(text, old)
             entries[text] = stored
-            entries.move_to_end(text)
-            while len(self) > self.max_entries:
+            self.memory += size
+            while len(self) > self.max_entries or self.memory > self.max_memory:
                 larger = max(self._maps, key=len)
-                larger.popitem(last=False)
+                evicted_text, evicted = larger.popitem(last=False)
+                self.memory -= _l0_size(evicted_text, evicted)
+                self.evictions += 1
+
+
+def _l0_size(text: str, ids: array[int]) -> int:
+    return sys.getsizeof(text) + ids.itemsize * len(ids) + _L0_ENTRY_OVERHEAD
 
 
 class L1Cache:
@@ -90,6 +120,7 @@ class L1Cache:
     def __init__(self, max_memory: int, boundary_tokens: list[str]) -> None:
         self.max_memory = max_memory
         self.memory = 0
+        self.evictions = 0  # entries dropped to make room
         ordered = sorted(set(boundary_tokens), key=len, reverse=True)  # leftmost-longest, like the tokenizer
         self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
         self._entries: OrderedDict[bytes, array[int]] = OrderedDict()
@@ -133,6 +164,7 @@ class L1Cache:
             while self._entries and self.memory + size > self.max_memory:
                 _, evicted = self._entries.popitem(last=False)
                 self.memory -= evicted.itemsize * len(evicted) + _L1_ENTRY_OVERHEAD
+                self.evictions += 1
             self._entries[key] = ids
             self.memory += size
 
@@ -156,7 +188,7 @@ class CachedEncoder:
         self.tokenizer = tokenizer
         self.config = config
         self.stats = CacheStats()
-        self.l0 = L0Cache(config.l0_max_entries) if config.enable_l0 else None
+        self.l0 = L0Cache(config.l0_max_entries, config.l0_max_memory) if config.enable_l0 else None
         self.l1: L1Cache | None = None
         self._l1_flags = (False, False)  # whether L1 may serve add_special_tokens=False / True
         if config.enable_l1:
@@ -236,6 +268,7 @@ class CachedEncoder:
             self.stats.l0_misses += 1
         else:
             self.stats.l0_hits += 1
+            self.stats.l0_reused_bytes += len(text.encode())
         return ids
 
     def _plan(self, text: str, add_special_tokens: bool) -> _Plan | None:
@@ -245,6 +278,7 @@ class CachedEncoder:
             return None
         boundaries = l1.boundaries(text)
         if not boundaries:
+            self.stats.l1_misses += 1  # nothing L1 could reuse (SMG counts it a miss too)
             return None
         keys = l1.keys(text, add_special_tokens, boundaries)
         for i in range(len(keys) - 1, -1, -1):
@@ -253,6 +287,7 @@ class CachedEncoder:
                 self.stats.l1_hits += 1
                 self.stats.l1_tokens_reused += len(prefix)
                 start = boundaries[i]
+                self.stats.l1_reused_bytes += len(text[:start].encode())
                 rest = boundaries[i + 1:]
                 segments = [(s, e, False) for s, e in zip([start, *rest], [*rest, len(text)], strict=True)]
                 return _Plan(prefix, segments, keys[i + 1:])
@@ -274,14 +309,27 @@ class CachedEncoder:
         ids += pieces[-1]
         return ids
 
+    def totals(self) -> dict[str, int]:
+        """This encoder's share of the COUNTER_TOTALS and GAUGE_TOTALS."""
+        stats, l0, l1 = self.stats, self.l0, self.l1
+        return {"l0_hits": stats.l0_hits, "l0_misses": stats.l0_misses, "l1_hits": stats.l1_hits,
+                "l1_misses": stats.l1_misses, "l0_reused_bytes": stats.l0_reused_bytes,
+                "l1_reused_bytes": stats.l1_reused_bytes,
+                "l0_evictions": l0.evictions if l0 is not None else 0,
+                "l1_evictions": l1.evictions if l1 is not None else 0,
+                "l0_entries": len(l0) if l0 is not None else 0, "l1_entries": len(l1) if l1 is not None else 0,
+                "l0_memory_bytes": l0.memory if l0 is not None else 0,
+                "l1_memory_bytes": l1.memory if l1 is not None else 0}
+
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"l0_enabled": self.l0 is not None, "l1_enabled": self.l1 is not None,
                                 **self.stats.to_dict()}
         if self.l0 is not None:
-            info.update(l0_entries=len(self.l0), l0_max_entries=self.l0.max_entries)
+            info.update(l0_entries=len(self.l0), l0_max_entries=self.l0.max_entries, l0_memory_bytes=self.l0.memory,
+                        l0_max_memory=self.l0.max_memory, l0_evictions=self.l0.evictions)
         if self.l1 is not None:
             info.update(l1_entries=len(self.l1), l1_memory_bytes=self.l1.memory,
-                        l1_max_memory=self.l1.max_memory)
+                        l1_max_memory=self.l1.max_memory, l1_evictions=self.l1.evictions)
         return info
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from shepherd.tokenizer.cache import CacheConfig, CachedEncoder
+from shepherd.tokenizer.cache import COUNTER_TOTALS, GAUGE_TOTALS, CacheConfig, CachedEncoder
 from shepherd.tokenizer.tokenizer import Tokenizer
 
 
@@ -45,6 +45,7 @@ class TokenizerRegistry:
     def __init__(self, cache_config: CacheConfig | None = None) -> None:
         self.cache_config = cache_config or CacheConfig()
         self._entries: dict[str, TokenizerEntry] = {}
+        self._retired = dict.fromkeys(COUNTER_TOTALS, 0)  # counters of caches since dropped: totals never shrink
 
     def get(self, model: str | None) -> TokenizerEntry | None:
         """The model's tokenizer; with no model named, the only one registered (if exactly one)."""
@@ -63,11 +64,29 @@ class TokenizerRegistry:
     def register(self, model: str, tokenizer: Tokenizer, origin: str) -> TokenizerEntry:
         cache = CachedEncoder(tokenizer, self.cache_config) if self.cache_config.enabled else None
         entry = TokenizerEntry(model, tokenizer, cache, origin)
+        self._retire(self._entries.get(model))
         self._entries[model] = entry
         return entry
 
     def remove(self, model: str) -> TokenizerEntry | None:
-        return self._entries.pop(model, None)
+        entry = self._entries.pop(model, None)
+        self._retire(entry)
+        return entry
+
+    def cache_totals(self) -> dict[str, int]:
+        """The tokenization caches' activity summed over every tokenizer (the smg_tokenizer_cache_* families)."""
+        totals = dict(self._retired) | dict.fromkeys(GAUGE_TOTALS, 0)
+        for entry in self._entries.values():
+            if entry.cache is not None:
+                for name, value in entry.cache.totals().items():
+                    totals[name] += value
+        return totals
+
+    def _retire(self, entry: TokenizerEntry | None) -> None:
+        if entry is not None and entry.cache is not None:
+            counts = entry.cache.totals()
+            for name in COUNTER_TOTALS:
+                self._retired[name] += counts[name]
 
     async def load(self, model: str, source: str, chat_template_path: str | None = None,
                    origin: str = "path", extra_eos: Iterable[int] = ()) -> TokenizerEntry:

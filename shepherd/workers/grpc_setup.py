@@ -66,6 +66,9 @@ class GrpcWorkerSetup:
 
     async def _load(self, model: str, worker: Worker) -> TokenizerEntry:
         config = self._config
+        if config.disable_tokenizer_autoload:
+            raise ProbeError(f"no tokenizer for model {model!r}: tokenizer autoload is off "
+                             "(--disable-tokenizer-autoload); register one with POST /v1/tokenizers")
         sources = [s for s in (config.tokenizer_path, config.model_path, worker.labels.get("tokenizer_path"),
                                worker.labels.get("model_path")) if s]
         problems: list[str] = []

@@ -7,7 +7,7 @@ never copies, locks or awaits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import TypeVar
 
@@ -26,12 +26,17 @@ Listener = Callable[[RegistryEvent, Worker], None]
 
 
 class WorkerRegistry:
-    def __init__(self) -> None:
+    def __init__(self, model_aliases: Mapping[str, str] | None = None) -> None:
+        # --model-alias: alias -> canonical model. An alias answers for its model's workers; a worker that
+        # serves a model under the alias's own name wins over it.
+        self._aliases = dict(model_aliases or {})
+        self.has_aliases = bool(self._aliases)
         self._by_id: dict[str, Worker] = {}
         self._by_url: dict[str, Worker] = {}
         self._by_model: dict[str, tuple[Worker, ...]] = {}
         self._by_type: dict[WorkerType, tuple[Worker, ...]] = {}
         self._all: tuple[Worker, ...] = ()
+        self._served: frozenset[str] = frozenset()  # names workers serve themselves (ids and their own aliases)
         self._listeners: list[Listener] = []
 
     # -- reads (data plane) -------------------------------------------------------------------
@@ -63,6 +68,15 @@ class WorkerRegistry:
 
     def models(self) -> list[str]:
         return list(self._by_model)
+
+    def canonical(self, model: str) -> str:
+        """The model a requested name stands for: the canonical id of a --model-alias, else the name."""
+        target = self._aliases.get(model)
+        return target if target is not None and model not in self._served else model
+
+    def aliases_of(self, model: str) -> list[str]:
+        """The --model-alias names that currently stand for `model`."""
+        return [alias for alias, target in self._aliases.items() if target == model and alias not in self._served]
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -106,6 +120,10 @@ class WorkerRegistry:
             by_type.setdefault(worker.worker_type, []).append(worker)
             for model in dict.fromkeys((*worker.model_ids, *worker.aliases)):
                 by_model.setdefault(model, []).append(worker)
+        self._served = frozenset(by_model)
+        for alias, canonical in self._aliases.items():
+            if alias not in self._served and canonical in by_model:
+                by_model[alias] = by_model[canonical]
         self._all = workers
         self._by_model = _freeze(by_model.items())
         self._by_type = _freeze(by_type.items())

@@ -73,6 +73,8 @@ def test_chat_plain_and_streaming(gateway: Gateway, cluster: tuple[Sim, Sim]) ->
     assert {b["bootstrap_room"] for b in prefill_bodies} == {b["bootstrap_room"] for b in decode_bodies}
     assert all(b["bootstrap_host"] == "127.0.0.1" for b in prefill_bodies)
     assert all(b["bootstrap_port"] in prefill.bootstrap_ports for b in prefill_bodies)  # type: ignore[attr-defined]
+    for family in ("smg_pd_ttft_seconds_count", "smg_pd_prefill_duration_seconds_count"):  # SMG's PD families
+        assert gateway.metric(family, backend_type="pd", model="mock-model", runtime="sglang") >= 2, family
 
 
 def test_generate_plain_streaming_and_batched(gateway: Gateway, cluster: tuple[Sim, Sim]) -> None:

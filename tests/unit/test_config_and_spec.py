@@ -29,6 +29,9 @@ def test_cli_flags_map_to_config() -> None:
     ({"retry": RetryConfig(jitter_factor=2.0)}, "--retry-jitter-factor"),
     ({"tool_call_parser": "qwen2"}, "--tool-call-parser"),
     ({"reasoning_parser": "qwen"}, "--reasoning-parser"),
+    ({"model_aliases": (("a", "a"),)}, "two different names"),
+    ({"model_aliases": (("a", "m1"), ("a", "m2"))}, "--model-alias a names two models"),
+    ({"model_aliases": (("a", "b"), ("b", "c"))}, "--model-alias b is both"),
 ])
 def test_invalid_config_names_the_flag(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -40,6 +43,13 @@ def test_parser_flags_map_to_config() -> None:
     config = config_from_args(args).validate()
     assert config.tool_call_parser == "qwen_coder" and config.reasoning_parser == "qwen3"
     assert config_from_args(build_parser().parse_args(["launch"])).tool_call_parser is None
+
+
+def test_model_aliases_from_the_command_line() -> None:
+    args = build_parser().parse_args(["launch", "--model-alias", "fast=big", "--model-alias", "gpt-4o = big"])
+    assert config_from_args(args).validate().model_aliases == (("fast", "big"), ("gpt-4o", "big"))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["launch", "--model-alias", "no-equals-sign"])
 
 
 def test_sizes() -> None:

@@ -37,7 +37,7 @@ SAMPLES: dict[str, list[str]] = {
     "--health-check-endpoint": ["/health"], "--log-level": ["debug"], "--host": ["127.0.0.1"],
     "--prometheus-host": ["127.0.0.1"], "--worker-startup-check-interval": ["2"], "--discovery-provider": ["file"],
     "--kv-index": ["positional"], "--tenant-api-key": ["team-a:secret-a"],
-    "--priority-scheduler-default-max-class": ["interactive"],
+    "--priority-scheduler-default-max-class": ["interactive"], "--model-alias": ["fast=mock-model"],
 }
 FILES = {"--tls-cert-path", "--tls-key-path", "--client-cert-path", "--client-key-path", "--ca-cert-paths",
          "--chat-template", "--discovery-file", "--log-dir", "--model-path", "--tokenizer-path"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,3 +82,77 @@ def test_l1_stays_under_its_memory_bound() -> None:
     assert encoder.l1 is not None
     assert 0 < encoder.l1.memory <= 4096
     assert encoder.info()["l1_memory_bytes"] == encoder.l1.memory
+
+
+def test_l0_stays_under_its_memory_bound_and_counts_evictions() -> None:
+    encoder = CachedEncoder(qwen_tokenizer(), CacheConfig(enable_l0=True, l0_max_entries=1000, l0_max_memory=4096))
+    for i in range(40):
+        encoder.encode(f"question number {i} " * 10)  # about 400 bytes an entry with its ids and overhead
+    assert encoder.l0 is not None and 0 < encoder.l0.memory <= 4096
+    assert len(encoder.l0) < 40 and encoder.l0.evictions == 40 - len(encoder.l0)
+    encoder.encode("x" * 8192)  # larger than the whole cache: never stored, nothing evicted for it
+    assert encoder.l0.evictions == 40 - len(encoder.l0) and encoder.l0.memory <= 4096
+    last = "question number 39 " * 10
+    assert encoder.encode(last) == qwen_tokenizer().encode(last)
+    assert encoder.stats.l0_hits == 1 and encoder.stats.l0_reused_bytes == len(last.encode())
+
+
+def test_registry_totals_sum_every_tokenizer_and_keep_the_counts_of_removed_ones() -> None:
+    from shepherd.tokenizer.registry import TokenizerRegistry
+
+    registry = TokenizerRegistry(CacheConfig(enable_l0=True, enable_l1=True))
+    for model in ("a", "b"):
+        entry = registry.register(model, qwen_tokenizer(), "test")
+        entry.encode(_chat("shared system prompt", "q1"))
+        entry.encode(_chat("shared system prompt", "q1"))  # L0 hit
+        entry.encode(_chat("shared system prompt", "q2"))  # L0 miss, L1 hit
+    totals = registry.cache_totals()
+    assert (totals["l0_hits"], totals["l0_misses"], totals["l1_hits"], totals["l1_misses"]) == (2, 4, 2, 2)
+    assert totals["l0_entries"] == 4 and totals["l1_reused_bytes"] > 0
+    registry.remove("a")
+    after = registry.cache_totals()
+    assert after["l0_hits"] == 2 and after["l0_entries"] == 2  # counters keep growing; sizes are the present
+
+
+async def test_the_totals_are_smgs_tokenizer_cache_families() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shepherd.observability.metrics import LiveState, Metrics
+    from shepherd.tokenizer.registry import TokenizerRegistry
+
+    registry = TokenizerRegistry(CacheConfig(enable_l0=True))
+    entry = registry.register("m", qwen_tokenizer(), "test")
+    entry.encode("hello")
+    entry.encode("hello")
+    metrics = Metrics()
+    metrics.attach(LiveState(workers=lambda: (), serves=lambda m: False, requests_in_flight=lambda: 0,
+                             admission_queue_depth=lambda: 0, admission_in_flight=lambda: 0, cache_trees=lambda: (),
+                             tokenizer_cache=registry.cache_totals))
+    families = {f.name: f for f in text_string_to_metric_families((await metrics.exposition()).decode())}
+    lookups = {(s.labels["layer"], s.labels["result"]): s.value
+               for s in families["smg_tokenizer_cache_lookups"].samples}
+    assert lookups == {("l0", "hit"): 1, ("l0", "miss"): 1, ("l1", "hit"): 0, ("l1", "miss"): 0}  # L1 off: zeros
+    reused = {s.labels["layer"]: s.value for s in families["smg_tokenizer_cache_reused_bytes"].samples}
+    assert reused == {"l0": 5, "l1": 0}
+    assert {s.labels["layer"]: s.value for s in families["smg_tokenizer_cache_entries"].samples} == {"l0": 1, "l1": 0}
+    assert "smg_tokenizer_cache_evictions" in families
+
+
+async def test_with_autoload_off_a_grpc_worker_gets_only_a_registered_tokenizer(tmp_path: Any) -> None:
+    import pytest
+
+    from shepherd.config import GatewayConfig
+    from shepherd.tokenizer.registry import TokenizerRegistry
+    from shepherd.workers.errors import ProbeError
+    from shepherd.workers.grpc_pool import GrpcClientPool
+    from shepherd.workers.grpc_setup import GrpcWorkerSetup
+    from shepherd.workers.worker import Worker
+
+    registry = TokenizerRegistry()
+    config = GatewayConfig(disable_tokenizer_autoload=True, tokenizer_path=str(tmp_path))
+    setup = GrpcWorkerSetup(config, GrpcClientPool(), registry)
+    worker = Worker(id="g", url="grpc://127.0.0.1:1", model_ids=("m",), connection_mode="grpc")
+    with pytest.raises(ProbeError, match="autoload is off.*POST /v1/tokenizers"):
+        await setup.prepare(worker)
+    registry.register("m", qwen_tokenizer(), "api")  # what POST /v1/tokenizers does
+    await setup.prepare(worker)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from aiohttp import web
 from multidict import CIMultiDict
 
+from shepherd.routers.common.keepalive import SSE_KEEPALIVE_SECS, KeepAliveStream, keepalive_frame
+
 SINK_DEPTH = 64  # chunks buffered between the path and the internal reader
 
 
@@ -59,12 +61,21 @@ class CapturedStream(web.StreamResponse):
 
 
 async def open_stream(request: web.Request, status: int, headers: Mapping[str, str]) -> web.StreamResponse:
-    """Start a streamed answer to `request` (headers sent); write to it, then `write_eof`."""
+    """Start a streamed answer to `request` (headers sent); write to it, then `write_eof`. A client's
+    event stream carries keep-alive frames while it is idle (--sse-keepalive-secs, keepalive.py)."""
     sink = request.get(SINK)
     response: web.StreamResponse
+    keepalive = request.config_dict.get(SSE_KEEPALIVE_SECS, 0.0)
     if sink is not None:
         response = CapturedStream(sink, status, headers)
+    elif keepalive > 0 and _is_event_stream(headers):
+        response = KeepAliveStream(status, headers, keepalive, keepalive_frame(request.path))
     else:
         response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
     return response
+
+
+def _is_event_stream(headers: Mapping[str, str]) -> bool:
+    return any(name.lower() == "content-type" and value.startswith("text/event-stream")
+               for name, value in headers.items())

@@ -41,6 +41,7 @@ class GrpcComponents:
         """
         tokenizers = TokenizerRegistry(CacheConfig(
             enable_l0=config.tokenizer_cache_enable_l0, l0_max_entries=config.tokenizer_cache_l0_max_entries,
+            l0_max_memory=config.tokenizer_cache_l0_max_memory,
             enable_l1=config.tokenizer_cache_enable_l1, l1_max_memory=config.tokenizer_cache_l1_max_memory))
         pool = GrpcClientPool()
         registry.subscribe(pool.on_registry_event)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -126,13 +127,16 @@ class PdRouter:
         timeout = execution.remaining()
         legs = (execution.attempt(prefill), execution.attempt(decode))
         try:
+            dispatched = time.perf_counter()
             for leg in legs:
                 leg.start(self._transport, "POST", path, self._headers(execution, leg.worker), payload, timeout)
             prefill_leg, decode_leg = legs
             # The prefill first: its answer tells whether the hand-over can succeed (and carries the
             # prompt logprobs). Its body is drained completely before any decode byte is relayed.
             prefill_body = await self._read_leg(execution, prefill_leg, "prefill", final)
+            self._observe(execution, "pd_prefill_duration", prefill, dispatched)
             await self._await_head(decode_leg, "decode", final)
+            self._observe(execution, "pd_ttft", prefill, dispatched)
             transform = self._logprob_merger(body, prefill_body)
             return await self._answer(execution, decode_leg, final, transform)
         except asyncio.CancelledError:  # the client went away
@@ -161,12 +165,14 @@ class PdRouter:
         decode_body = dict(body)
         legs: list[Attempt] = []
         try:
+            dispatched = time.perf_counter()
             if (body.get("n") or 1) == 1:  # with n > 1 the decode recomputes the prompt itself
                 prefill_leg = execution.attempt(prefill)
                 legs.append(prefill_leg)
                 prefill_leg.start(self._transport, "POST", path, self._headers(execution, prefill),
                                   orjson.dumps(_prefill_only(path, body)), execution.remaining())
                 answer = await self._read_leg(execution, prefill_leg, "prefill", final)
+                self._observe(execution, "pd_prefill_duration", prefill, dispatched)
                 try:
                     params = orjson.loads(answer).get("kv_transfer_params")
                 except (orjson.JSONDecodeError, AttributeError):
@@ -178,6 +184,7 @@ class PdRouter:
             decode_leg.start(self._transport, "POST", path, self._headers(execution, decode),
                              orjson.dumps(decode_body), execution.remaining())
             await self._await_head(decode_leg, "decode", final)
+            self._observe(execution, "pd_ttft", prefill, dispatched)
             return await self._answer(execution, decode_leg, final, None)
         except asyncio.CancelledError:  # the client went away
             for leg in legs:
@@ -188,6 +195,15 @@ class PdRouter:
                 leg.close()
 
     # -- shared steps -------------------------------------------------------------------------
+
+    @staticmethod
+    def _observe(execution: Execution[Pair], histogram: str, prefill: Worker, since: float) -> None:
+        """smg_pd_ttft_seconds / smg_pd_prefill_duration_seconds, from the dispatch of the pair."""
+        metrics = execution.lifecycle.metrics
+        if metrics is not None:
+            family = getattr(metrics, histogram)
+            family("pd", metrics.model_label(execution.model), prefill.runtime_type).observe(
+                time.perf_counter() - since)
 
     async def _await_head(self, leg: Attempt, role: str, final: bool) -> None:
         assert leg.task is not None
