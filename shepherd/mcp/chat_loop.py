@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shepherd.mcp.session import McpCallRecord, ToolSession
+if TYPE_CHECKING:  # the session imports the mcp SDK, which only gateways that use MCP pay for
+    from shepherd.mcp.session import McpCallRecord, ToolSession
 
 ModelCall = Callable[[dict[str, Any]], Awaitable[Mapping[str, Any] | AsyncIterable[dict[str, Any]]]]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
 
 from shepherd.mcp.connection import McpConnection, McpUnavailable, ToolInfo
 
@@ -43,7 +44,7 @@ class McpCallRecord:
     # completed | failed | incomplete (not run: the call budget was spent) | in_progress (running)
     # | awaiting_approval (held for the client's approval)
     status: str = "completed"
-    error_kind: str | None = None  # tool: the tool's own error; protocol: bad arguments, timeout, unreachable
+    error_code: int | None = None  # a protocol failure's JSON-RPC code (None with an error: the tool's own)
     exposed: str = ""  # the name the model called
 
     def as_item(self) -> dict[str, Any]:
@@ -149,22 +150,21 @@ class ToolSession:
             parsed = None
         if not isinstance(parsed, dict):
             record.status, record.error = "failed", "the arguments are not a JSON object"
-            record.error_kind = "protocol"
+            record.error_code = INVALID_PARAMS
             self._observe(binding, "invalid_arguments", started)
             return record
         try:
             result = await binding.connection.call(binding.tool.name, parsed)
         except TimeoutError as exc:
             record.status, record.error = "failed", str(exc) or "the tool call timed out"
-            record.error_kind = "protocol"
+            record.error_code = REQUEST_TIMEOUT
             self._observe(binding, "timeout", started)
         except McpUnavailable as exc:
-            record.status, record.error, record.error_kind = "failed", str(exc), "protocol"
+            record.status, record.error, record.error_code = "failed", str(exc), CONNECTION_CLOSED
             self._observe(binding, "unavailable", started)
         else:
             if result.is_error:
                 record.status, record.error = "failed", result.text or "the tool failed"
-                record.error_kind = "tool"
                 self._observe(binding, "tool_error", started)
             else:
                 record.output = result.text
