@@ -126,3 +126,44 @@ def _approval(raw: Any, where: str) -> Approval:
     never = _filter(raw["never"], f"{where}.never") if raw.get("never") is not None else None
     # Only `always` named: the rest run without asking; otherwise what is not exempted asks.
     return Approval(always=always, never=never, default=never is not None or always is None)
+
+
+_SERVER_KEYS = frozenset({"type", "url", "name", "authorization_token", "tool_configuration"})
+
+
+def parse_mcp_servers(raw: Any) -> list[McpToolSpec]:
+    """Anthropic Messages `mcp_servers` (the MCP connector: `[{"type": "url", url, name,
+    authorization_token, tool_configuration: {allowed_tools, enabled}}]`). A server with
+    `enabled: false` offers nothing. Messages has no approval step: the tools run when called."""
+    if not isinstance(raw, list):
+        raise McpToolRefused("'mcp_servers' must be a list")
+    specs: list[McpToolSpec] = []
+    for index, server in enumerate(raw):
+        where = f"mcp_servers[{index}]"
+        if not isinstance(server, dict) or server.get("type") != "url":
+            raise McpToolRefused(f"{where}: must be an object with \"type\": \"url\"")
+        unknown = sorted(set(server) - _SERVER_KEYS)
+        if unknown:
+            raise McpToolRefused(f"{where}: unsupported field(s): {', '.join(unknown)}")
+        name, url, token = server.get("name"), server.get("url"), server.get("authorization_token")
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise McpToolRefused(f"{where}: 'name' must be a string of 1-64 characters")
+        if not isinstance(url, str):
+            raise McpToolRefused(f"{where}: 'url' must be a string")
+        if token is not None and not isinstance(token, str):
+            raise McpToolRefused(f"{where}: 'authorization_token' must be a string")
+        config = server.get("tool_configuration") or {}
+        if not isinstance(config, dict) or set(config) - {"allowed_tools", "enabled"}:
+            raise McpToolRefused(f"{where}: 'tool_configuration' takes 'allowed_tools' and 'enabled'")
+        enabled = config.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise McpToolRefused(f"{where}: 'tool_configuration.enabled' must be true or false")
+        allowed = config.get("allowed_tools")
+        tool_filter = None if allowed is None else _filter(allowed, f"{where}.tool_configuration.allowed_tools")
+        if enabled is False:
+            tool_filter = ToolFilter(names=frozenset())
+        specs.append(McpToolSpec(label=name, url=url, headers={"Authorization": f"Bearer {token}"} if token else {},
+                                 allowed=tool_filter, approval=NEVER))
+    if len({s.label for s in specs}) != len(specs):
+        raise McpToolRefused("each of 'mcp_servers' needs its own 'name'")
+    return specs

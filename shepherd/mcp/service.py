@@ -108,6 +108,12 @@ class McpService:
             return span
         session.start_span = start_span
 
+    async def handle_messages(self, context: Any, request: web.Request, body: Mapping[str, Any]
+                              ) -> web.StreamResponse:
+        """Anthropic Messages with `mcp_servers` (shepherd/mcp/messages.py)."""
+        from shepherd.mcp.messages import handle_messages
+        return await handle_messages(self, context, request, body)
+
     async def handle_chat(self, context: Any, request: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
         """Chat Completions with the configured servers' tools run by the gateway."""
         if body.get("n") not in (None, 1):

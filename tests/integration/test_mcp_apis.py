@@ -1,12 +1,14 @@
-"""MCP tools on the Responses API end to end: the official openai SDK as client, the simulator (HTTP,
-and a gRPC engine) as the model, real MCP servers (the SDK-built test server over streamable HTTP as
-a per-request `server_url`, and over stdio as a configured server)."""
+"""MCP tools named by the request, end to end: the Responses API (the official openai SDK) and
+Anthropic Messages `mcp_servers` (the official anthropic SDK), with the simulator (HTTP, and a gRPC
+engine) as the model and real MCP servers: the SDK-built test server over streamable HTTP as a
+per-request server, and over stdio as a configured one."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import openai
 import orjson
 import pytest
@@ -160,12 +162,71 @@ def test_a_denied_call_is_told_to_the_model_and_filters_exempt_tools(gateway: Ga
     assert [item.type for item in ran.output] == ["mcp_list_tools", "mcp_call", "message"]
 
 
+MCP_BETA = ["mcp-client-2025-04-04"]
+
+
+def claude(gw: Gateway) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url, api_key="none", max_retries=0)
+
+
+def servers(remote: HttpServer, **config: Any) -> list[dict[str, Any]]:
+    entry: dict[str, Any] = {"type": "url", "url": remote.url, "name": "remote"}
+    if config:
+        entry["tool_configuration"] = config
+    return [entry]
+
+
+def test_messages_mcp_servers_run_and_come_back_as_mcp_blocks(gateway: Gateway, remote: HttpServer) -> None:
+    ask: dict[str, Any] = {"model": MODEL, "max_tokens": 64, "betas": MCP_BETA, "mcp_servers": servers(remote),
+                           "messages": [{"role": "user", "content": "what is the weather in Paris"}]}
+    message = claude(gateway).beta.messages.create(**ask)
+    assert [b.type for b in message.content] == ["mcp_tool_use", "mcp_tool_result", "text"]
+    use, result, text = message.content
+    assert (use.name, use.server_name, use.input) == ("weather", "remote", {"city": "Paris"})  # type: ignore[union-attr]
+    assert result.tool_use_id == use.id and result.is_error is False  # type: ignore[union-attr]
+    assert result.content[0].text == "sunny, 21C in Paris"  # type: ignore[union-attr,index]
+    assert text.text == "Tool result: sunny, 21C in Paris"  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn"
+    with claude(gateway).beta.messages.stream(**ask) as stream:
+        streamed = stream.get_final_message()
+    assert [b.type for b in streamed.content] == ["mcp_tool_use", "mcp_tool_result", "text"]
+    assert streamed.content[2].text == "Tool result: sunny, 21C in Paris"  # type: ignore[union-attr]
+    follow_up = claude(gateway).beta.messages.create(**{**ask, "messages": [
+        *ask["messages"], {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+        {"role": "user", "content": "thanks"}]})
+    assert follow_up.content and follow_up.content[0].type == "text"  # the earlier mcp blocks were replayed
+
+
+def test_messages_tool_failures_and_a_server_that_is_down(gateway: Gateway, remote: HttpServer) -> None:
+    failed = claude(gateway).beta.messages.create(
+        model=MODEL, max_tokens=64, betas=MCP_BETA, mcp_servers=servers(remote),  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "please explode"}])
+    assert failed.content[1].type == "mcp_tool_result" and failed.content[1].is_error  # type: ignore[union-attr]
+    assert failed.content[2].text.startswith("Tool result: Error:")  # type: ignore[union-attr]
+    narrowed = claude(gateway).beta.messages.create(
+        model=MODEL, max_tokens=64, betas=MCP_BETA, mcp_servers=servers(remote, allowed_tools=["add"]),  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "what is the weather in Rome"}])
+    assert [b.type for b in narrowed.content] == ["text"]  # weather is not offered: the model just answers
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude(gateway).beta.messages.create(
+            model=MODEL, max_tokens=64, betas=MCP_BETA,
+            mcp_servers=[{"type": "url", "url": "http://127.0.0.1:9/mcp", "name": "down"}],
+            messages=[{"role": "user", "content": "what is the weather in Rome"}])
+    assert caught.value.status_code == 502 and "down" in str(caught.value)
+    with pytest.raises(anthropic.BadRequestError):
+        claude(gateway).beta.messages.create(
+            model=MODEL, max_tokens=64, betas=MCP_BETA,
+            mcp_servers=[{"type": "url", "url": "file:///etc/passwd", "name": "x"}],
+            messages=[{"role": "user", "content": "hi"}])
+
+
 @pytest.fixture(scope="module")
 def grpc_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     engine = GrpcSim(1, "--model", "qwen3-tools")
     try:
         gw = Gateway(engine.targets, "--mcp-config-path",
-                     write_config(tmp_path_factory.mktemp("grpc"), [stdio_entry("local")]))
+                     write_config(tmp_path_factory.mktemp("grpc"), [stdio_entry("local")],
+                                  request_servers={"allow_private_networks": True}))
         yield gw
         gw.stop()
     finally:
@@ -182,3 +243,12 @@ def test_the_responses_loop_on_a_grpc_engine(grpc_gateway: Gateway, stream: bool
         response = client(grpc_gateway).responses.create(**ask)
     assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "message"]
     assert response.output_text == "Tool result: sunny, 21C in Quito"
+
+
+def test_messages_mcp_on_a_grpc_engine(grpc_gateway: Gateway, remote: HttpServer) -> None:
+    with claude(grpc_gateway).beta.messages.stream(
+            model="qwen3-tools", max_tokens=64, betas=MCP_BETA, mcp_servers=servers(remote),  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": "what is the weather in Lima"}]) as stream:
+        message = stream.get_final_message()
+    assert [b.type for b in message.content] == ["mcp_tool_use", "mcp_tool_result", "text"]
+    assert message.content[2].text == "Tool result: sunny, 21C in Lima"  # type: ignore[union-attr]
