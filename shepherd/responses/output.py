@@ -37,7 +37,9 @@ def base_response(request: ResponseRequest, response_id: str, status: str) -> di
     response["tool_choice"] = body.get("tool_choice") or "auto"
     response["parallel_tool_calls"] = body.get("parallel_tool_calls") is not False
     response["truncation"] = body.get("truncation") or "disabled"
-    response["tools"] = body.get("tools") or []
+    # An mcp tool's credentials are the client's to keep: not echoed, not stored.
+    response["tools"] = [{k: v for k, v in t.items() if k not in ("headers", "authorization")}
+                         if isinstance(t, dict) and t.get("type") == "mcp" else t for t in body.get("tools") or []]
     raw_text = body.get("text")
     text: dict[str, Any] = raw_text if isinstance(raw_text, dict) else {}
     response["text"] = {**text, "format": text.get("format") or {"type": "text"}}

@@ -13,7 +13,7 @@ import openai
 import orjson
 import pytest
 
-from shepherd.testing import Gateway, GrpcSim, Sim
+from shepherd.testing import Gateway, GrpcSim, Sim, wait_until
 from tests.integration.test_mcp_chat import write_config
 from tests.integration.test_mcp_servers import HttpServer, stdio_entry
 
@@ -54,7 +54,7 @@ def dump(item: Any) -> dict[str, Any]:
 
 def test_a_per_request_server_runs_and_the_answer_uses_its_result(gateway: Gateway, remote: HttpServer) -> None:
     response = client(gateway).responses.create(model=MODEL, input="what is the weather in Paris",
-                                                tools=[remote_tool(remote)])  # type: ignore[list-item]
+                                                tools=[remote_tool(remote, authorization="secret-token")])  # type: ignore[list-item]
     assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "message"]
     listed, call, _ = response.output
     assert listed.server_label == "remote" and "weather" in {t.name for t in listed.tools}  # type: ignore[union-attr]
@@ -65,6 +65,7 @@ def test_a_per_request_server_runs_and_the_answer_uses_its_result(gateway: Gatew
     assert response.status == "completed" and response.usage is not None and response.usage.input_tokens > 0
     stored = client(gateway).responses.retrieve(response.id)
     assert [item.type for item in stored.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert "secret-token" not in stored.model_dump_json()  # the server's credentials are not kept
 
 
 def test_streamed_events_follow_openais_mcp_grammar(gateway: Gateway) -> None:
@@ -85,6 +86,16 @@ def test_streamed_events_follow_openais_mcp_grammar(gateway: Gateway) -> None:
     assert final.output[1].output == "sunny, 21C in Oslo"  # type: ignore[union-attr]
     assert final.output_text == "Tool result: sunny, 21C in Oslo"
     assert client(gateway).responses.retrieve(final.id).output[1].status == "completed"  # type: ignore[union-attr]
+
+
+def test_a_background_response_runs_its_mcp_tools(gateway: Gateway, remote: HttpServer) -> None:
+    queued = client(gateway).responses.create(model=MODEL, input="what is the weather in Bern", background=True,
+                                              tools=[remote_tool(remote)])  # type: ignore[list-item]
+    wait_until(lambda: client(gateway).responses.retrieve(queued.id).status == "completed", 30,
+               message="the background response to complete")
+    done = client(gateway).responses.retrieve(queued.id)
+    assert [item.type for item in done.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert done.output_text == "Tool result: sunny, 21C in Bern"
 
 
 @pytest.mark.parametrize("tool", [
