@@ -113,8 +113,17 @@ class AppContext:
     kv_index: KvIndex | None = None  # blocks the engines hold, from their KV events (precise_cache)
     kv_events: KvEventSubscriptions | None = None  # one SubscribeKvEvents stream per gRPC worker
     pd_policies: tuple[PolicyRegistry, ...] = ()  # with PD: the prefill and decode policies
-    mcp: McpService | None = None  # --mcp-config-path: MCP servers and the tool loop
+    mcp: McpService | None = None  # --mcp-config-path, or made on first use: MCP servers and the tool loop
     mesh: Mesh | None = None  # shared state with other processes and instances (--mesh-redis-url, --workers)
+
+    def mcp_service(self) -> McpService:
+        """The MCP service; a gateway without --mcp-config-path makes one (no configured servers, the
+        default limits for per-request servers) when a request first names an MCP server."""
+        if self.mcp is None:
+            from shepherd.mcp.config import McpConfig
+            from shepherd.mcp.service import McpService
+            self.mcp = McpService(McpConfig(), self.metrics)
+        return self.mcp
 
     @classmethod
     def create(cls, config: GatewayConfig, transports: Transports | None = None) -> AppContext:

@@ -51,6 +51,8 @@ def _inference_handler(upstream_path: str) -> Handler:
             try:
                 if context.mcp is not None and context.mcp.pool.static and upstream_path == CHAT_PATH:
                     response = await context.mcp.handle_chat(context, request, body)
+                elif upstream_path == "/v1/messages" and body.get("mcp_servers") is not None:
+                    response = await context.mcp_service().handle_messages(context, request, body)
                 else:
                     response = await context.router.route(request, upstream_path, raw, body)
                 status = response.status

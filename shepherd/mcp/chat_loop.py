@@ -1,29 +1,63 @@
-"""The tool loop on Chat Completions, over any model call.
+"""The tool loop on Chat Completions, over any model call: one mechanism for every API.
 
 The loop needs only `ModelCall`: given a chat body, the completion dict (or, with `stream: true`, an
 async iterable of chunk dicts). So it runs the same on HTTP engines, gRPC engines (whose tool
-parsers produce `tool_calls`) and providers.
+parsers produce `tool_calls`) and providers; the Responses API and Anthropic Messages run it on the
+chat body their request becomes.
 
 The model is offered the client's own tools and the session's MCP tools. Calls to MCP tools are
 run by the gateway (a turn's calls in parallel) and their results fed back; calls to the client's
 tools end the turn and go back to the client, as do the MCP calls run in that same turn (reported,
-not repeated). At most `max_tool_calls` MCP calls run per request; past that the model gets one last
-turn with `tool_choice: "none"`. What ran is reported in an `mcp_calls` list (on the completion, or
-in a chunk with no choices): each `{id, type: "mcp_call", server_label, name, arguments, output,
-error, status}`, `status` completed | failed | incomplete.
+not repeated). A call to a tool that needs the client's approval is not run: the loop ends with it
+held (`LoopResult.held`, a `CallsHeld` event). At most `max_tool_calls` MCP calls run per request;
+past that the model gets one last turn with `tool_choice: "none"`.
+
+`run_loop` / `stream_loop` give the API layers what happened (records, and when streaming the
+model's chunks interleaved with `CallsStarting` / `CallsDone` / `CallsHeld` events); `run_chat` /
+`stream_chat` are the Chat Completions shape of it: what ran is reported in an `mcp_calls` list (on
+the completion, or in a chunk with no choices), each `{id, type: "mcp_call", server_label, name,
+arguments, output, error, status}`, `status` completed | failed | incomplete.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from shepherd.mcp.session import McpCallRecord, ToolSession
+if TYPE_CHECKING:  # the session imports the mcp SDK, which only gateways that use MCP pay for
+    from shepherd.mcp.session import McpCallRecord, ToolSession
 
 ModelCall = Callable[[dict[str, Any]], Awaitable[Mapping[str, Any] | AsyncIterable[dict[str, Any]]]]
 
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_NOT_RUN = "not run: the request's max_tool_calls was reached"
+
+
+@dataclass
+class CallsStarting:
+    records: list[McpCallRecord]  # status in_progress
+
+
+@dataclass
+class CallsDone:
+    records: list[McpCallRecord]  # completed | failed | incomplete
+
+
+@dataclass
+class CallsHeld:
+    records: list[McpCallRecord]  # awaiting_approval; the loop ends after this
+
+
+LoopEvent = CallsStarting | CallsDone | CallsHeld
+
+
+@dataclass
+class LoopResult:
+    answer: dict[str, Any]  # the last turn's completion (the gateway's calls taken out), usage summed
+    records: list[McpCallRecord] = field(default_factory=list)
+    held: list[McpCallRecord] = field(default_factory=list)
 
 
 def prepare(body: Mapping[str, Any], session: ToolSession) -> dict[str, Any]:
@@ -34,17 +68,45 @@ def prepare(body: Mapping[str, Any], session: ToolSession) -> dict[str, Any]:
     return request
 
 
-async def _run_calls(session: ToolSession, calls: list[dict[str, Any]], budget: int) -> list[McpCallRecord]:
-    """Run up to `budget` calls at once; the rest are recorded as not run."""
-    run = calls[:budget]
-    records = list(await asyncio.gather(*(
-        session.execute(c["id"], c["function"]["name"], c["function"].get("arguments") or "") for c in run)))
-    for c in calls[budget:]:
-        binding = session.bindings[c["function"]["name"]]
-        records.append(McpCallRecord(c["id"], binding.label, binding.tool.name, c["function"].get("arguments") or "",
-                                     error="not run: the request's max_tool_calls was reached",
-                                     status="incomplete"))
-    return records
+class _Turns:
+    """What the loop has done so far, and the decision for each turn's MCP calls."""
+
+    def __init__(self, session: ToolSession, max_tool_calls: int, spent: int) -> None:
+        self.session = session
+        self.limit = max_tool_calls
+        self.used = spent  # calls run (a resumed approval's call counts)
+        self.last_turn = spent >= max_tool_calls
+        self.records: list[McpCallRecord] = []
+        self.held: list[McpCallRecord] = []
+
+    def plan(self, mine: list[dict[str, Any]]) -> tuple[list[McpCallRecord], list[McpCallRecord]]:
+        """Every call's record, in order, and those to run now."""
+        turn: list[McpCallRecord] = []
+        run: list[McpCallRecord] = []
+        for c in mine:
+            name, arguments = c["function"]["name"], c["function"].get("arguments") or ""
+            if self.last_turn or (self.used >= self.limit and not self.session.needs_approval(name)):
+                record = self.session.record(c["id"], name, arguments, "incomplete")
+                record.error = _NOT_RUN
+            elif self.session.needs_approval(name):
+                record = self.session.record(c["id"], name, arguments, "awaiting_approval")
+                self.held.append(record)
+            else:
+                record = self.session.record(c["id"], name, arguments)
+                run.append(record)
+                self.used += 1
+            turn.append(record)
+        return turn, run
+
+    async def run(self, turn: list[McpCallRecord], run: list[McpCallRecord]) -> list[McpCallRecord]:
+        """Run the turn's calls at once; its records that are not held."""
+        await asyncio.gather(*(self.session.run(r) for r in run))
+        done = [r for r in turn if r.status != "awaiting_approval"]
+        self.records.extend(done)
+        return done
+
+    def ends(self, was_last_turn: bool, theirs: bool) -> bool:
+        return was_last_turn or theirs or bool(self.held)
 
 
 def _follow_up(request: dict[str, Any], content: Any, calls: list[dict[str, Any]],
@@ -66,13 +128,12 @@ def _add_usage(total: dict[str, int], usage: Any) -> None:
                 total[key] = total.get(key, 0) + value
 
 
-async def run_chat(model: ModelCall, body: Mapping[str, Any], session: ToolSession,
-                   max_tool_calls: int) -> dict[str, Any]:
+async def run_loop(model: ModelCall, body: Mapping[str, Any], session: ToolSession, max_tool_calls: int,
+                   spent: int = 0) -> LoopResult:
     request = prepare(body, session)
     request["stream"] = False
-    records: list[McpCallRecord] = []
+    turns = _Turns(session, max_tool_calls, spent)
     usage: dict[str, int] = {}
-    last_turn = False
     while True:
         answer = dict(await model(request))  # type: ignore[arg-type]
         _add_usage(usage, answer.get("usage"))
@@ -83,22 +144,23 @@ async def run_chat(model: ModelCall, body: Mapping[str, Any], session: ToolSessi
         theirs = [c for c in calls if c not in mine]
         if not mine:
             break
-        if last_turn:  # past the budget the model was told not to call tools: what it still asks is dropped
-            records.extend(await _run_calls(session, mine, 0))
-            _strip(answer, message, theirs, "stop")
+        was_last_turn = turns.last_turn
+        turn, run = turns.plan(mine)
+        await turns.run(turn, run)
+        if turns.ends(was_last_turn, bool(theirs)):
+            _strip(answer, message, theirs, "tool_calls" if theirs else "stop")
             break
-        budget = max_tool_calls - sum(r.status != "incomplete" for r in records)
-        ran = await _run_calls(session, mine, budget)
-        records.extend(ran)
-        if theirs:
-            _strip(answer, message, theirs, "tool_calls")
-            break
-        last_turn = budget <= len(mine)
-        _follow_up(request, message.get("content"), mine, ran, last_turn)
+        turns.last_turn = turns.used >= max_tool_calls
+        _follow_up(request, message.get("content"), mine, turn, turns.last_turn)
     if usage:
         answer["usage"] = {**(answer.get("usage") or {}), **usage}
-    answer["mcp_calls"] = [r.as_item() for r in records]
-    return answer
+    return LoopResult(answer, turns.records, turns.held)
+
+
+async def run_chat(model: ModelCall, body: Mapping[str, Any], session: ToolSession,
+                   max_tool_calls: int) -> dict[str, Any]:
+    result = await run_loop(model, body, session, max_tool_calls)
+    return {**result.answer, "mcp_calls": [r.as_item() for r in result.records]}
 
 
 def _strip(answer: dict[str, Any], message: dict[str, Any], theirs: list[dict[str, Any]], finish: str) -> None:
@@ -110,23 +172,23 @@ def _strip(answer: dict[str, Any], message: dict[str, Any], theirs: list[dict[st
     answer["choices"] = [choice, *answer["choices"][1:]]
 
 
-async def stream_chat(model: ModelCall, body: Mapping[str, Any], session: ToolSession,
-                      max_tool_calls: int) -> AsyncGenerator[dict[str, Any], None]:
-    """The chunks the client gets: the model's own, across every turn, under the first turn's id."""
+async def stream_loop(model: ModelCall, body: Mapping[str, Any], session: ToolSession, max_tool_calls: int,
+                      spent: int = 0) -> AsyncGenerator[dict[str, Any] | LoopEvent, None]:
+    """The model's chunks across every turn, under the first turn's id, with the loop's events between
+    them; the gateway's calls are not in the chunks. The summed usage comes last when asked for."""
     request = prepare(body, session)
     request["stream"] = True
     want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request["stream_options"] = {"include_usage": True}  # summed over the turns
-    records: list[McpCallRecord] = []
+    turns = _Turns(session, max_tool_calls, spent)
     usage: dict[str, int] = {}
     identity: dict[str, Any] = {}
-    turn = 0
-    last_turn = False
+    turn_number = 0
     while True:
-        turn += 1
+        turn_number += 1
         stream = await model(request)
         assert not isinstance(stream, Mapping), "a streamed model call answers with chunks"
-        turn_state = _StreamTurn(session, drop_role=turn > 1)
+        turn_state = _StreamTurn(session, drop_role=turn_number > 1)
         try:
             async for chunk in stream:
                 if not identity:
@@ -144,21 +206,39 @@ async def stream_chat(model: ModelCall, body: Mapping[str, Any], session: ToolSe
             if turn_state.finish is not None:
                 yield {**turn_state.finish, **identity}
             break
-        if last_turn:
-            records.extend(await _run_calls(session, mine, 0))
+        was_last_turn = turns.last_turn
+        turn, run = turns.plan(mine)
+        if run:
+            yield CallsStarting(run)
+        done = await turns.run(turn, run)
+        if done:
+            yield CallsDone(done)
+        if turns.held:
+            yield CallsHeld(turns.held)
+        if turns.ends(was_last_turn, theirs_seen):
             yield {**_finish_chunk(turn_state, "tool_calls" if theirs_seen else "stop"), **identity}
             break
-        budget = max_tool_calls - sum(r.status != "incomplete" for r in records)
-        ran = await _run_calls(session, mine, budget)
-        records.extend(ran)
-        yield {"object": "chat.completion.chunk", "choices": [], "mcp_calls": [r.as_item() for r in ran], **identity}
-        if theirs_seen:
-            yield {**_finish_chunk(turn_state, "tool_calls"), **identity}
-            break
-        last_turn = budget <= len(mine)
-        _follow_up(request, turn_state.content or None, mine, ran, last_turn)
+        turns.last_turn = turns.used >= max_tool_calls
+        _follow_up(request, turn_state.content or None, mine, turn, turns.last_turn)
     if want_usage and usage:
         yield {"object": "chat.completion.chunk", "choices": [], "usage": usage, **identity}
+
+
+async def stream_chat(model: ModelCall, body: Mapping[str, Any], session: ToolSession,
+                      max_tool_calls: int) -> AsyncGenerator[dict[str, Any], None]:
+    """The chunks the Chat Completions client gets: what ran is a chunk with no choices and `mcp_calls`."""
+    identity: dict[str, Any] = {}
+    events = stream_loop(model, body, session, max_tool_calls)
+    try:
+        async for event in events:
+            if isinstance(event, dict):
+                identity = identity or {k: event[k] for k in ("id", "created", "model") if k in event}
+                yield event
+            elif isinstance(event, CallsDone):
+                yield {"object": "chat.completion.chunk", "choices": [],
+                       "mcp_calls": [r.as_item() for r in event.records], **identity}
+    finally:
+        await events.aclose()
 
 
 def _finish_chunk(turn: _StreamTurn, reason: str) -> dict[str, Any]:

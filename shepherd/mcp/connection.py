@@ -42,6 +42,11 @@ class ToolInfo:
     name: str
     description: str
     input_schema: dict[str, Any]
+    annotations: dict[str, Any] | None = None  # the server's hints (readOnlyHint, destructiveHint, ...)
+
+    @property
+    def read_only(self) -> bool:
+        return bool((self.annotations or {}).get("readOnlyHint"))
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,8 @@ class McpConnection:
         for _ in range(100):  # a server that pages forever cannot hold us
             params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
             page = await asyncio.wait_for(session.list_tools(params=params), self.spec.call_timeout_secs)
-            found.extend(ToolInfo(t.name, t.description or "", dict(t.input_schema or {"type": "object"}))
+            found.extend(ToolInfo(t.name, t.description or "", dict(t.input_schema or {"type": "object"}),
+                                  t.annotations.model_dump(exclude_none=True, by_alias=True) if t.annotations else None)
                          for t in page.tools)
             cursor = page.next_cursor
             if not cursor:

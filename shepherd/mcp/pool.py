@@ -15,16 +15,16 @@ import logging
 import socket
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
 from shepherd.mcp.config import McpConfig, ServerSpec
 from shepherd.mcp.connection import McpConnection, McpUnavailable
+from shepherd.mcp.request_tools import McpToolRefused, McpToolSpec
 
 log = logging.getLogger(__name__)
 
 
-class McpUrlRefused(ValueError):
+class McpUrlRefused(McpToolRefused):
     """A per-request server URL the gateway will not connect to."""
 
 
@@ -77,38 +77,23 @@ class McpPool:
             task.add_done_callback(self._closing.discard)
         return connection
 
-    async def for_request(self, tools: list[Any]) -> list[tuple[str, McpConnection, frozenset[str] | None]]:
-        """The servers a Responses request names in its `{"type": "mcp"}` tools, as (label, connection,
-        allowed tool names or None). A label without `server_url` refers to a configured server.
-        Raises McpUrlRefused (a 400 for the client) for a bad entry, too many servers or a refused URL."""
-        found: list[tuple[str, McpConnection, frozenset[str] | None]] = []
+    async def for_request(self, specs: list[McpToolSpec]) -> list[tuple[McpToolSpec, McpConnection]]:
+        """The connections of a Responses request's mcp tools. A spec without `server_url` refers to a
+        configured server. Raises McpUrlRefused (a 400 for the client) for an unknown label, too many
+        servers or a refused URL."""
+        found: list[tuple[McpToolSpec, McpConnection]] = []
         dynamic = 0
-        for tool in tools:
-            if not isinstance(tool, dict) or tool.get("type") != "mcp":
-                continue
-            label, url, headers = tool.get("server_label"), tool.get("server_url"), tool.get("headers") or {}
-            allowed = tool.get("allowed_tools")
-            if not isinstance(label, str) or not label or len(label) > 64:
-                raise McpUrlRefused("an mcp tool needs a 'server_label' of 1-64 characters")
-            if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                        for k, v in headers.items()):
-                raise McpUrlRefused("an mcp tool's 'headers' must map strings to strings")
-            if allowed is not None and (not isinstance(allowed, list)
-                                        or not all(isinstance(name, str) for name in allowed)):
-                raise McpUrlRefused("an mcp tool's 'allowed_tools' must be a list of tool names")
-            names = frozenset(allowed) if allowed is not None else None
-            if url is None:
-                if label not in self.static:
-                    raise McpUrlRefused(f"no configured MCP server is named {label!r}")
-                found.append((label, self.static[label], names))
+        for spec in specs:
+            if spec.url is None:
+                if spec.label not in self.static:
+                    raise McpUrlRefused(f"no configured MCP server is named {spec.label!r}")
+                found.append((spec, self.static[spec.label]))
                 continue
             dynamic += 1
             if dynamic > self.config.request_servers.max_per_request:
                 raise McpUrlRefused(f"at most {self.config.request_servers.max_per_request} MCP servers "
                                     "with a server_url per request")
-            if not isinstance(url, str):
-                raise McpUrlRefused("server_url must be a string")
-            found.append((label, await self.for_url(label, url, headers), names))
+            found.append((spec, await self.for_url(spec.label, spec.url, spec.headers)))
         return found
 
     async def close(self) -> None:

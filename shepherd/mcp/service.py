@@ -7,7 +7,7 @@ server, and tool names only while fewer than MAX_TOOL_LABELS were seen (then `ot
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +16,9 @@ from shepherd.config import ConfigError
 from shepherd.errors import GatewayError
 from shepherd.mcp.chat_loop import run_chat, stream_chat
 from shepherd.mcp.config import McpConfig
-from shepherd.mcp.connection import McpUnavailable
-from shepherd.mcp.pool import McpPool
+from shepherd.mcp.connection import McpUnavailable, ToolInfo
+from shepherd.mcp.pool import McpPool, McpUrlRefused
+from shepherd.mcp.request_tools import McpToolSpec
 from shepherd.mcp.session import ToolSession
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import SpanKind
@@ -78,6 +79,41 @@ class McpService:
             log.warning("MCP server %r offers no tools to this request: %s", label, error)
         return session
 
+    async def request_session(self, specs: list[McpToolSpec], taken: list[str],
+                              ) -> tuple[ToolSession, list[tuple[str, str]]]:
+        """The session of a request that names its MCP servers (Responses `mcp` tools, Messages
+        `mcp_servers`), and the (label, error) of those that could not list their tools.
+        A refused entry (unknown label, refused URL, too many servers) is a 400."""
+        try:
+            servers = await self.pool.for_request(specs)
+        except McpUrlRefused as exc:
+            raise GatewayError(400, "mcp_server_refused", str(exc), param="tools") from None
+        return await ToolSession.build(
+            [(spec.label, connection) for spec, connection in servers], taken, self.observe,
+            select={spec.label: _check(spec.exposes) for spec, _ in servers},
+            approval={spec.label: _check(spec.approval.required) for spec, _ in servers})
+
+    @staticmethod
+    def trace(context: Any, request: web.Request, session: ToolSession) -> None:
+        """With tracing on, each of the session's calls is a client span under the request's."""
+        parent = request.get(SPAN)
+        tracing = context.tracing
+        if tracing is None or parent is None:
+            return
+
+        def start_span(server: str, tool: str) -> Any:
+            span = tracing.start_child(parent, f"mcp.call {tool}", SpanKind.CLIENT)
+            span.set_attribute("mcp.server", server)
+            span.set_attribute("mcp.tool", tool)
+            return span
+        session.start_span = start_span
+
+    async def handle_messages(self, context: Any, request: web.Request, body: Mapping[str, Any]
+                              ) -> web.StreamResponse:
+        """Anthropic Messages with `mcp_servers` (shepherd/mcp/messages.py)."""
+        from shepherd.mcp.messages import handle_messages
+        return await handle_messages(self, context, request, body)
+
     async def handle_chat(self, context: Any, request: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
         """Chat Completions with the configured servers' tools run by the gateway."""
         if body.get("n") not in (None, 1):
@@ -85,15 +121,7 @@ class McpService:
         if not isinstance(body.get("messages"), list):
             raise GatewayError(400, "invalid_type", "'messages' must be a list", param="messages")
         session = await self.chat_session(body)
-        parent = request.get(SPAN)
-        tracing = context.tracing
-        if tracing is not None and parent is not None:
-            def start_span(server: str, tool: str) -> Any:
-                span = tracing.start_child(parent, f"mcp.call {tool}", SpanKind.CLIENT)
-                span.set_attribute("mcp.server", server)
-                span.set_attribute("mcp.tool", tool)
-                return span
-            session.start_span = start_span
+        self.trace(context, request, session)
 
         async def model(chat_body: dict[str, Any]) -> Any:
             return await call_model(context, request, chat_body)
@@ -124,6 +152,10 @@ class McpService:
 async def _relay(response: web.StreamResponse, chunks: AsyncGenerator[dict[str, Any], None]) -> None:
     async for chunk in chunks:
         await send(response, data_frame(chunk))
+
+
+def _check(rule: Callable[[str, bool], bool]) -> Callable[[ToolInfo], bool]:
+    return lambda tool: rule(tool.name, tool.read_only)
 
 
 def _dumps(value: Any) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
 
 from shepherd.mcp.connection import McpConnection, McpUnavailable, ToolInfo
 
@@ -29,6 +30,7 @@ class ToolBinding:
     label: str
     tool: ToolInfo
     connection: McpConnection
+    needs_approval: bool = False  # the client must approve each call first (Responses require_approval)
 
 
 @dataclass
@@ -39,7 +41,11 @@ class McpCallRecord:
     arguments: str
     output: str | None = None
     error: str | None = None
-    status: str = "completed"  # completed | failed | incomplete (not run: the call budget was spent)
+    # completed | failed | incomplete (not run: the call budget was spent) | in_progress (running)
+    # | awaiting_approval (held for the client's approval)
+    status: str = "completed"
+    error_code: int | None = None  # a protocol failure's JSON-RPC code (None with an error: the tool's own)
+    exposed: str = ""  # the name the model called
 
     def as_item(self) -> dict[str, Any]:
         return {"id": self.id, "type": "mcp_call", "server_label": self.server_label, "name": self.name,
@@ -53,28 +59,34 @@ class McpCallRecord:
         return self.output or ""
 
 
+ToolCheck = Callable[[ToolInfo], bool]
+
+
 @dataclass
 class ToolSession:
     bindings: dict[str, ToolBinding] = field(default_factory=dict)
     observe: Observe | None = None
     start_span: StartSpan | None = None
+    listed: dict[str, tuple[ToolInfo, ...]] = field(default_factory=dict)  # label -> the tools it offers here
 
     @classmethod
     async def build(cls, servers: Iterable[tuple[str, McpConnection]], taken: Iterable[str],
-                    observe: Observe | None = None, allowed: Mapping[str, frozenset[str] | None] | None = None,
+                    observe: Observe | None = None, select: Mapping[str, ToolCheck] | None = None,
+                    approval: Mapping[str, ToolCheck] | None = None,
                     ) -> tuple[ToolSession, list[tuple[str, str]]]:
-        """Bindings for every reachable server's tools (only `allowed[label]` where given: a request's
-        own narrowing of what its config allows); also the (label, error) of those unreachable."""
+        """Bindings for every reachable server's tools (only those `select[label]` accepts, where given:
+        a request's own narrowing of what its config allows; `approval[label]` says which need the
+        client's approval); also the (label, error) of those unreachable."""
         servers = list(servers)
         gathered = await asyncio.gather(*(c.tools() for _, c in servers), return_exceptions=True)
-        limits = allowed or {}
-        listed = [tools if isinstance(tools, BaseException) or limits.get(label) is None
-                  else tuple(t for t in tools if t.name in (limits[label] or ()))
+        chosen, asks = select or {}, approval or {}
+        listed = [tools if isinstance(tools, BaseException) or label not in chosen
+                  else tuple(t for t in tools if chosen[label](t))
                   for (label, _), tools in zip(servers, gathered, strict=True)]
         session, failures = cls(observe=observe), []
         used = set(taken)
         counts: dict[str, int] = {}
-        for (_, _), tools in zip(servers, listed, strict=True):
+        for tools in listed:
             if not isinstance(tools, BaseException):
                 for tool in tools:
                     counts[tool.name] = counts.get(tool.name, 0) + 1
@@ -82,6 +94,7 @@ class ToolSession:
             if isinstance(tools, BaseException):
                 failures.append((label, str(tools) or type(tools).__name__))
                 continue
+            session.listed[label] = tools
             for tool in tools:
                 name = tool.name if counts[tool.name] == 1 and tool.name not in used else _qualified(label, tool.name)
                 base, n = name, 0
@@ -89,8 +102,16 @@ class ToolSession:
                     n += 1
                     name = f"{base}_{n}"
                 used.add(name)
-                session.bindings[name] = ToolBinding(name, label, tool, connection)
+                needs = label in asks and asks[label](tool)
+                session.bindings[name] = ToolBinding(name, label, tool, connection, needs)
         return session, failures
+
+    def exposed_name(self, label: str, tool: str) -> str | None:
+        """The name the model sees for a server's tool (None: not in this session)."""
+        return next((b.exposed for b in self.bindings.values() if b.label == label and b.tool.name == tool), None)
+
+    def needs_approval(self, name: str) -> bool:
+        return self.bindings[name].needs_approval
 
     def __contains__(self, name: object) -> bool:
         return name in self.bindings
@@ -100,9 +121,18 @@ class ToolSession:
                                                   "parameters": b.tool.input_schema}}
                 for b in self.bindings.values()]
 
-    async def execute(self, call_id: str, name: str, arguments: str) -> McpCallRecord:
+    def record(self, call_id: str, name: str, arguments: str, status: str = "in_progress") -> McpCallRecord:
+        """The record of a call to `name` (one of the session's), not run yet."""
         binding = self.bindings[name]
-        record = McpCallRecord(call_id, binding.label, binding.tool.name, arguments)
+        return McpCallRecord(call_id, binding.label, binding.tool.name, arguments, status=status, exposed=name)
+
+    async def execute(self, call_id: str, name: str, arguments: str) -> McpCallRecord:
+        return await self.run(self.record(call_id, name, arguments))
+
+    async def run(self, record: McpCallRecord) -> McpCallRecord:
+        """Run a recorded call; the record is filled in (and returned)."""
+        binding = self.bindings[record.exposed]
+        record.status = "completed"
         span = self.start_span(binding.label, binding.tool.name) if self.start_span is not None else None
         try:
             return await self._execute(binding, record)
@@ -120,15 +150,17 @@ class ToolSession:
             parsed = None
         if not isinstance(parsed, dict):
             record.status, record.error = "failed", "the arguments are not a JSON object"
+            record.error_code = INVALID_PARAMS
             self._observe(binding, "invalid_arguments", started)
             return record
         try:
             result = await binding.connection.call(binding.tool.name, parsed)
         except TimeoutError as exc:
             record.status, record.error = "failed", str(exc) or "the tool call timed out"
+            record.error_code = REQUEST_TIMEOUT
             self._observe(binding, "timeout", started)
         except McpUnavailable as exc:
-            record.status, record.error = "failed", str(exc)
+            record.status, record.error, record.error_code = "failed", str(exc), CONNECTION_CLOSED
             self._observe(binding, "unavailable", started)
         else:
             if result.is_error:

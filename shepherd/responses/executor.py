@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from shepherd.context import AppContext
 from shepherd.errors import GatewayError
+from shepherd.mcp.chat_loop import run_loop, stream_loop
 from shepherd.providers.kinds import provider_kind
 from shepherd.responses.history import load_history, persist, stored_response
 from shepherd.responses.output import EventStream, base_response, complete_from_chat, events_from_chat
@@ -29,6 +30,9 @@ from shepherd.responses.request import ResponseRequest, new_response_id
 from shepherd.responses.runs import BackgroundRuns, Run
 from shepherd.routers.common.model_call import ChatStream, call_model
 from shepherd.storage.base import StorageError
+
+if TYPE_CHECKING:
+    from shepherd.responses.mcp import McpRun
 
 log = logging.getLogger("shepherd.responses")
 RESPONSES_PATH = "/v1/responses"
@@ -44,18 +48,35 @@ def error_object(exc: BaseException) -> dict[str, str]:
     return {"code": "server_error", "message": f"The response failed: {exc.__class__.__name__}"}
 
 
+class ModelStream(Protocol):
+    """A started model stream: its events, and a way to stop it early."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Work:
     """One response's production: its request, history and (once known) the Response object."""
 
     def __init__(self, context: AppContext, request: web.Request, parsed: ResponseRequest,
-                 history: list[dict[str, Any]], response_id: str) -> None:
+                 history: list[dict[str, Any]], response_id: str, mcp: McpRun | None = None) -> None:
         self.context = context
         self.request = request
         self.parsed = parsed
         self.history = history
         self.id = response_id
-        self.passthrough = _speaks_responses(context, parsed.model)
+        self.mcp = mcp  # the gateway runs the request's MCP tools (so it runs the model call too)
+        self.passthrough = mcp is None and _speaks_responses(context, parsed.model)
         self.response = base_response(parsed, response_id, "in_progress")
+
+    async def _model(self, chat_body: dict[str, Any]) -> dict[str, Any] | ChatStream:
+        return await call_model(self.context, self.request, chat_body)
+
+    def _chat_body(self, stream: bool) -> dict[str, Any]:
+        if self.mcp is None:
+            return self.parsed.chat_body(self.history, stream)
+        return self.parsed.chat_body(self.history, stream, after=self.mcp.resumed, mcp_name=self.mcp.mcp_name)
 
     # -- one model call, whole ----------------------------------------------------------------
 
@@ -65,24 +86,33 @@ class Work:
             assert isinstance(answer, dict)
             self.response = self._patched(answer)
             return self.response
-        answer = await call_model(self.context, self.request, self.parsed.chat_body(self.history, False))
+        if self.mcp is not None:
+            result = await run_loop(self._model, self._chat_body(False), self.mcp.session, self.mcp.limit,
+                                    self.mcp.spent)
+            self.response = complete_from_chat(self.response, result.answer)
+            self.response["output"] = [*self.mcp.output(result), *self.response["output"]]
+            return self.response
+        answer = await call_model(self.context, self.request, self._chat_body(False))
         assert isinstance(answer, dict)
         self.response = complete_from_chat(self.response, answer)
         return self.response
 
     # -- or streamed --------------------------------------------------------------------------
 
-    async def open_stream(self) -> ChatStream:
+    async def open_stream(self) -> ModelStream:
         """Start the model's stream (errors before its first event are the request's HTTP error)."""
+        if self.mcp is not None:
+            return await Primed.start(stream_loop(self._model, self._chat_body(True), self.mcp.session,
+                                                  self.mcp.limit, self.mcp.spent))
         if self.passthrough:
             stream = await call_model(self.context, self.request, self._upstream_body(True), RESPONSES_PATH)
         else:
-            stream = await call_model(self.context, self.request, self.parsed.chat_body(self.history, True))
+            stream = await call_model(self.context, self.request, self._chat_body(True))
         if not isinstance(stream, ChatStream):
             raise GatewayError(502, "upstream_invalid_response", "The model answered a streamed request whole")
         return stream
 
-    async def events(self, stream: ChatStream, sequence: int = 0) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, stream: ModelStream, sequence: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Every event of the response up to, not including, the terminal one (self.response is final after)."""
         if self.passthrough:
             async for event in self._relayed(stream, sequence):
@@ -91,6 +121,13 @@ class Work:
         builder = self._builder = EventStream(self.response, sequence)
         for event in builder.start():
             yield event
+        if self.mcp is not None:
+            from shepherd.responses.mcp import mcp_events
+            async for event in mcp_events(self.mcp, stream, builder):
+                yield event
+            for event in builder.finish():
+                yield event
+            return
         async for event in events_from_chat(stream, builder):
             yield event
 
@@ -139,7 +176,7 @@ class Work:
                 patched[name] = self.response[name]
         return patched
 
-    async def _relayed(self, stream: ChatStream, sequence: int) -> AsyncIterator[dict[str, Any]]:
+    async def _relayed(self, stream: ModelStream, sequence: int) -> AsyncIterator[dict[str, Any]]:
         started: Any = None  # the created event's response, until in_progress went out
         async for event in stream:
             if not isinstance(event.get("type"), str):
@@ -165,6 +202,37 @@ class Work:
         raise GatewayError(502, "upstream_stream_incomplete", "The provider's stream ended before the response did")
 
 
+class Primed:
+    """A stream whose first event is already in hand: an error before it is the request's HTTP error."""
+
+    def __init__(self, events: AsyncGenerator[Any, None], first: list[Any]) -> None:
+        self._events = events
+        self._first = first
+
+    @classmethod
+    async def start(cls, events: AsyncGenerator[Any, None]) -> Primed:
+        try:
+            first = [await anext(events)]
+        except StopAsyncIteration:
+            first = []
+        except BaseException:
+            await events.aclose()
+            raise
+        return cls(events, first)
+
+    async def _all(self) -> AsyncIterator[Any]:
+        for event in self._first:
+            yield event
+        async for event in self._events:
+            yield event
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._all()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
 def _upstream_item(item: dict[str, Any]) -> dict[str, Any]:
     """A replayed item as a provider accepts it in `input` (our ids and statuses stay here)."""
     return {k: v for k, v in item.items() if k not in ("id", "status")}
@@ -187,7 +255,11 @@ class ResponsesExecutor:
         if parsed.background and self.runs.limit == 0:
             parsed.background = False  # the mode is off: the work runs while the client waits
         history = await load_history(self.context.history, parsed)
-        return Work(self.context, request, parsed, history, new_response_id())
+        mcp = None
+        if parsed.mcp_tools or parsed.approvals:
+            from shepherd.responses.mcp import prepare_mcp  # the mcp SDK: imported once a request needs it
+            mcp = await prepare_mcp(self.context, request, parsed, history)
+        return Work(self.context, request, parsed, history, new_response_id(), mcp)
 
     async def foreground(self, work: Work) -> dict[str, Any]:
         try:
@@ -200,7 +272,7 @@ class ResponsesExecutor:
         await work.persist()
         return response
 
-    async def foreground_events(self, work: Work, stream: ChatStream) -> AsyncGenerator[dict[str, Any], None]:
+    async def foreground_events(self, work: Work, stream: ModelStream) -> AsyncGenerator[dict[str, Any], None]:
         """The whole event stream of a foreground response; storing it before its terminal event."""
         try:
             async for event in work.events(stream):

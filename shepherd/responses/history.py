@@ -2,8 +2,9 @@
 
 A chain is every earlier response's input items followed by its output items, oldest first. A
 conversation is its linked items in the order they were added; items the model is not given
-(reasoning, tool types the gateway does not run) are skipped. Storage errors propagate (the API
-answers 503 for a store that is down).
+(reasoning, tool types the gateway does not run) are skipped; MCP items are kept (an mcp_call is
+replayed as a call and its result, and a pending approval request is what a later approval
+resumes). Storage errors propagate (the API answers 503 for a store that is down).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from shepherd.storage.items import item_json, item_record
 MAX_CHAIN = 100  # responses followed back along previous_response_id
 MAX_CONVERSATION_ITEMS = 1000
 _PAGE = 100
-_REPLAYED = frozenset({"message", "function_call", "function_call_output"})
+_REPLAYED = frozenset({"message", "function_call", "function_call_output", "mcp_list_tools", "mcp_call",
+                       "mcp_approval_request", "mcp_approval_response"})
 
 
 async def load_history(store: HistoryStorage, request: ResponseRequest) -> list[dict[str, Any]]:

@@ -37,7 +37,9 @@ def base_response(request: ResponseRequest, response_id: str, status: str) -> di
     response["tool_choice"] = body.get("tool_choice") or "auto"
     response["parallel_tool_calls"] = body.get("parallel_tool_calls") is not False
     response["truncation"] = body.get("truncation") or "disabled"
-    response["tools"] = body.get("tools") or []
+    # An mcp tool's credentials are the client's to keep: not echoed, not stored.
+    response["tools"] = [{k: v for k, v in t.items() if k not in ("headers", "authorization")}
+                         if isinstance(t, dict) and t.get("type") == "mcp" else t for t in body.get("tools") or []]
     raw_text = body.get("text")
     text: dict[str, Any] = raw_text if isinstance(raw_text, dict) else {}
     response["text"] = {**text, "format": text.get("format") or {"type": "text"}}
@@ -237,6 +239,48 @@ class EventStream:
             item["arguments"] += arguments
             events.append(self.event("response.function_call_arguments.delta", item_id=item["id"],
                                      output_index=self.response["output"].index(item), delta=arguments))
+        return events
+
+    # -- items the gateway makes itself (MCP: shepherd/responses/mcp.py) ---------------------------
+
+    def _add(self, item: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        events = self._close()
+        self.response["output"].append(item)
+        index = self._index()
+        events.append(self.event("response.output_item.added", output_index=index, item=dict(item)))
+        return events, index
+
+    def whole_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        events, index = self._add(item)
+        events.append(self.event("response.output_item.done", output_index=index, item=dict(item)))
+        return events
+
+    def list_tools(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        events, index = self._add(item)
+        events.append(self.event("response.mcp_list_tools.in_progress", item_id=item["id"], output_index=index))
+        outcome = "failed" if item.get("error") else "completed"
+        events.append(self.event(f"response.mcp_list_tools.{outcome}", item_id=item["id"], output_index=index))
+        events.append(self.event("response.output_item.done", output_index=index, item=dict(item)))
+        return events
+
+    def call_started(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """An mcp_call about to run (`item` is updated in place as it goes; call_finished ends it)."""
+        events, index = self._add(item)
+        events[-1]["item"] = {**item, "arguments": "", "status": "in_progress"}
+        ids = {"item_id": item["id"], "output_index": index}
+        events.append(self.event("response.mcp_call_arguments.delta", **ids, delta=item["arguments"]))
+        events.append(self.event("response.mcp_call_arguments.done", **ids, arguments=item["arguments"]))
+        events.append(self.event("response.mcp_call.in_progress", **ids))
+        return events
+
+    def call_finished(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if not any(existing is item for existing in self.response["output"]):  # never started (not run)
+            events, _ = self._add(item)
+        index = next(i for i, existing in enumerate(self.response["output"]) if existing is item)
+        outcome = "completed" if item["status"] == "completed" else "failed"
+        events.append(self.event(f"response.mcp_call.{outcome}", item_id=item["id"], output_index=index))
+        events.append(self.event("response.output_item.done", output_index=index, item=dict(item)))
         return events
 
     def finish(self) -> list[dict[str, Any]]:

@@ -10,10 +10,12 @@ inherited.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from shepherd.errors import GatewayError
+from shepherd.mcp.request_tools import McpToolRefused, McpToolSpec, parse_mcp_tools
 from shepherd.storage.base import new_item_id
 
 # OpenAI's `include` values. Logprobs are asked of the model; input image URLs are kept in the stored
@@ -46,6 +48,12 @@ class ResponseRequest:
     previous_response_id: str | None
     conversation_id: str | None
     include: list[str]
+    mcp_tools: list[McpToolSpec] = field(default_factory=list)  # the `{"type": "mcp"}` tools
+
+    @property
+    def approvals(self) -> list[dict[str, Any]]:
+        """The input's answers to earlier approval requests."""
+        return [item for item in self.input_items if item.get("type") == "mcp_approval_response"]
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ResponseRequest:
@@ -79,20 +87,30 @@ class ResponseRequest:
         if instructions is not None and not isinstance(instructions, str):
             raise _bad("'instructions' must be a string", "instructions")
         chat_tools(body.get("tools"))  # checked now: a bad request costs no history lookup
+        try:
+            mcp_tools = parse_mcp_tools(body.get("tools"))
+        except McpToolRefused as exc:
+            raise _bad(str(exc), "tools") from None
+        max_calls = body.get("max_tool_calls")
+        if max_calls is not None and (isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1):
+            raise _bad("'max_tool_calls' must be a positive integer", "max_tool_calls")
         chat_tool_choice(body.get("tool_choice"))
         chat_response_format(body.get("text"))
         return cls(body=body, model=model, input_items=normalize_input(body.get("input")),
                    stream=bool(body.get("stream")), store=store, background=background,
-                   previous_response_id=previous or None, conversation_id=conversation or None, include=include)
+                   previous_response_id=previous or None, conversation_id=conversation or None, include=include,
+                   mcp_tools=mcp_tools)
 
-    def chat_body(self, history: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
-        """The Chat Completions body for this request after `history` (the chain's or the conversation's items)."""
+    def chat_body(self, history: list[dict[str, Any]], stream: bool, after: list[dict[str, Any]] | None = None,
+                  mcp_name: McpName | None = None) -> dict[str, Any]:
+        """The Chat Completions body for this request after `history` (the chain's or the conversation's
+        items); `after`: items of this response already produced (a resumed approval's call)."""
         body = self.body
         messages: list[dict[str, Any]] = []
         instructions = body.get("instructions")
         if instructions:
             messages.append({"role": "system", "content": instructions})
-        messages += items_to_messages(history + self.input_items)
+        messages += items_to_messages(history + self.input_items + (after or []), mcp_name)
         chat: dict[str, Any] = {"model": self.model, "messages": messages}
         for name in _PASSED:
             if body.get(name) is not None:
@@ -146,6 +164,10 @@ def normalize_input(raw: Any) -> list[dict[str, Any]]:
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str) or "output" not in item:
                 raise _bad(f"input[{index}]: a function_call_output needs a call_id and an output", f"input[{index}]")
+        elif kind in _MCP_FIELDS:
+            if not all(isinstance(item.get(k), t) for k, t in _MCP_FIELDS[kind].items()):
+                fields = ", ".join(f"{k} ({t.__name__})" for k, t in _MCP_FIELDS[kind].items())
+                raise _bad(f"input[{index}]: an {kind} item needs {fields}", f"input[{index}]")
         elif kind not in ("reasoning", "item_reference"):
             raise _bad(f"input[{index}]: item type {kind!r} is not supported", f"input[{index}]")
         if not isinstance(item.get("id"), str):
@@ -154,6 +176,16 @@ def normalize_input(raw: Any) -> list[dict[str, Any]]:
             item.setdefault("status", "completed")
         items.append(item)
     return items
+
+
+_MCP_FIELDS: dict[str, dict[str, type]] = {
+    "mcp_approval_response": {"approval_request_id": str, "approve": bool},
+    "mcp_approval_request": {"id": str, "server_label": str, "name": str, "arguments": str},
+    "mcp_call": {"server_label": str, "name": str, "arguments": str},
+    "mcp_list_tools": {"server_label": str, "tools": list},
+}
+McpName = Callable[[str, str], str]  # (server label, tool) -> the function name the model knows it by
+DENIED = "Error: the user denied this tool call"
 
 
 def _part(part: dict[str, Any]) -> dict[str, Any] | None:
@@ -177,10 +209,42 @@ def _message_content(content: Any) -> Any:
     return parts
 
 
-def items_to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def items_to_messages(items: list[dict[str, Any]], mcp_name: McpName | None = None) -> list[dict[str, Any]]:
+    """Items as chat messages. An mcp_call is the model's call and its result (consecutive ones one
+    assistant turn); an approval request is shown once it is answered: approved, by the mcp_call
+    that ran it, denied, as a call whose result says so."""
     messages: list[dict[str, Any]] = []
+    requests: dict[str, dict[str, Any]] = {}
+    mcp_turn: dict[str, Any] | None = None  # the assistant message of the mcp calls just rendered
+
+    def mcp_result(item: dict[str, Any], call_id: str, result: str) -> None:
+        nonlocal mcp_turn
+        name = mcp_name(item["server_label"], item["name"]) if mcp_name else item["name"]
+        call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": item.get("arguments")
+                                                                or "{}"}}
+        if mcp_turn is None:
+            mcp_turn = {"role": "assistant", "content": None, "tool_calls": []}
+            messages.append(mcp_turn)
+        mcp_turn["tool_calls"].append(call)
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
+
     for item in items:
         kind = item.get("type")
+        if kind == "mcp_call":
+            mcp_result(item, str(item.get("id") or new_item_id("mcp_call")), _mcp_call_text(item))
+            continue
+        if kind == "mcp_approval_request":
+            requests[item["id"]] = item
+            continue
+        if kind == "mcp_approval_response":
+            request = requests.get(item["approval_request_id"])
+            if request is not None and not item.get("approve"):
+                reason = item.get("reason")
+                mcp_result(request, request["id"], DENIED + (f": {reason}" if isinstance(reason, str) and reason
+                                                             else ""))
+            continue
+        if kind in ("message", "function_call", "function_call_output"):
+            mcp_turn = None
         if kind == "message":
             role = item.get("role")
             messages.append({"role": "system" if role == "developer" else role,
@@ -204,6 +268,19 @@ def items_to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
+def _mcp_call_text(item: dict[str, Any]) -> str:
+    """What the model read as an mcp_call's result."""
+    error = item.get("error")
+    if error is None:
+        return str(item.get("output") or "")
+    if isinstance(error, dict):  # OpenAI's error objects: a protocol error's message, a tool's content text
+        content = error.get("content")
+        text = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict)) \
+            if isinstance(content, list) else error.get("message") or content
+        error = text
+    return f"Error: {error}"
+
+
 def chat_tools(raw: Any) -> list[dict[str, Any]]:
     if raw is None:
         return []
@@ -211,6 +288,8 @@ def chat_tools(raw: Any) -> list[dict[str, Any]]:
         raise _bad("'tools' must be a list", "tools")
     tools = []
     for index, tool in enumerate(raw):
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            continue  # run by the gateway (shepherd/responses/mcp.py), offered as the session's functions
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
             kind = tool.get("type") if isinstance(tool, dict) else None
             raise _bad(f"tools[{index}]: only function tools are supported here (got {kind!r})", f"tools[{index}]",

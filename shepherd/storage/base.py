@@ -21,7 +21,8 @@ from typing import Any, Literal, Protocol
 Order = Literal["asc", "desc"]
 
 _ITEM_PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc", "function_call_output": "fco",
-                  "mcp_call": "mcp", "mcp_list_tools": "mcpl"}
+                  "mcp_call": "mcp", "mcp_list_tools": "mcpl", "mcp_approval_request": "mcpr",
+                  "mcp_approval_response": "mcpa"}
 
 
 class StorageError(Exception):

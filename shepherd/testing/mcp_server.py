@@ -16,16 +16,20 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 
 server = MCPServer("shepherd-test")
 
 
-@server.tool(description="Add two integers.")
+READ_ONLY = ToolAnnotations(read_only_hint=True)
+
+
+@server.tool(description="Add two integers.", annotations=READ_ONLY)
 def add(a: int, b: int) -> str:
     return str(a + b)
 
 
-@server.tool(description="Current weather in a city.")
+@server.tool(description="Current weather in a city.", annotations=READ_ONLY)
 def weather(city: str) -> str:
     return f"sunny, 21C in {city}"
 

@@ -17,6 +17,7 @@ import pytest
 from shepherd.mcp.config import parse_mcp_config
 from shepherd.mcp.connection import McpConnection, McpUnavailable
 from shepherd.mcp.pool import McpPool, McpUrlRefused, check_url
+from shepherd.mcp.request_tools import parse_mcp_tools
 from shepherd.testing import free_ports, wait_until
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -196,28 +197,30 @@ def test_per_request_servers_are_bounded_checked_and_narrowed() -> None:
         pool = McpPool(parse_mcp_config({"servers": [stdio_entry("local")], "request_servers": {
             "max_per_request": 1, "allow_private_networks": True, "call_timeout_secs": 5}}))
         try:
-            found = await pool.for_request([
+            found = await pool.for_request(parse_mcp_tools([
                 {"type": "function", "name": "ignored"},
                 {"type": "mcp", "server_label": "local", "allowed_tools": ["add"]},
-                {"type": "mcp", "server_label": "dyn", "server_url": server.url, "allowed_tools": ["weather"]}])
-            assert [(label, names) for label, _, names in found] == [("local", frozenset({"add"})),
-                                                                    ("dyn", frozenset({"weather"}))]
-            session, failures = await ToolSession.build([(label, conn) for label, conn, _ in found], [],
-                                                        allowed={label: names for label, _, names in found})
-            assert not failures and sorted(session.bindings) == ["add", "weather"]
+                {"type": "mcp", "server_label": "dyn", "server_url": server.url,
+                 "allowed_tools": {"tool_names": ["weather", "explode"], "read_only": True}}]))
+            assert [spec.label for spec, _ in found] == ["local", "dyn"]
+            session, failures = await ToolSession.build(
+                [(spec.label, conn) for spec, conn in found], [],
+                select={spec.label: (lambda t, s=spec: s.exposes(t.name, t.read_only)) for spec, _ in found})
+            assert not failures and sorted(session.bindings) == ["add", "weather"]  # explode is not read-only
             record = await session.execute("c1", "weather", '{"city": "Kyiv"}')
             assert record.output == "sunny, 21C in Kyiv" and record.server_label == "dyn"
             with pytest.raises(McpUrlRefused, match="at most 1"):
-                await pool.for_request([{"type": "mcp", "server_label": "a", "server_url": server.url},
-                                        {"type": "mcp", "server_label": "b", "server_url": server.url}])
+                await pool.for_request(parse_mcp_tools([
+                    {"type": "mcp", "server_label": "a", "server_url": server.url},
+                    {"type": "mcp", "server_label": "b", "server_url": server.url}]))
             with pytest.raises(McpUrlRefused, match="no configured MCP server"):
-                await pool.for_request([{"type": "mcp", "server_label": "nobody"}])
+                await pool.for_request(parse_mcp_tools([{"type": "mcp", "server_label": "nobody"}]))
         finally:
             await pool.close()
 
         strict = McpPool(parse_mcp_config({}))
         with pytest.raises(McpUrlRefused, match="private or local"):
-            await strict.for_request([{"type": "mcp", "server_label": "x", "server_url": server.url}])
+            await strict.for_request(parse_mcp_tools([{"type": "mcp", "server_label": "x", "server_url": server.url}]))
     try:
         asyncio.run(run())
     finally:

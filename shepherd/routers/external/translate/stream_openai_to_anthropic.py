@@ -118,6 +118,14 @@ class ChatStreamToMessages:
         self._done = True
         return stream_error_frame("anthropic", message, kind=kind, code=None)
 
+    def whole_block(self, block: dict[str, Any]) -> bytes:
+        """A content block the gateway made itself (an MCP call it ran), started and stopped at once."""
+        if self._done:
+            return b""
+        out = b"" if self._started else self._start({})
+        out += self._open("whole", block) + self._close()
+        return out
+
     # -- blocks -------------------------------------------------------------------------------
 
     def _start(self, chunk: Mapping[str, Any]) -> bytes:
@@ -129,7 +137,7 @@ class ChatStreamToMessages:
         return event_frame("message_start", {"type": "message_start", "message": message})
 
     def _open(self, kind: str, block: dict[str, Any]) -> bytes:
-        if self._open_kind == kind and kind != "tool":
+        if self._open_kind == kind and kind not in ("tool", "whole"):
             return b""
         out = self._close()
         index = self._next_index
