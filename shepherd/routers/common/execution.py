@@ -203,7 +203,7 @@ class Execution(Generic[C]):
                     if self.remaining() <= 0:
                         break
                 try:
-                    candidate = self._select(select)
+                    candidate = select(frozenset(self.tried))
                 except GatewayError as exc:
                     if last is not None:
                         break  # nobody left to try: the last worker's failure is the answer
@@ -234,19 +234,6 @@ class Execution(Generic[C]):
             for pending in self._awaiting_verdict:  # no other worker contradicted their 500
                 give_verdict(pending, poisoned=False)
             self._awaiting_verdict.clear()
-
-    def _select(self, select: Callable[[frozenset[Worker]], C]) -> C:
-        tracing = self.lifecycle.tracing
-        if tracing is None or self._span is None:
-            return select(frozenset(self.tried))
-        span = tracing.start_child(self._span, "select_worker")
-        try:
-            candidate = select(frozenset(self.tried))
-        except GatewayError as exc:
-            tracing.finish(span, exc.status)
-            raise
-        tracing.finish(span, None)
-        return candidate
 
     # -- AttemptOwner: verdicts, attempt metrics, spans ----------------------------------------
 
