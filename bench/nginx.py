@@ -85,6 +85,7 @@ http {{
         location = /v1/models {{ return 200 {models}; }}
         location = /get_server_info {{ return 200 '{{"version": "nginx-bench"}}'; }}
         location = /v1/chat/completions {{
+            if ($http_x_bench_slow) {{ rewrite ^ /slow last; }}
             if ($http_x_bench_stream) {{ rewrite ^ /stream last; }}
             return 200 {chat};
         }}
@@ -92,6 +93,17 @@ http {{
         # turned into an internal GET of the file; sub_filter drops Content-Length, so the answer
         # is chunked like an engine's stream.
         location = /stream {{ internal; error_page 405 =200 /stream.sse; return 405; }}
+        # The same stream trickled at 256 bytes/s (about a minute): streams that stay open, for
+        # measuring what concurrent streams cost the gateway (bench/soak.py).
+        location = /slow {{ internal; error_page 405 =200 /slow.sse; return 405; }}
+        location = /slow.sse {{
+            internal;
+            alias {root}/stream.sse;
+            limit_rate 256;
+            default_type text/event-stream;
+            sub_filter_types text/event-stream;
+            sub_filter '[DONE]' '[DONE]';
+        }}
         location = /stream.sse {{
             internal;
             root {root};
@@ -107,8 +119,9 @@ http {{
 class Nginx:
     """nginx with a generated config in a temp dir, on a free loopback port.
 
-    A request that carries the header `X-Bench-Stream: 1` gets the streamed answer; the
-    benchmark sends that header to the gateways, which forward it (they pass client headers on)."""
+    A request that carries the header `X-Bench-Stream: 1` gets the streamed answer (`X-Bench-Slow: 1`:
+    the same, trickled over about a minute); the benchmark sends that header to the gateways, which
+    forward it (they pass client headers on)."""
 
     def __init__(self, workers: int = 1, stream_events: int = 64) -> None:
         binary = find_nginx()
