@@ -202,8 +202,9 @@ def report_precise(url: str) -> None:
         model = report["ttft_model"]
         shares = " ".join(f"{share:.0%}" for share in report["load_share"].values())
         print(f"    precise_cache: {report['decisions']} decisions ({report['from_kv_index']} scored from KV events), "
-              f"load shares {shares}; learned TTFT = {model['base_secs'] * 1000:.1f} ms + prompt / "
-              f"{model['prefill_tokens_per_sec']:,.0f} tok/s + {model['per_running_secs'] * 1000:.2f} ms x running "
+              f"load shares {shares}; expected hit rate {report['expected_hit_rate']:.1%}, "
+              f"{report['traded_hit_rate']:.1%} traded for queues; learned TTFT = "
+              f"{model['base_secs'] * 1000:.1f} ms + prefill ahead / {model['prefill_tokens_per_sec']:,.0f} tok/s "
               f"({model['observations']:.0f} observations)")
     for worker, state in body["workers"].items():
         print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']} gaps={state['gaps']} "
