@@ -2,13 +2,13 @@
 
 For every candidate the policy estimates
 
-    cost = TTFT(prefill tokens ahead of this request's first token) + the prompt's uncached prefill again
+    cost = TTFT(prefill tokens ahead of this request's first token) + 3 x the prompt's uncached prefill
 
-(the second term: the prompt's prefill is work that every request arriving there after it waits
-behind; without it the policy gives cache hits away for queues that drain within a step), where the
-prefill ahead is the worker's queued prefill (tokens the gateway sent it that have not
-produced a first token yet, or the waiting uncached tokens its KV-event stream's load record reports
-if larger: other gateways send to it too) plus this prompt's uncached part. What a worker holds comes from:
+(the second term, UNCACHED_WEIGHT below: the prompt's prefill is also work that every request
+arriving there after it waits behind, and its blocks evict other prefixes from a full cache), where
+the prefill ahead is the worker's queued prefill (tokens the gateway sent it that have not produced
+a first token yet, or the waiting uncached tokens its KV-event stream's load record reports if
+larger: other gateways send to it too) plus this prompt's uncached part. What a worker holds comes from:
 
 * the KV-event index (shepherd.kv) for workers whose event stream is live: the blocks the engine
   really holds, evictions included, plus the blocks of prompts the gateway has just sent it (until
@@ -43,12 +43,14 @@ from shepherd.workers.worker import Worker
 
 PENDING_TTL_SECS = 60.0  # a dispatched request that never reported back stops counting as queued
 MAX_PENDING_PER_WORKER = 4096
-# The prompt's own uncached tokens weigh this much more than the queue it joins: its wait is the
-# queue plus its prefill, and its prefill is also work added to the fleet that every later request
-# on that worker waits behind. At 1 (its own TTFT alone) the policy gives up cache hits for queues
-# that drain within a step (on the multi-turn bench 4% of prompt tokens, hit rate 79.7% against
-# cache_aware's 82.5%); at 2 it trades under 1% and keeps its lower TTFT tail.
-UNCACHED_WEIGHT = 2.0
+# The prompt's own uncached tokens weigh this much more than the queue it joins. Its own TTFT is the
+# queue plus its prefill, but the prefill is also work every later request on that worker waits
+# behind, and once the cache is full the blocks it stores evict prefixes other requests would have
+# hit. At 1 (its own TTFT alone) the policy gave 4% of prompt tokens away for queues that drain
+# within a step (multi-turn hit rate 79.7% against cache_aware's 82.5%); measured on the bench's
+# gRPC runs, 4 against 2 raised the hit rate on RAG (95.7% against 89.7-94.7%) and the agent loop
+# (80.8% against 78.0-80.1%) and kept multi-turn at cache_aware's.
+UNCACHED_WEIGHT = 4.0
 
 
 @dataclass(slots=True)

@@ -283,5 +283,5 @@ def test_a_queue_that_drains_within_a_step_does_not_trade_away_a_hit() -> None:
     for worker in pool:
         index.set_live(worker.id, True)
     engine_store(index, pool[0].id, PROMPT)
-    index.set_load(pool[0].id, 400)  # more than the whole prompt, far less than its prefill counted twice
+    index.set_load(pool[0].id, 400)  # more than the whole prompt, less than its prefill as weighed
     assert policy.select(pool, tokens_request(PROMPT)) is pool[0]
