@@ -18,7 +18,9 @@ precise_cache and SMG's cache_aware both subscribe to).
 
 For each policy the report gives the prefix-cache hit rate (sum of `cached_tokens` over prompt tokens,
 as the engines report it), time to first token p50/p99, completed requests per second, and how the
-requests spread over the workers (min and max share; an even split is 1/N each). SMG's cache_aware runs
+requests spread over the workers (min and max share; an even split is 1/N each), and the gateway's CPU
+time per completed request (all its processes; the bench shares the host with the engines, so a
+gateway that burns CPU slows them too). SMG's cache_aware runs
 against the same engines in the same run when SMG is installed (`make bench-setup`). Engine caches are
 flushed between runs.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -60,6 +63,7 @@ class Stats:
     cached_tokens: int = 0
     completed: int = 0
     errors: int = 0
+    gateway_cpu_secs: float = float("nan")  # the gateway processes' CPU time during the run
 
 
 class Client:
@@ -181,6 +185,25 @@ async def run_workload(url: str, name: str, concurrency: int, seconds: float, ma
     return stats
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of these processes so far (Linux /proc; nan elsewhere)."""
+    total = 0.0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return total
+
+
+def gateway_pids(gateway: Gateway | Smg | Fleet) -> list[int]:
+    if isinstance(gateway, Fleet):
+        return [g.proc.pid for g in gateway.gateways]
+    return [gateway.proc.pid]
+
+
 def reset(sim: Sim | GrpcSim) -> None:
     if isinstance(sim, Sim):
         for url in sim.urls:
@@ -202,8 +225,9 @@ def report_precise(url: str) -> None:
         model = report["ttft_model"]
         shares = " ".join(f"{share:.0%}" for share in report["load_share"].values())
         print(f"    precise_cache: {report['decisions']} decisions ({report['from_kv_index']} scored from KV events), "
-              f"load shares {shares}; learned TTFT = {model['base_secs'] * 1000:.1f} ms + prompt / "
-              f"{model['prefill_tokens_per_sec']:,.0f} tok/s + {model['per_running_secs'] * 1000:.2f} ms x running "
+              f"load shares {shares}; expected hit rate {report['expected_hit_rate']:.1%}, "
+              f"{report['traded_hit_rate']:.1%} traded for queues; learned TTFT = "
+              f"{model['base_secs'] * 1000:.1f} ms + prefill ahead / {model['prefill_tokens_per_sec']:,.0f} tok/s "
               f"({model['observations']:.0f} observations)")
     for worker, state in body["workers"].items():
         print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']} gaps={state['gaps']} "
@@ -239,8 +263,9 @@ def _row(workload: str, label: str, stats: Stats, low: float, high: float) -> st
     p50 = statistics.median(stats.ttft) * 1000 if stats.ttft else float("nan")
     p99 = stats.ttft[int(len(stats.ttft) * 0.99)] * 1000 if stats.ttft else float("nan")
     rate = stats.completed / stats.elapsed  # type: ignore[attr-defined]
+    cpu = stats.gateway_cpu_secs * 1000 / stats.completed if stats.completed else float("nan")
     return (f"{workload:<17} {label:<28} {hit:>8.1%} {p50:>7.0f}ms {p99:>7.0f}ms {rate:>7.1f} "
-            f"{low:>10.1%} / {high:<8.1%} {stats.errors:>6}")
+            f"{low:>10.1%} / {high:<8.1%} {cpu:>8.2f}ms {stats.errors:>6}")
 
 
 def main() -> None:
@@ -317,8 +342,11 @@ def main() -> None:
                                       "--load-monitor-interval", "1", *args.gateway_args,
                                       expect_workers=len(targets_urls))
                 try:
+                    pids = gateway_pids(gateway)
+                    cpu_before = cpu_seconds(pids)
                     stats = asyncio.run(run_workload(gateway.url, workload, args.concurrency, args.seconds,
                                                      args.max_tokens))
+                    stats.gateway_cpu_secs = cpu_seconds(pids) - cpu_before
                     if policy == "precise_cache" and not pd:
                         report_precise(gateway.url)
                 finally:
@@ -334,7 +362,7 @@ def main() -> None:
 
     print()
     print(f"{'workload':<17} {'router':<28} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} "
-          f"{'min/max worker share':>21} {'errors':>6}")
+          f"{'min/max worker share':>21} {'CPU/req':>10} {'errors':>6}")
     for row in rows:
         print(_row(*row))
     print("(PD rows: worker share is over the prefill workers; hit rate is the prefill side's, as the decode "

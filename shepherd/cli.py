@@ -224,9 +224,10 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          default=options.power_of_two_load_metric, help="what power_of_two compares")
     routing.add_argument("--assignment-mode", choices=("random", "min_load", "min_group", "delegate"),
                          default=options.assignment_mode, help="how manual places a new routing key")
-    routing.add_argument("--kv-index", choices=("positional", "none"), default=options.kv_index,
+    routing.add_argument("--kv-index", choices=("positional", "chain", "none"), default=options.kv_index,
                          help="precise_cache: index the gRPC engines' KV-cache events (SubscribeKvEvents) by block "
-                              "position and prefix, or none (no subscriptions; the approximate tree only)")
+                              "position and prefix, or none (no subscriptions; the approximate tree only); SMG's "
+                              "'chain' layout is refused")
     routing.add_argument("--block-size", type=int, default=options.block_size,
                          help="KV cache block size for event-driven routing, when an engine's events do not "
                               "say (default: %(default)s)")

@@ -103,6 +103,11 @@ REFUSED: dict[str, Refusal] = {
 REFUSED_VALUES: dict[tuple[str, str], Refusal] = {
     ("--parser", "symphony"): Refusal("the Symphony parser", "use --parser legacy (the per-model parsers)"),
     ("--history-backend", "oracle"): _ORACLE,
+    # SMG's second layout of the same index (chains stored as runs, for lock-free lookups): it routes
+    # exactly as the positional one, so a second implementation would only be a second copy.
+    ("--kv-index", "chain"): Refusal("the run-length 'chain' layout of the KV-event index", "use --kv-index "
+                                     "positional (each block is named by its whole prefix, which answers the "
+                                     "same lookups)"),
 }
 
 

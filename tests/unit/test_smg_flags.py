@@ -137,6 +137,8 @@ def test_a_refused_value_of_an_accepted_flag_is_refused() -> None:
         parse_args(["launch", "--parser", "symphony"], {})
     with pytest.raises(ConfigSourceError, match="^--history-backend oracle: Oracle history storage"):
         parse_args(["launch", "--history-backend", "oracle"], {})
+    with pytest.raises(ConfigSourceError, match="^--kv-index chain: the run-length 'chain' layout .* positional"):
+        parse_args(["launch", "--kv-index", "chain"], {})
 
 
 def test_the_command_line_says_the_refusal_in_one_line() -> None:
