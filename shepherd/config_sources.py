@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from shepherd.yaml_file import read_yaml_file
 
 ENV_PREFIX = "SHEPHERD_"
 CONFIG_FLAG = "--config"
@@ -98,13 +98,7 @@ def _given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str])
 
 
 def _read_file(path: str, known: Mapping[str, Option]) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigSourceError(f"config file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigSourceError(f"config file {path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "config file", ConfigSourceError)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -37,9 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from shepherd.config import ConfigError
+from shepherd.yaml_file import read_yaml_file
 
 TRANSPORTS = ("stdio", "sse", "streamable")
 
@@ -99,13 +98,7 @@ _LIMIT_KEYS = {"max_per_request", "max_pooled", "connect_timeout_secs", "call_ti
 
 
 def load_mcp_config(path: str) -> McpConfig:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except OSError as exc:
-        raise McpConfigError(f"--mcp-config-path {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise McpConfigError(f"--mcp-config-path {path}: not valid YAML ({exc})") from exc
+    data = read_yaml_file(path, "--mcp-config-path", McpConfigError)
     return parse_mcp_config(data if data is not None else {})
 
 

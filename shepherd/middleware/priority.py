@@ -23,10 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from shepherd.config import ConfigError
 from shepherd.errors import GatewayError
+from shepherd.yaml_file import read_yaml_file
 
 PRIORITY_HEADER = "x-smg-priority"
 CLASSES = ("bulk", "default", "interactive", "system")  # index = rank: a higher index is admitted first
@@ -72,13 +71,7 @@ def load_priority_plan(path: str | None, default_max_class: str) -> PriorityPlan
     default = class_index(default_max_class, "--priority-scheduler-default-max-class")
     if path is None:
         return PriorityPlan(default)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-    except OSError as exc:
-        raise PriorityConfigError(f"--priority-scheduler-config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise PriorityConfigError(f"--priority-scheduler-config {path}: not valid YAML ({exc})") from exc
+    document = read_yaml_file(path, "--priority-scheduler-config", PriorityConfigError)
     return parse_priority_plan(document or {}, default, f"--priority-scheduler-config {path}")
 
 

@@ -29,10 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from shepherd.config import ConfigError
 from shepherd.errors import GatewayError
+from shepherd.yaml_file import read_yaml_file
 
 _LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests")
 
@@ -76,13 +75,7 @@ class TenantLimitsConfig:
 
 
 def load_tenant_limits(path: str) -> TenantLimitsConfig:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-    except OSError as exc:
-        raise TenantLimitsError(f"--tenant-rate-limit-config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise TenantLimitsError(f"--tenant-rate-limit-config {path}: not valid YAML ({exc})") from exc
+    document = read_yaml_file(path, "--tenant-rate-limit-config", TenantLimitsError)
     return parse_tenant_limits(document or {}, path)
 
 
