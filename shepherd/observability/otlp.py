@@ -21,11 +21,8 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from shepherd.observability.tracing import Span
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 log = logging.getLogger("shepherd.tracing")
 
@@ -33,6 +30,33 @@ MAX_QUEUED = 65_536  # spans waiting for export; past it new spans are dropped (
 MAX_BATCH = 2_048  # spans per export request
 SEND_TIMEOUT_SECS = 10.0
 _CACHE_LIMIT = 4_096  # distinct encoded attributes / names kept
+
+
+
+class Span(Protocol):
+    """What export reads of a finished span (shepherd.observability.tracing.Span); read-only."""
+
+    @property
+    def trace_id(self) -> int: ...
+    @property
+    def span_id(self) -> int: ...
+    @property
+    def parent_id(self) -> int: ...
+    @property
+    def trace_state(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+    @property
+    def error(self) -> bool: ...
+
 
 _SMALL = [bytes((i,)) for i in range(128)]
 _FIXED64 = struct.Struct("<Q").pack
