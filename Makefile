@@ -27,8 +27,12 @@ run: $(RUN_STAMP)
 smg-flags:
 	.venv-smg/bin/python scripts/dump_smg_flags.py > shepherd/data/smg_launch_flags.json
 
+# Two processes, each taking whole test files (their module-scoped gateways stay shared): most
+# integration tests wait on other processes, so two at once fit the 2-core machine.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 test: $(STAMP) test-tools browser test-servers
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 # The real servers the storage and scale-out tests start on loopback (Debian's packages); installed only when missing.
 test-servers:
@@ -42,7 +46,7 @@ test-unit: $(STAMP)
 
 # What CI runs: the pinned linters, then the whole suite with a coverage report.
 ci: lint typecheck test-tools browser test-servers
-	$(BIN)/python -m pytest --cov --cov-report=term
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --cov --cov-report=term
 # Debian packages tests use when present; a test that needs a missing one skips and says why.
 test-tools:
 	@command -v kubectl >/dev/null || { command -v apt-get >/dev/null && \
