@@ -6,9 +6,9 @@ kept current by the workers themselves: each write to a worker's `load`, `proces
 is announced to its watchers (Worker.watch), and the index moves that one worker between buckets
 in O(log n). A decision then reads the lowest bucket instead of scanning.
 
-`FleetCache` gives a policy the index of the fleet it is asked about: for fleets of MIN_FLEET
-workers or more (a smaller one costs less to scan than to keep indexed, since every load change
-pays about a microsecond for the index), built once the same fleet comes twice in a row (a retry
+`FleetCache` gives a policy the index of the fleet it is asked about: for fleets of a policy's
+minimum size or more (a smaller one costs less to scan than to keep indexed, since every write to a
+worker's load pays about a microsecond for the index), built once the same fleet comes twice in a row (a retry
 that excludes one worker, or a worker's breaker opening, changes the fleet for a decision or two,
 and is scanned rather than indexed), checked with a tuple comparison, which CPython does by
 identity in C.
@@ -75,6 +75,7 @@ class FleetIndex:
     def __init__(self, fleet: tuple[Worker, ...]) -> None:
         self.fleet = fleet
         self.position = {w.id: i for i, w in enumerate(fleet)}
+        self._at = {w: i for i, w in enumerate(fleet)}  # by identity (Worker has eq=False)
         self.valid = len(self.position) == len(fleet)  # ids index the fleet: they must be unique
         if self.valid:
             for worker in fleet:
@@ -85,8 +86,7 @@ class FleetIndex:
             worker.unwatch(self)
 
     def _member(self, worker: Worker) -> int | None:
-        position = self.position.get(worker.id)
-        return position if position is not None and self.fleet[position] is worker else None
+        return self._at.get(worker)
 
     def worker_changed(self, worker: Worker, field: str) -> None:
         raise NotImplementedError
@@ -100,6 +100,8 @@ class LoadIndex(FleetIndex):
     worker's new key and leaves the old one, which is dropped when it reaches the top no longer
     matching the worker (a request's dispatch writes twice and its end once, so each write must be
     cheap)."""
+
+    few_ids = 8  # least_loaded_of looks up this many ids one by one; more, by load
 
     def __init__(self, fleet: tuple[Worker, ...]) -> None:
         super().__init__(fleet)
@@ -120,33 +122,33 @@ class LoadIndex(FleetIndex):
         else:
             ids.add(worker_id)
 
-    def _drop_load(self, load: int, worker_id: str) -> None:
-        ids = self._ids_by_load[load]
-        ids.discard(worker_id)
-        if not ids:
-            del self._ids_by_load[load]
-            del self._loads[bisect.bisect_left(self._loads, load)]
-
     def worker_changed(self, worker: Worker, field: str) -> None:
-        if field == "snapshot":
+        # On every dispatch and every finish, so inlined: one dict probe, a heap push, and a move
+        # between two load groups when the load changed.
+        position = self._at.get(worker)
+        if position is None or field == "snapshot":
             return
-        position = self.position.get(worker.id)
-        if position is None or self.fleet[position] is not worker:
-            return
-        old_load, old_processed = self._keys[position]
+        keys = self._keys
+        old_load, old_processed = keys[position]
         load, processed = worker.load, worker.processed
         if load == old_load and processed == old_processed:
             return
-        self._keys[position] = (load, processed)
+        keys[position] = (load, processed)
         heap = self._heap
         heapq.heappush(heap, (load, processed, position))
-        if len(heap) > 2 * len(self._keys) + 64:  # mostly stale entries: rebuild from the keys
-            self._heap = heap = [(load, processed, i) for i, (load, processed) in enumerate(self._keys)]
+        if len(heap) > 2 * len(keys) + 64:  # mostly stale entries: rebuild from the keys
+            self._heap = heap = [(load, processed, i) for i, (load, processed) in enumerate(keys)]
             heapq.heapify(heap)
         if load != old_load:
-            self._drop_load(old_load, worker.id)
-            self._add_load(load, worker.id)
             self.total_load += load - old_load
+            worker_id = worker.id
+            by_load = self._ids_by_load
+            ids = by_load[old_load]
+            ids.discard(worker_id)
+            if not ids:
+                del by_load[old_load]
+                del self._loads[bisect.bisect_left(self._loads, old_load)]
+            self._add_load(load, worker_id)
 
     def least_loaded(self) -> Worker:
         """As policies.base.least_loaded(fleet)."""
@@ -159,9 +161,26 @@ class LoadIndex(FleetIndex):
 
     def least_loaded_of(self, ids: Mapping[str, Any]) -> list[Worker]:
         """The workers named in `ids` (its keys) with the fewest in flight, in fleet order ([] when
-        none is in the fleet). Walks the loads upwards, intersecting each load's ids with `ids` in C
-        (a dict view and a set: CPython iterates the smaller)."""
-        position, names = self.position, ids.keys()
+        none is in the fleet). A few ids are looked up one by one; many (a shared system prompt's
+        node holds most of the fleet) are found by walking the loads upwards, intersecting each
+        load's ids with `ids` in C (a dict view and a set: CPython iterates the smaller)."""
+        position = self.position
+        if len(ids) <= self.few_ids:
+            keys = self._keys
+            lowest: int | None = None
+            tied: list[int] = []
+            for name in ids:
+                at = position.get(name)
+                if at is None:
+                    continue
+                load = keys[at][0]
+                if lowest is None or load < lowest:
+                    lowest, tied = load, [at]
+                elif load == lowest:
+                    tied.append(at)
+            tied.sort()
+            return [self.fleet[i] for i in tied]
+        names = ids.keys()
         for load in self._loads:
             found = names & self._ids_by_load[load]
             if found:
@@ -225,7 +244,7 @@ class ScoreIndex(FleetIndex):
 IndexT = TypeVar("IndexT", bound=FleetIndex)
 
 
-MIN_FLEET = 32  # smaller fleets are scanned: walking 16 workers costs about what keeping an index does
+MIN_FLEET = 32  # least_load scans smaller fleets: its scan is C-speed, the index costs it more
 
 
 class FleetCache(Generic[IndexT]):

@@ -70,6 +70,11 @@ def _common_prefix(key: Any, start: int, label: Any) -> int:
     return low
 
 
+# The children of every leaf and the columns of every freed node: one shared empty dict, never
+# written (insert gives a leaf its own dict with its first child), so that a new leaf allocates one
+# dict, not two: allocations are what start the collector's young-generation passes.
+_NONE: dict[Any, Any] = {}
+
 _gc_untrack = ctypes.pythonapi.PyObject_GC_UnTrack if sys.implementation.name == "cpython" else None
 if _gc_untrack is not None:
     _gc_untrack.argtypes = [ctypes.py_object]
@@ -104,17 +109,17 @@ class RadixTree:
         self._clock += 1
         return self._clock
 
-    def _new(self, label: Any, parent: int) -> int:
+    def _new(self, label: Any, parent: int, children: dict[Any, int], tenants: dict[str, int]) -> int:
         if self._free:
             node = self._free.pop()
             self._labels[node] = label
-            self._children[node] = {}
-            self._tenants[node] = {}
+            self._children[node] = children
+            self._tenants[node] = tenants
             self._parent[node] = parent
             return node
         self._labels.append(label)
-        self._children.append({})
-        self._tenants.append({})
+        self._children.append(children)
+        self._tenants.append(tenants)
         self._parent.append(parent)
         return len(self._labels) - 1
 
@@ -194,9 +199,9 @@ class RadixTree:
             children = all_children[node]
             child = children.get(first)
             if child is None:
-                leaf = self._new(key[pos:], node)
-                self._tenants[leaf][tenant] = now
-                children[first] = leaf
+                if children is _NONE:  # the first child of a leaf
+                    children = all_children[node] = {}
+                children[first] = self._new(key[pos:], node, _NONE, {tenant: now})
                 self.size += length - pos
                 return
             label = labels[child]
@@ -206,12 +211,10 @@ class RadixTree:
             else:
                 matched = _common_prefix(key, pos, label)
                 # Split the edge: a new node holds the shared part, the old child the rest.
-                middle = self._new(label[:matched], node)
-                self._tenants[middle] = dict(all_tenants[child])
                 rest = label[matched:]
+                middle = self._new(label[:matched], node, {rest[0]: child}, dict(all_tenants[child]))
                 labels[child] = rest
                 self._parent[child] = middle
-                self._children[middle][rest[0]] = child
                 children[first] = middle
                 child = middle
             self._tenants[child][tenant] = now
@@ -276,8 +279,8 @@ class RadixTree:
             self.size -= len(self._labels[current])
             stack.extend(self._children[current].values())
             self._labels[current] = self._empty
-            self._children[current] = {}
-            self._tenants[current] = {}
+            self._children[current] = _NONE
+            self._tenants[current] = _NONE
             self._parent[current] = _DETACHED
             self._free.append(current)
 

@@ -52,12 +52,16 @@ def apply(workers: list[Worker], write: tuple[int, str, Any]) -> None:
 def test_load_index_answers_as_a_scan(count: int, changes: list, holder_sets: list) -> None:
     workers = fleet_of(count)
     index = LoadIndex(tuple(workers))
+    by_load = LoadIndex(tuple(workers))
+    by_load.few_ids = 0  # always the walk by load, never the one-by-one lookup
     for step, write in enumerate(changes):
         apply(workers, write)
         assert index.least_loaded() is least_loaded(workers)
         assert index.total_load == sum(w.load for w in workers)
         holders = {f"w{i}": 0 for i in holder_sets[step % len(holder_sets)]}  # w10, w11: not in the fleet
-        assert index.least_loaded_of(holders) == _least_loaded_of(workers, holders)
+        expected = _least_loaded_of(workers, holders)
+        assert index.least_loaded_of(holders) == expected
+        assert by_load.least_loaded_of(holders) == expected
 
 
 @settings(max_examples=200, deadline=None)
