@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from shepherd.workers import availability
 from shepherd.workers.circuit_breaker import CircuitBreaker
 
 
@@ -169,5 +170,19 @@ class _Announced:
                     watcher.worker_changed(worker, self._name)
 
 
+class _AvailabilityField:
+    """`status` and `breaker`: a write may change whether the worker is available (availability.py)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __set__(self, worker: Worker, value: Any) -> None:
+        worker.__dict__[self._name] = value
+        availability.changed()
+
+
+# Set after @dataclass, so that its __init__ keeps the plain defaults (and writes through these).
 for _name in ("load", "processed", "snapshot"):
-    setattr(Worker, _name, _Announced(_name))  # after @dataclass, so its __init__ keeps the plain defaults
+    setattr(Worker, _name, _Announced(_name))
+for _name in ("status", "breaker"):
+    setattr(Worker, _name, _AvailabilityField(_name))
