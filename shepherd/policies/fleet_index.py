@@ -262,7 +262,7 @@ class FleetCache(Generic[IndexT]):
             return None
         fleet = workers if isinstance(workers, tuple) else tuple(workers)
         index = self._index
-        if index is not None and fleet == index.fleet:
+        if index is not None and (fleet is index.fleet or fleet == index.fleet):
             self._last = ()  # "twice in a row" means two consecutive decisions
             return index if index.valid else None
         if fleet != self._last:
