@@ -37,19 +37,43 @@ _DETACHED = -1  # the parent of a node no longer in the tree (its id is free for
 
 
 def _common_prefix(key: Any, start: int, label: Any) -> int:
-    """How many leading elements of `label` equal key[start:]; the first is known to match."""
+    """How many leading elements of `label` equal key[start:]; the first is known to match.
+
+    Most splits are an element or two in (prompts that differ in a turn number, say), so the first
+    few are compared one by one; past those, lengths twice as long each time are compared in C
+    until one differs, and the last step is halved down: the cost grows with the log of the common
+    part, not of the label (hundreds of characters)."""
     end = min(len(label), len(key) - start)
-    if key[start:start + end] == label[:end]:
-        return end
-    low, high = 1, end - 1  # the answer is in [1, end)
+    low = 1  # key[start:start + low] == label[:low] holds
+    while low < end and low < 4:
+        if key[start + low] != label[low]:
+            return low
+        low += 1
+    text = type(key) is str
+    step = 8
+    high = end
+    while low < end:
+        probe = min(low + step, end)
+        if key.startswith(label[low:probe], start + low) if text else \
+                key[start + low:start + probe] == label[low:probe]:
+            low = probe
+            step *= 2
+        else:
+            high = probe - 1  # the answer is in [low, probe)
+            break
     while low < high:
         mid = (low + high + 1) // 2
-        if key[start:start + mid] == label[:mid]:
+        if key.startswith(label[low:mid], start + low) if text else key[start + low:start + mid] == label[low:mid]:
             low = mid
         else:
             high = mid - 1
     return low
 
+
+# The children of every leaf and the columns of every freed node: one shared empty dict, never
+# written (insert gives a leaf its own dict with its first child), so that a new leaf allocates one
+# dict, not two: allocations are what start the collector's young-generation passes.
+_NONE: dict[Any, Any] = {}
 
 _gc_untrack = ctypes.pythonapi.PyObject_GC_UnTrack if sys.implementation.name == "cpython" else None
 if _gc_untrack is not None:
@@ -85,28 +109,33 @@ class RadixTree:
         self._clock += 1
         return self._clock
 
-    def _new(self, label: Any, parent: int) -> int:
+    def _new(self, label: Any, parent: int, children: dict[Any, int], tenants: dict[str, int]) -> int:
         if self._free:
             node = self._free.pop()
             self._labels[node] = label
-            self._children[node] = {}
-            self._tenants[node] = {}
+            self._children[node] = children
+            self._tenants[node] = tenants
             self._parent[node] = parent
             return node
         self._labels.append(label)
-        self._children.append({})
-        self._tenants.append({})
+        self._children.append(children)
+        self._tenants.append(tenants)
         self._parent.append(parent)
         return len(self._labels) - 1
 
     # -- lookups ------------------------------------------------------------------------------
 
-    def match(self, key: Key) -> tuple[int, dict[str, int]]:
-        """(length of the longest stored prefix of `key`, tenants holding it -> last access)."""
+    def match(self, key: Key, path: list[int] | None = None) -> tuple[int, dict[str, int]]:
+        """(length of the longest stored prefix of `key`, tenants holding it -> last access).
+
+        With `path`, the nodes whose whole label `key` matched are appended to it, in order, so
+        that `insert(key, tenant, path)` right after (with no change to the tree in between) need
+        not walk them again."""
         labels, all_children = self._labels, self._children
         node = ROOT
         pos = 0
         length = len(key)
+        text = type(key) is str
         children = all_children[ROOT]
         while pos < length:
             child = children.get(key[pos])
@@ -114,9 +143,11 @@ class RadixTree:
                 break
             label = labels[child]
             end = pos + len(label)
-            if key[pos:end] == label:
+            if key.startswith(label, pos) if text else key[pos:end] == label:  # type: ignore[union-attr, arg-type]
                 pos = end
                 node = child
+                if path is not None:
+                    path.append(child)
                 children = all_children[child]
                 continue
             pos += _common_prefix(key, pos, label)
@@ -149,37 +180,41 @@ class RadixTree:
 
     # -- updates ------------------------------------------------------------------------------
 
-    def insert(self, key: Key, tenant: str) -> None:
-        """Record that `tenant` has now seen `key` (and so every prefix of it)."""
+    def insert(self, key: Key, tenant: str, path: list[int] | None = None) -> None:
+        """Record that `tenant` has now seen `key` (and so every prefix of it). `path`: what
+        `match(key, path)` just found (see there)."""
         now = self._tick()
         labels, all_children, all_tenants = self._labels, self._children, self._tenants
         node = ROOT
         all_tenants[ROOT][tenant] = now
         pos = 0
+        if path:
+            for node in path:
+                all_tenants[node][tenant] = now
+                pos += len(labels[node])
         length = len(key)
+        text = type(key) is str
         while pos < length:
             first = key[pos]
             children = all_children[node]
             child = children.get(first)
             if child is None:
-                leaf = self._new(key[pos:], node)
-                self._tenants[leaf][tenant] = now
-                children[first] = leaf
+                if children is _NONE:  # the first child of a leaf
+                    children = all_children[node] = {}
+                children[first] = self._new(key[pos:], node, _NONE, {tenant: now})
                 self.size += length - pos
                 return
             label = labels[child]
             end = pos + len(label)
-            if key[pos:end] == label:
+            if key.startswith(label, pos) if text else key[pos:end] == label:  # type: ignore[union-attr, arg-type]
                 matched = len(label)
             else:
                 matched = _common_prefix(key, pos, label)
                 # Split the edge: a new node holds the shared part, the old child the rest.
-                middle = self._new(label[:matched], node)
-                self._tenants[middle] = dict(all_tenants[child])
                 rest = label[matched:]
+                middle = self._new(label[:matched], node, {rest[0]: child}, dict(all_tenants[child]))
                 labels[child] = rest
                 self._parent[child] = middle
-                self._children[middle][rest[0]] = child
                 children[first] = middle
                 child = middle
             self._tenants[child][tenant] = now
@@ -244,8 +279,8 @@ class RadixTree:
             self.size -= len(self._labels[current])
             stack.extend(self._children[current].values())
             self._labels[current] = self._empty
-            self._children[current] = {}
-            self._tenants[current] = {}
+            self._children[current] = _NONE
+            self._tenants[current] = _NONE
             self._parent[current] = _DETACHED
             self._free.append(current)
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from shepherd.workers import availability
+
 if TYPE_CHECKING:
     from shepherd.config import BreakerConfig
 
@@ -113,6 +115,7 @@ class CircuitBreaker:
     def _move(self, state: BreakerState) -> None:
         previous = self.state
         self.state = state
+        availability.changed()
         self.failures = 0
         self.successes = 0
         self.trials = 0

@@ -38,6 +38,9 @@ class WorkerRegistry:
         self._all: tuple[Worker, ...] = ()
         self._served: frozenset[str] = frozenset()  # names workers serve themselves (ids and their own aliases)
         self._listeners: list[Listener] = []
+        # (model, type, connection mode) -> its workers, worked out on first read after a mutation
+        # (reads are on every request; walking 256 workers' fields each time cost tens of us)
+        self._views: dict[tuple[str | None, WorkerType, str | None], tuple[Worker, ...]] = {}
 
     # -- reads (data plane) -------------------------------------------------------------------
 
@@ -53,8 +56,22 @@ class WorkerRegistry:
     def of_type(self, worker_type: WorkerType) -> tuple[Worker, ...]:
         return self._by_type.get(worker_type, ())
 
-    def for_model(self, model: str | None, worker_type: WorkerType = WorkerType.REGULAR) -> tuple[Worker, ...]:
-        """Workers of `worker_type` that serve `model`; every worker of that type when model is None."""
+    def for_model(self, model: str | None, worker_type: WorkerType = WorkerType.REGULAR,
+                  connection_mode: str | None = None) -> tuple[Worker, ...]:
+        """Workers of `worker_type` (and `connection_mode`, when given) that serve `model`; every
+        worker of that type when model is None. The same tuple until the registry changes."""
+        key = (model, worker_type, connection_mode)
+        view = self._views.get(key)
+        if view is None:
+            view = self._for_model(model, worker_type)
+            if connection_mode is not None:
+                view = tuple(w for w in view if w.connection_mode == connection_mode)
+            if len(self._views) >= 1024:  # names a client made up (unknown models): bounded
+                self._views.clear()
+            self._views[key] = view
+        return view
+
+    def _for_model(self, model: str | None, worker_type: WorkerType) -> tuple[Worker, ...]:
         if model is None:
             return self._by_type.get(worker_type, ())
         workers = self._by_model.get(model, ())
@@ -127,6 +144,7 @@ class WorkerRegistry:
         self._all = workers
         self._by_model = _freeze(by_model.items())
         self._by_type = _freeze(by_type.items())
+        self._views = {}
 
     def _notify(self, event: RegistryEvent, worker: Worker) -> None:
         for listener in self._listeners:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from shepherd.workers import availability
 from shepherd.workers.circuit_breaker import CircuitBreaker
 
 
@@ -46,7 +48,9 @@ class Worker:
     """A registered worker.
 
     Identity and spec fields are set at registration; `status`, `load` and `processed` are live
-    state that the data plane reads on every routing decision, so they are plain attributes.
+    state that the data plane reads on every routing decision, so they are plain attributes. Writes
+    to `load`, `processed` and `snapshot` are announced to the worker's watchers (see `watch`), so a
+    policy can keep an index of its fleet instead of scanning every worker on every decision.
     """
 
     id: str
@@ -80,6 +84,17 @@ class Worker:
     def __post_init__(self) -> None:
         if not self.base_url:
             self.base_url = self.url
+
+    def watch(self, watcher: WorkerWatcher) -> None:
+        """Tell `watcher` (held weakly) of every later write to `load`, `processed` or `snapshot`."""
+        refs = self.__dict__.setdefault("_watchers", [])
+        refs[:] = [ref for ref in refs if ref() is not None and ref() is not watcher]
+        refs.append(weakref.ref(watcher))
+
+    def unwatch(self, watcher: WorkerWatcher) -> None:
+        refs = self.__dict__.get("_watchers")
+        if refs:
+            refs[:] = [ref for ref in refs if ref() is not None and ref() is not watcher]
 
     @property
     def bootstrap_host(self) -> str:
@@ -128,3 +143,46 @@ class Worker:
             **({"engine_load": {k: getattr(self.snapshot, k) for k in LoadSnapshot.__slots__}}
                if self.snapshot is not None else {}),
         }
+
+
+class WorkerWatcher(Protocol):
+    def worker_changed(self, worker: Worker, field: str) -> None:
+        """`worker.<field>` (load, processed or snapshot) was just written."""
+
+
+class _Announced:
+    """A live Worker field whose writes are told to the worker's watchers.
+
+    It defines `__set__` but no `__get__`, so a read finds the value in the instance dict at the cost
+    of a plain attribute read (the policies' fallback scans read `load` on every worker)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __set__(self, worker: Worker, value: Any) -> None:
+        state = worker.__dict__
+        state[self._name] = value
+        refs = state.get("_watchers")
+        if refs:
+            for ref in refs:
+                watcher = ref()
+                if watcher is not None:
+                    watcher.worker_changed(worker, self._name)
+
+
+class _AvailabilityField:
+    """`status` and `breaker`: a write may change whether the worker is available (availability.py)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __set__(self, worker: Worker, value: Any) -> None:
+        worker.__dict__[self._name] = value
+        availability.changed()
+
+
+# Set after @dataclass, so that its __init__ keeps the plain defaults (and writes through these).
+for _name in ("load", "processed", "snapshot"):
+    setattr(Worker, _name, _Announced(_name))
+for _name in ("status", "breaker"):
+    setattr(Worker, _name, _AvailabilityField(_name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shepherd.policies.radix_tree import ROOT, RadixTree
+from shepherd.policies.radix_tree import ROOT, RadixTree, _common_prefix
 
 
 def lcp(a: str, b: str) -> int:
@@ -158,3 +158,29 @@ def test_match_by_tenant_gives_each_tenant_its_own_depth() -> None:
     assert tree.match_by_tenant("hello world!") == {"a": 11, "b": 6, "c": 3}
     assert tree.match_by_tenant("hex") == {"a": 2, "b": 2, "c": 2}
     assert tree.match_by_tenant("zzz") == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab", min_size=1, max_size=300), st.integers(0, 3), st.text(alphabet="ab", max_size=300))
+def test_common_prefix_agrees_with_a_character_walk(shared: str, offset: int, rest: str) -> None:
+    label = shared + rest  # the first element is shared, as the tree guarantees
+    key = "z" * offset + shared + rest[::-1]
+    expected = lcp(key[offset:], label)
+    assert _common_prefix(key, offset, label) == expected
+    assert _common_prefix(tuple(map(ord, key)), offset, tuple(map(ord, label))) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(keys, tenants), max_size=30), st.lists(keys, min_size=1, max_size=10))
+def test_insert_after_match_with_a_path_builds_the_same_tree(entries: list[tuple[str, str]],
+                                                             queries: list[str]) -> None:
+    plain, resumed = RadixTree(""), RadixTree("")
+    for key, tenant in entries:
+        path: list[int] = []
+        assert resumed.match(key, path) == plain.match(key)  # recording the path changes no answer
+        assert sum(len(resumed.label(node)) for node in path) <= len(key)
+        plain.insert(key, tenant)
+        resumed.insert(key, tenant, path)
+    for query in queries:
+        assert resumed.match(query) == plain.match(query)
+    assert resumed.size == plain.size and resumed.node_count == plain.node_count

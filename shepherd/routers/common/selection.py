@@ -15,6 +15,8 @@ from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.policies.base import Policy, RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
+from shepherd.workers import availability
+from shepherd.workers.circuit_breaker import BreakerState
 from shepherd.workers.overload import OverloadGuard
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker, WorkerType
@@ -36,14 +38,15 @@ class Selector:
         # Local engines may be tried again once every one was (a transient failure passes); a provider
         # that just refused is not asked again for the same request.
         self._repeat = repeat_when_all_tried
+        # id(candidates) -> (candidates, the availability epoch at which every one was available):
+        # until the epoch moves they all still are, and the walk over them is skipped.
+        self._all_available: dict[int, tuple[tuple[Worker, ...], int]] = {}
 
     def candidates(self, model: str | None, connection_mode: str | None = None,
                    worker_type: WorkerType = WorkerType.REGULAR) -> Sequence[Worker]:
         """The workers serving `model` (of one connection mode, when given); 404/503 when there are none."""
         registry = self.registry
-        workers = registry.for_model(model, worker_type)
-        if connection_mode is not None:
-            workers = tuple(w for w in workers if w.connection_mode == connection_mode)
+        workers = registry.for_model(model, worker_type, connection_mode)
         if not workers:
             if not len(registry):
                 raise GatewayError(503, "no_workers", "No workers are registered with the gateway yet")
@@ -53,9 +56,11 @@ class Selector:
     def pick(self, candidates: Sequence[Worker], routing: RoutingRequest, exclude: frozenset[Worker],
              model: str | None, policy: Policy | None = None, what: str = "workers") -> Worker:
         """The policy's choice among the available candidates not yet tried (503 when none)."""
-        available = [w for w in candidates if w.is_available and w not in exclude]
-        if not available and exclude and self._repeat:  # every other worker was tried: allow a repeat
-            available = [w for w in candidates if w.is_available]
+        available: Sequence[Worker] = self._available(candidates)
+        if exclude:
+            untried = [w for w in available if w not in exclude]
+            if untried or not self._repeat:  # else every other worker was tried: allow a repeat
+                available = untried
         if not available:
             label = model or "default"
             raise GatewayError(503, "no_available_workers", f"No available {what} for model `{label}`",
@@ -71,3 +76,22 @@ class Selector:
             self._metrics.selections(worker.worker_type.value, worker.connection_mode, model or "default",
                                      policy.name, worker.url).inc()
         return worker
+
+    def _available(self, candidates: Sequence[Worker]) -> Sequence[Worker]:
+        """The available candidates: `candidates` itself while all of them are (the common case,
+        known without looking at each while the availability epoch stands still)."""
+        epoch = availability.epoch()  # read first: a change during the walk below invalidates it
+        if isinstance(candidates, tuple):
+            known = self._all_available.get(id(candidates))
+            if known is not None and known[0] is candidates and known[1] == epoch:
+                return candidates
+        available = [w for w in candidates if w.is_available]
+        # Cached only when no breaker is half-open: a half-open one stops letting requests through
+        # as its trial slots fill, which moves no epoch.
+        if len(available) == len(candidates) and isinstance(candidates, tuple) and \
+                all(w.breaker is None or w.breaker.state is BreakerState.CLOSED for w in candidates):
+            if len(self._all_available) >= 64:  # fleets of old registry states: start over
+                self._all_available.clear()
+            self._all_available[id(candidates)] = (candidates, epoch)
+            return candidates
+        return available
