@@ -37,7 +37,8 @@ class ChoiceSink(Protocol):
 async def drive(engine: EngineCall, first: Any, choices: Sequence[Choice], sink: ChoiceSink) -> None:
     """Stream every choice to the sink until all have finished. Raises AioRpcError mid-stream.
 
-    Messages are taken in batches: the one awaited and every one that arrived with it. A batch's
+    Messages are taken in batches: the one awaited and every one that arrived with it. A choice's
+    chunks that follow each other in a batch are decoded together into one frame, and a batch's
     frames go out in one write before the next wait, so a lone message is never held back and a
     reader that fell behind the engine catches up in one write instead of one per message. The
     caller flushes the last batch (with its closing frames)."""
@@ -46,16 +47,25 @@ async def drive(engine: EngineCall, first: Any, choices: Sequence[Choice], sink:
     engine_done = 0
     batch = [first, *engine.ready()]
     while True:
-        for message in batch:
+        position = 0
+        while position < len(batch):
+            message = batch[position]
+            position += 1
             kind = message.WhichOneof("response")
             if kind == "chunk":
                 chunk = message.chunk
                 choice = choices[chunk.index]
                 if not choice.done:
+                    logprobs = chunk.output_logprobs if chunk.HasField("output_logprobs") else None
+                    ids: Sequence[int] = chunk.token_ids
+                    if logprobs is None:  # this choice's chunks right behind it: one decode, one frame
+                        while position < len(batch) and _plain_chunk_of(batch[position], chunk.index):
+                            choice.count_chunk(chunk, deltas)
+                            chunk = batch[position].chunk
+                            position += 1
+                            ids = [*ids, *chunk.token_ids]
                     choice.count_chunk(chunk, deltas)
-                    ids = chunk.token_ids
-                    await sink.text(choice, choice.decoder.feed(ids), ids,
-                                    chunk.output_logprobs if chunk.HasField("output_logprobs") else None)
+                    await sink.text(choice, choice.decoder.feed(ids), ids, logprobs)
                     if choice.decoder.stopped:  # a stop the engine does not know about (a multi-token string)
                         choice.stop_locally()
                         await sink.finish(choice)
@@ -88,6 +98,12 @@ async def drive(engine: EngineCall, first: Any, choices: Sequence[Choice], sink:
             await sink.text(choice, choice.decoder.flush(), (), None)
             choice.finish_reason, choice.done = "stop", True
             await sink.finish(choice)
+
+
+def _plain_chunk_of(message: Any, index: int) -> bool:
+    """A chunk of choice `index` without logprobs (whose entries would have to be merged too)."""
+    return (message.WhichOneof("response") == "chunk" and message.chunk.index == index
+            and not message.chunk.HasField("output_logprobs"))
 
 
 async def collect(engine: EngineCall, first: Any, n: int) -> list[Any]:
