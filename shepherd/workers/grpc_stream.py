@@ -260,7 +260,12 @@ class GenerateStream:
             return
         self._connection = connection
         conn = connection.h2
-        self._stream_id = stream_id = conn.get_next_available_stream_id()
+        try:
+            self._stream_id = stream_id = conn.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:  # a connection's ids run out: the next stream opens another
+            connection.usable = False
+            self.fail(rpc_error(grpc.StatusCode.UNAVAILABLE, "the connection ran out of stream ids"))
+            return
         headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", self._path.encode()),
                    (b":authority", self._channel.target.encode()), (b"content-type", b"application/grpc"),
                    (b"te", b"trailers")]
@@ -274,6 +279,8 @@ class GenerateStream:
             await connection.send_body(stream_id, b"\0" + body)
         except grpc.aio.AioRpcError as exc:
             self.fail(exc)
+        except h2.exceptions.TooManyStreamsError:  # the worker's SETTINGS_MAX_CONCURRENT_STREAMS: it is busy
+            self.fail(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "the worker takes no more concurrent streams"))
         except h2.exceptions.H2Error as exc:  # e.g. the stream was reset while we sent
             if self._error is None:
                 self.fail(rpc_error(grpc.StatusCode.INTERNAL, f"sending the request failed: {exc}"))
