@@ -53,6 +53,17 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
+def _keepalive(sock: socket.socket) -> None:
+    """The grpc.aio channel's keepalive (a probe after 30 s of silence, given up after 10 s), done by
+    the kernel: a worker that vanished without closing fails its streams instead of leaving them
+    to their deadlines; unacknowledged writes give up after 10 s too."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 1),
+                          ("TCP_USER_TIMEOUT", 10_000)):
+        if hasattr(socket, option):  # Linux; elsewhere the system's keepalive timing
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/2 connection; its streams are `GenerateStream`s, keyed by stream id."""
 
@@ -68,7 +79,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            _keepalive(sock)
         self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
