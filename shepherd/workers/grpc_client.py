@@ -20,6 +20,7 @@ from smg_grpc_proto.generated import common_pb2
 
 from shepherd.tokenizer.bundle import MAX_BUNDLE_BYTES, verify
 from shepherd.workers.errors import ProbeError
+from shepherd.workers.grpc_stream import GenerateStream, StreamChannel
 
 log = logging.getLogger("shepherd.grpc")
 
@@ -40,10 +41,16 @@ class GrpcRuntime:
     pb: ModuleType  # the service's message module
     stub: type
     counts_are_deltas: bool  # vLLM stream chunks carry deltas; SGLang's carry running totals
+    service: str  # the full service name, for the Generate stream's path
+
+    @property
+    def generate_path(self) -> str:
+        return f"/{self.service}/Generate"
 
 
-SGLANG = GrpcRuntime("sglang", sglang_scheduler_pb2, sglang_scheduler_pb2_grpc.SglangSchedulerStub, False)
-VLLM = GrpcRuntime("vllm", vllm_engine_pb2, vllm_engine_pb2_grpc.VllmEngineStub, True)
+SGLANG = GrpcRuntime("sglang", sglang_scheduler_pb2, sglang_scheduler_pb2_grpc.SglangSchedulerStub, False,
+                     "sglang.grpc.scheduler.SglangScheduler")
+VLLM = GrpcRuntime("vllm", vllm_engine_pb2, vllm_engine_pb2_grpc.VllmEngineStub, True, "vllm.grpc.engine.VllmEngine")
 RUNTIMES: dict[str, GrpcRuntime] = {SGLANG.name: SGLANG, VLLM.name: VLLM}
 
 
@@ -80,6 +87,7 @@ class GrpcWorkerClient:
         self.pb = runtime.pb
         self.channel = channel
         self.stub: Any = runtime.stub(channel)
+        self.streams = StreamChannel(grpc_target(url))  # Generate streams: see grpc_stream.py for why
         # Filled at registration from GetModelInfo: the model's own sampling defaults.
         self.default_sampling: dict[str, Any] = {}
         self.weight_version = "default"
@@ -131,9 +139,9 @@ class GrpcWorkerClient:
         return json_format.MessageToDict(response, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
 
-    def generate(self, request: Any, rpc_timeout: float | None = None,
-                 api_key: str | None = None) -> grpc.aio.UnaryStreamCall:
-        return self.stub.Generate(request, timeout=rpc_timeout, metadata=_credentials(api_key))
+    def generate(self, request: Any, rpc_timeout: float | None = None, api_key: str | None = None) -> GenerateStream:
+        return self.streams.open(self.runtime.generate_path, request.SerializeToString(), rpc_timeout,
+                                 _credentials(api_key), self.pb.GenerateResponse.FromString)
 
     async def embed(self, request_id: str, input_ids: list[int], text: str, rpc_timeout: float | None = None,
                     api_key: str | None = None) -> tuple[list[float], int]:
@@ -170,6 +178,7 @@ class GrpcWorkerClient:
         return bytes(data)
 
     async def close(self) -> None:
+        await self.streams.close()
         await self.channel.close()
 
 

@@ -14,7 +14,6 @@ import orjson
 from aiohttp import web
 
 from shepherd.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
-from shepherd.routers.common.sse import send
 from shepherd.routers.grpc.choices import Choice, new_choices, usage
 from shepherd.routers.grpc.driver import collect, decode_complete, drive
 from shepherd.routers.grpc.execution import EngineCall
@@ -22,7 +21,7 @@ from shepherd.routers.grpc.logprobs import chat_entries
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.output import ChoiceOutput, OutputDelta, OutputFactory, PlainOutput
 from shepherd.routers.grpc.prepare import Prepared
-from shepherd.routers.grpc.sse import run_stream, start_engine_sse
+from shepherd.routers.grpc.sse import FrameBuffer, run_stream, start_engine_sse
 from shepherd.tokenizer.stop import StopDecoder
 
 _TAIL = b"]}\n\n"
@@ -45,7 +44,7 @@ def delta_fields(delta: OutputDelta | None) -> dict[str, Any]:
 class _ChatSink:
     """Streaming: text -> ChoiceOutput.feed -> `chat.completion.chunk` frames."""
 
-    def __init__(self, responder: ChatResponder, response: web.StreamResponse, n: int) -> None:
+    def __init__(self, responder: ChatResponder, out: FrameBuffer, n: int) -> None:
         prepared = responder.prepared
         assert prepared.output is not None
         self._tokenizer = prepared.entry.tokenizer
@@ -53,7 +52,7 @@ class _ChatSink:
         self._outputs: list[ChoiceOutput] = [responder.outputs(prepared.output) for _ in range(n)]
         self._called_tools = [False] * n
         self._head = responder.meta.sse_head("chat.completion.chunk")
-        self._response = response
+        self.out = out
         # Without a parser or logprobs each token's frame is a fixed prefix, the JSON string, a fixed suffix.
         self._plain = not self._logprobs and all(isinstance(o, PlainOutput) for o in self._outputs)
         self._content_prefix = [self._head + b'{"index":%d,"delta":{"content":' % i for i in range(n)]
@@ -62,7 +61,7 @@ class _ChatSink:
         for index in range(n):
             role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                     "finish_reason": None}
-            await send(self._response, self._head + orjson.dumps(role) + _TAIL)
+            self.out.add(self._head + orjson.dumps(role) + _TAIL)
 
     async def _emit(self, index: int, delta: OutputDelta | None, logprobs: list[dict[str, Any]] | None) -> None:
         fields = delta_fields(delta)
@@ -74,12 +73,12 @@ class _ChatSink:
             fields["content"] = ""
         body = {"index": index, "delta": fields, "logprobs": {"content": logprobs} if logprobs else None,
                 "finish_reason": None}
-        await send(self._response, self._head + orjson.dumps(body) + _TAIL)
+        self.out.add(self._head + orjson.dumps(body) + _TAIL)
 
     async def text(self, choice: Choice, text: str, token_ids: Sequence[int], logprobs: Any | None) -> None:
         if self._plain:
             if text:
-                await send(self._response, self._content_prefix[choice.index] + orjson.dumps(text) + _PLAIN_TAIL)
+                self.out.add(self._content_prefix[choice.index] + orjson.dumps(text) + _PLAIN_TAIL)
             return
         entries = None
         if self._logprobs and logprobs is not None:
@@ -91,7 +90,7 @@ class _ChatSink:
         reason = "tool_calls" if self._called_tools[choice.index] else choice.finish_reason
         body = {"index": choice.index, "delta": {}, "logprobs": None, "finish_reason": reason,
                 "matched_stop": choice.matched_stop}
-        await send(self._response, self._head + orjson.dumps(body) + _TAIL)
+        self.out.add(self._head + orjson.dumps(body) + _TAIL)
 
 
 class ChatResponder:
@@ -140,16 +139,16 @@ class ChatResponder:
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
         sampling = self.prepared.sampling
-        response = await start_engine_sse(request, self.meta.request_id, engine)
+        out = await start_engine_sse(request, self.meta.request_id, engine)
         choices = self.choices = new_choices(sampling.n, self.decoder)
-        sink = _ChatSink(self, response, sampling.n)
+        sink = _ChatSink(self, out, sampling.n)
 
         async def events() -> None:
             await sink.start(sampling.n)
             await drive(engine, first, choices, sink)
             if sampling.stream_usage:
                 head = self.meta.sse_head("chat.completion.chunk")
-                await send(response, head + b'],"usage":' + orjson.dumps(usage(choices)) + b"}\n\n")
+                out.add(head + b'],"usage":' + orjson.dumps(usage(choices)) + b"}\n\n")
 
-        await run_stream(response, engine, events())
-        return response
+        await run_stream(out, engine, events())
+        return out.response

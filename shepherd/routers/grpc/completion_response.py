@@ -9,28 +9,27 @@ import orjson
 from aiohttp import web
 
 from shepherd.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
-from shepherd.routers.common.sse import send
 from shepherd.routers.grpc.choices import Choice, new_choices, usage
 from shepherd.routers.grpc.driver import collect, decode_complete, drive
 from shepherd.routers.grpc.execution import EngineCall
 from shepherd.routers.grpc.logprobs import CompletionLogprobs
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.prepare import Prepared
-from shepherd.routers.grpc.sse import run_stream, start_engine_sse
+from shepherd.routers.grpc.sse import FrameBuffer, run_stream, start_engine_sse
 from shepherd.tokenizer.stop import StopDecoder
 
 _TAIL = b"]}\n\n"
 
 
 class _CompletionSink:
-    def __init__(self, responder: CompletionResponder, response: web.StreamResponse) -> None:
+    def __init__(self, responder: CompletionResponder, out: FrameBuffer) -> None:
         self._prepared = responder.prepared
         self._head = responder.meta.sse_head("text_completion")
-        self._response = response
+        self.out = out
         self._offsets = [0] * self._prepared.sampling.n
 
     async def _frame(self, body: dict[str, Any]) -> None:
-        await send(self._response, self._head + orjson.dumps(body) + _TAIL)
+        self.out.add(self._head + orjson.dumps(body) + _TAIL)
 
     async def start(self, echo: str) -> None:
         for index in range(len(self._offsets)):
@@ -93,16 +92,16 @@ class CompletionResponder:
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
         sampling = self.prepared.sampling
-        response = await start_engine_sse(request, self.meta.request_id, engine)
+        out = await start_engine_sse(request, self.meta.request_id, engine)
         choices = self.choices = new_choices(sampling.n, self._decoder)
-        sink = _CompletionSink(self, response)
+        sink = _CompletionSink(self, out)
 
         async def events() -> None:
             await sink.start(self._echo())
             await drive(engine, first, choices, sink)
             if sampling.stream_usage:
                 head = self.meta.sse_head("text_completion")
-                await send(response, head + b'],"usage":' + orjson.dumps(usage(choices)) + b"}\n\n")
+                out.add(head + b'],"usage":' + orjson.dumps(usage(choices)) + b"}\n\n")
 
-        await run_stream(response, engine, events())
-        return response
+        await run_stream(out, engine, events())
+        return out.response

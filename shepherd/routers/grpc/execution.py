@@ -25,6 +25,7 @@ from shepherd.routers.grpc.prepare import Prepared
 from shepherd.routers.grpc.request_builder import build_generate_request
 from shepherd.workers.grpc_client import GrpcWorkerClient
 from shepherd.workers.grpc_pool import GrpcClientPool
+from shepherd.workers.grpc_stream import GenerateStream
 from shepherd.workers.worker import Worker
 
 log = logging.getLogger("shepherd.grpc")
@@ -38,7 +39,7 @@ class EngineCall:
 
     __slots__ = ("attempt", "client", "call", "request_id", "final", "_finished", "_closed", "_background")
 
-    def __init__(self, attempt: Attempt, client: GrpcWorkerClient, call: grpc.aio.UnaryStreamCall, request_id: str,
+    def __init__(self, attempt: Attempt, client: GrpcWorkerClient, call: GenerateStream, request_id: str,
                  background: set[asyncio.Task[None]], final: bool = True) -> None:
         self.attempt = attempt
         self.final = final  # the request's last attempt: a failure is the client's answer, not a retry
@@ -77,6 +78,10 @@ class EngineCall:
             self.finished = True
             return None
         return message
+
+    def ready(self) -> list[Any]:
+        """The messages that arrived already (maybe none): the caller handles them with the one it read."""
+        return self.call.ready()
 
     def broke_off(self) -> None:
         """The stream failed after it started: the worker's failure."""

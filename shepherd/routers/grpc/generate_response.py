@@ -15,14 +15,13 @@ import orjson
 from aiohttp import web
 
 from shepherd.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
-from shepherd.routers.common.sse import send
 from shepherd.routers.grpc.choices import Choice, new_choices
 from shepherd.routers.grpc.driver import collect, decode_complete, drive
 from shepherd.routers.grpc.execution import EngineCall
 from shepherd.routers.grpc.logprobs import generate_entries
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.prepare import Prepared
-from shepherd.routers.grpc.sse import run_stream, start_engine_sse
+from shepherd.routers.grpc.sse import FrameBuffer, run_stream, start_engine_sse
 from shepherd.tokenizer.stop import StopDecoder
 
 
@@ -37,9 +36,9 @@ def _finish_reason(choice: Choice) -> dict[str, Any] | None:
 
 
 class _GenerateSink:
-    def __init__(self, responder: GenerateResponder, response: web.StreamResponse) -> None:
+    def __init__(self, responder: GenerateResponder, out: FrameBuffer) -> None:
         self._responder = responder
-        self._response = response
+        self.out = out
         n = responder.prepared.sampling.n
         self._texts = [""] * n
         self._logprobs: list[list[list[Any]]] = [[] for _ in range(n)]
@@ -47,7 +46,7 @@ class _GenerateSink:
     async def _event(self, choice: Choice, ids: Sequence[int]) -> None:
         meta = self._responder.meta_info(choice, self._logprobs[choice.index])
         body = {"text": self._texts[choice.index], "output_ids": list(ids), "meta_info": meta, "index": choice.index}
-        await send(self._response, b"data: " + orjson.dumps(body) + b"\n\n")
+        self.out.add(b"data: " + orjson.dumps(body) + b"\n\n")
 
     async def text(self, choice: Choice, text: str, token_ids: Sequence[int], logprobs: Any | None) -> None:
         kept = choice.decoder.kept if token_ids else 0
@@ -105,7 +104,7 @@ class GenerateResponder:
                                      ROUTED_WORKER_HEADER: engine.worker.url})
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
-        response = await start_engine_sse(request, self.meta.request_id, engine)
+        out = await start_engine_sse(request, self.meta.request_id, engine)
         choices = self.choices = new_choices(self.prepared.sampling.n, self._decoder)
-        await run_stream(response, engine, drive(engine, first, choices, _GenerateSink(self, response)))
-        return response
+        await run_stream(out, engine, drive(engine, first, choices, _GenerateSink(self, out)))
+        return out.response

@@ -16,7 +16,6 @@ import orjson
 from aiohttp import web
 
 from shepherd.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
-from shepherd.routers.common.sse import send
 from shepherd.routers.external.translate.openai_to_anthropic import chat_completion_to_message
 from shepherd.routers.external.translate.stream_openai_to_anthropic import ChatStreamToMessages
 from shepherd.routers.grpc.chat_response import ChatResponder, delta_fields
@@ -26,24 +25,24 @@ from shepherd.routers.grpc.execution import EngineCall
 from shepherd.routers.grpc.meta import ResponseMeta
 from shepherd.routers.grpc.output import OutputDelta, OutputFactory
 from shepherd.routers.grpc.prepare import Prepared
-from shepherd.routers.grpc.sse import run_stream, start_engine_sse
+from shepherd.routers.grpc.sse import FrameBuffer, run_stream, start_engine_sse
 
 
 class _MessagesSink:
     """Streaming: text -> ChoiceOutput.feed -> chat delta -> Anthropic events."""
 
-    def __init__(self, responder: MessagesResponder, response: web.StreamResponse,
+    def __init__(self, responder: MessagesResponder, out: FrameBuffer,
                  translator: ChatStreamToMessages) -> None:
         prepared = responder.prepared
         assert prepared.output is not None
         self._output = responder.outputs(prepared.output)
         self._translator = translator
-        self._response = response
+        self.out = out
 
     async def feed(self, chunk: dict[str, Any]) -> None:
         frames = self._translator.feed_chunk(chunk)
         if frames:
-            await send(self._response, frames)
+            self.out.add(frames)
 
     async def _emit(self, delta: OutputDelta | None) -> None:
         fields = delta_fields(delta)
@@ -86,16 +85,16 @@ class MessagesResponder:
                             headers={REQUEST_ID_HEADER: self.meta.request_id, ROUTED_WORKER_HEADER: engine.worker.url})
 
     async def stream(self, request: web.Request, engine: EngineCall, first: Any) -> web.StreamResponse:
-        response = await start_engine_sse(request, self.meta.request_id, engine)
+        out = await start_engine_sse(request, self.meta.request_id, engine)
         translator = ChatStreamToMessages(model=self.meta.model, stop_sequences=self._stop_sequences)
-        sink = _MessagesSink(self, response, translator)
+        sink = _MessagesSink(self, out, translator)
         choices = self._chat.choices = new_choices(1, self._chat.decoder)
 
         async def events() -> None:
             await sink.start(self.meta, len(self.prepared.input_ids))
             await drive(engine, first, choices, sink)
             await sink.feed({"choices": [], "usage": usage(choices)})
-            await send(response, translator.finish())  # message_delta (stop reason, usage), message_stop
+            out.add(translator.finish())  # message_delta (stop reason, usage), message_stop
 
-        await run_stream(response, engine, events(), api="anthropic")
-        return response
+        await run_stream(out, engine, events(), api="anthropic")
+        return out.response
