@@ -120,10 +120,14 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                         help="key clients must send on serving routes (never forwarded to workers)")
     access.add_argument("--tenant-api-key", action="append", default=[], metavar="TENANT_ID:KEY",
                         help="a serving key of its own for one tenant (repeatable); requests with it are the "
-                             "tenant auth:TENANT_ID in limits, scheduling, logs and metrics (default: none)")
+                             "tenant auth:TENANT_ID in limits, scheduling, logs and metrics. Stored responses and "
+                             "conversations are scoped to the tenant that created them: another tenant's id "
+                             "answers 404; records stored without a tenant stay readable by every caller "
+                             "(default: none)")
     access.add_argument("--trust-tenant-header", action="store_true",
                         help="take the tenant from --tenant-header-name, as set by a trusted proxy in front "
-                             "(a tenant key's tenant still wins) (default: off)")
+                             "(a tenant key's tenant still wins); stored responses and conversations are scoped "
+                             "to their tenant, as with --tenant-api-key (default: off)")
     access.add_argument("--tenant-header-name", default=DEFAULT_TENANT_HEADER,
                         help="the header --trust-tenant-header reads (default: %(default)s)")
     access.add_argument("--control-plane-api-keys", nargs="*", default=[], metavar="ID:NAME:ROLE:KEY",
