@@ -189,3 +189,12 @@ async def test_a_zero_wait_sheds_at_once_and_an_engine_without_a_window_is_never
         await admission.decode(unreported, 30)
     unreported.snapshot = LoadSnapshot()  # a report without max_running_requests
     await admission.decode(unreported, 30)
+
+
+def test_the_load_report_carries_the_running_window() -> None:
+    from shepherd.workers.load_monitor import _parse_loads, _snapshot
+
+    body = b'{"loads": [{"dp_rank": 0, "num_running_reqs": 3, "max_running_requests": 256}, ' \
+           b'{"dp_rank": 1, "max_running_requests": 256}]}'
+    assert _snapshot(_parse_loads(body), 1, 0.0).max_running == 512  # a worker's window spans its ranks
+    assert _snapshot(_parse_loads(b'{"loads": [{"num_running_reqs": 3}]}'), 1, 0.0).max_running == 0
