@@ -18,6 +18,7 @@ Every rate-limit decision and every rejection is reported to the optional counte
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -134,12 +135,17 @@ class _KeyState:
 class Ticket:
     """Proof of admission; hand it back with `release()` exactly once."""
 
-    __slots__ = ("key", "holds_slot", "limits")
+    __slots__ = ("key", "holds_slot", "limits", "rank", "tenant", "task", "preempted")
 
-    def __init__(self, key: _KeyState | None, holds_slot: bool, limits: tuple[_LimitState, ...] = ()) -> None:
+    def __init__(self, key: _KeyState | None, holds_slot: bool, limits: tuple[_LimitState, ...] = (), rank: int = 0,
+                 tenant: str | None = None) -> None:
         self.key = key
         self.holds_slot = holds_slot
         self.limits = limits  # the tenant's limit states it counts against
+        self.rank = rank
+        self.tenant = tenant
+        self.task: asyncio.Task[object] | None = None  # the handler, while it may still be preempted
+        self.preempted = False  # cancelled for a higher class: the handler answers 503 scheduler_preempted
 
 
 Counter = Callable[[str], None]
@@ -163,6 +169,9 @@ class AdmissionController:
         self._count_scheduled = count_scheduled if plan is not None else None  # (class, tenant, outcome)
         self._plan = plan  # the priority classes (--priority-scheduler-enabled), else one FIFO queue
         self._slots = SlotQueue(self._limit, len(CLASSES) if plan else 1)
+        # Per class, admitted requests whose answer has not begun (oldest first): a higher class that has to
+        # wait preempts the newest of the lowest class.
+        self._unstarted: list[dict[Ticket, None]] = [{} for _ in CLASSES] if plan else []
         self._bucket = TokenBucket(config.rate_limit_tokens_per_second) if config.rate_limit_tokens_per_second else None
         self._per_key = config.per_key_max_concurrent_requests > 0 or config.per_key_rate_limit_tokens_per_second > 0
         self._keys: OrderedDict[str, _KeyState] = OrderedDict()
@@ -217,7 +226,17 @@ class AdmissionController:
             for state in limits:
                 state.in_flight -= 1
             raise
-        return Ticket(key, self._limit > 0, limits)
+        ticket = Ticket(key, self._limit > 0, limits, rank, tenant)
+        if self._unstarted and ticket.holds_slot:
+            ticket.task = asyncio.current_task()
+            self._unstarted[rank][ticket] = None
+        return ticket
+
+    def started(self, ticket: Ticket) -> None:
+        """The request's answer has begun (its first byte is going out): it can no longer be preempted."""
+        if ticket.task is not None:
+            self._unstarted[ticket.rank].pop(ticket, None)
+            ticket.task = None
 
     def release(self, ticket: Ticket, tokens: int = 0) -> None:
         """Hand back a ticket; `tokens`: what the request used (prompt + completion), for the tenant limits."""
@@ -228,6 +247,7 @@ class AdmissionController:
             if tokens and state.tokens is not None:
                 state.tokens.debit(tokens)
         ticket.limits = ()
+        self.started(ticket)
         if ticket.holds_slot:
             self._slots.release()  # straight to the oldest waiter of the highest class, if any
 
@@ -244,6 +264,7 @@ class AdmissionController:
             raise GatewayError(429, "scheduler_queue_full" if plan else "admission_queue_full",
                                f"The gateway is at capacity and {reason}", headers={"Retry-After": "2"})
         timeout = (plan.classes[rank].queue_timeout_secs if plan is not None else None) or config.queue_timeout_secs
+        self._preempt_unstarted_below(rank)
         if not await slots.wait(rank, timeout):
             self._reject("timeout")
             raise GatewayError(503, "scheduler_queue_timeout" if plan else "admission_queue_timeout",
@@ -256,6 +277,23 @@ class AdmissionController:
             return False
         self._reject("preempted")
         return True
+
+    def _preempt_unstarted_below(self, rank: int) -> None:
+        """A request of class `rank` is about to wait: the newest admitted request of the lowest class below it
+        that has not begun its answer is cancelled (its upstream request aborted, as for a client that left)
+        and answers 503 scheduler_preempted; the slot it frees goes to the highest waiter."""
+        for unstarted in self._unstarted[:rank]:
+            if unstarted:
+                ticket = next(reversed(unstarted))
+                task = ticket.task
+                self.started(ticket)  # out of the running for another preemption
+                ticket.preempted = True
+                self._reject("preempted")
+                if self._count_scheduled is not None:
+                    self._count_scheduled(CLASSES[ticket.rank], ticket.tenant, "preempted")
+                if task is not None:
+                    task.cancel()
+                return
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1

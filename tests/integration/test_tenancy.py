@@ -1,6 +1,7 @@
 """Tenants end to end: per-tenant keys and a trusted tenant header name the caller in the access log and
 the `tenant` metric label; no tenant key reaches a worker; per-tenant rate limits answer 429; the priority
-scheduler preempts a queued lower class for a higher one (admission here: one slot, one queue place);
+scheduler preempts a queued lower class, and an admitted one that has not begun its answer, for a higher
+one (admission here: one slot, one queue place);
 stored responses and conversations are scoped to their tenant."""
 
 from __future__ import annotations
@@ -91,25 +92,29 @@ def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(cluster: tuple[S
     assert gw.metric("smg_tenant_requests_total", tenant="header:limited", status_code="429") == 1
 
 
-def test_a_higher_class_preempts_a_queued_lower_one(cluster: tuple[Sim, Gateway]) -> None:
+def test_a_higher_class_preempts_lower_ones_queued_or_not_yet_answering(cluster: tuple[Sim, Gateway]) -> None:
     sim, gw = cluster
     sim.faults(latency_ms=1500)
     try:
         with ThreadPoolExecutor(3) as pool:
-            running = pool.submit(_chat, gw, "secret-b")
+            running = pool.submit(_chat, gw, "secret-b")  # admitted, its answer not begun yet
             wait_until(lambda: gw.metric("smg_admission_inflight") == 1, 10, message="the slot taken")
             queued = pool.submit(_chat, gw, "secret-b", **{"x-smg-priority": "bulk"})
             wait_until(lambda: gw.metric("smg_admission_queue_depth") == 1, 10, message="a queued request")
             urgent = pool.submit(_chat, gw, "secret-a", **{"x-smg-priority": "system"})
-            preempted = queued.result(timeout=20)
-            assert preempted.status_code == 503 and preempted.headers["X-SMG-Preempted"] == "true"
-            assert preempted.json()["error"]["code"] == "scheduler_preempted"
-            assert running.result(timeout=20).status_code == 200 and urgent.result(timeout=20).status_code == 200
+            for loser, what in ((queued, "place in the queue"), (running, "slot before its answer began")):
+                preempted = loser.result(timeout=20)
+                assert preempted.status_code == 503 and preempted.headers["X-SMG-Preempted"] == "true"
+                error = preempted.json()["error"]
+                assert error["code"] == "scheduler_preempted" and what in error["message"]
+            assert urgent.result(timeout=20).status_code == 200
+        wait_until(lambda: sim.stats()["aborted"] >= 1, 10, message="the preempted upstream request aborted")
     finally:
         sim.faults(latency_ms=0)
+    assert gw.metric("smg_admission_inflight") == 0 and gw.metric("smg_admission_queue_depth") == 0
     capped = _chat(gw, "secret-b", **{"x-smg-priority": "system"})  # team-b may not ask for system: default
     assert capped.status_code == 200
-    assert gw.metric("smg_scheduler_requests_total", tenant="auth:team-b", outcome="preempted") == 1
+    assert gw.metric("smg_scheduler_requests_total", tenant="auth:team-b", outcome="preempted") == 2
     assert gw.metric("smg_scheduler_requests_total", **{"class": "system", "tenant": "auth:team-a"}) == 1
     assert gw.metric("smg_scheduler_requests_total", **{"class": "default", "tenant": "auth:team-b"}) >= 2
     bad = _chat(gw, "secret-a", **{"x-smg-priority": "urgent"})
