@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shepherd.api.admin import add_admin_routes
+from shepherd.api.admit import install_answer_started
 from shepherd.api.conversations import add_conversation_routes
 from shepherd.api.dashboard import add_dashboard_routes
 from shepherd.api.inference import add_inference_routes
@@ -56,6 +57,7 @@ def build_app(context: AppContext) -> web.Application:
     if cors is not None:
         cors.install(app)
     install_routed_worker_header(app, context)
+    install_answer_started(app, context)
     app[CONTEXT] = context
     app[SSE_KEEPALIVE_SECS] = config.sse_keepalive_secs
     add_inference_routes(app)

@@ -38,6 +38,7 @@ from shepherd.config import (
     HealthConfig,
     HistoryConfig,
     MeshConfig,
+    PdAdmissionConfig,
     PolicyOptions,
     ProcessConfig,
     RecordingConfig,
@@ -120,10 +121,14 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                         help="key clients must send on serving routes (never forwarded to workers)")
     access.add_argument("--tenant-api-key", action="append", default=[], metavar="TENANT_ID:KEY",
                         help="a serving key of its own for one tenant (repeatable); requests with it are the "
-                             "tenant auth:TENANT_ID in limits, scheduling, logs and metrics (default: none)")
+                             "tenant auth:TENANT_ID in limits, scheduling, logs and metrics. Stored responses and "
+                             "conversations are scoped to the tenant that created them: another tenant's id "
+                             "answers 404; records stored without a tenant stay readable by every caller "
+                             "(default: none)")
     access.add_argument("--trust-tenant-header", action="store_true",
                         help="take the tenant from --tenant-header-name, as set by a trusted proxy in front "
-                             "(a tenant key's tenant still wins) (default: off)")
+                             "(a tenant key's tenant still wins); stored responses and conversations are scoped "
+                             "to their tenant, as with --tenant-api-key (default: off)")
     access.add_argument("--tenant-header-name", default=DEFAULT_TENANT_HEADER,
                         help="the header --trust-tenant-header reads (default: %(default)s)")
     access.add_argument("--control-plane-api-keys", nargs="*", default=[], metavar="ID:NAME:ROLE:KEY",
@@ -284,6 +289,21 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     pd.add_argument("--pd-transfer", choices=("auto", "sglang", "vllm"), default=defaults.pd_transfer,
                     help="KV hand-over: sglang (both legs at once), vllm (prefill then decode), "
                          "auto (by the prefill worker's runtime)")
+    pd.add_argument("--pd-admission-wait-secs", type=float, default=defaults.pd_admission.decode_wait_secs,
+                    help="seconds a prefill/decode dispatch waits for a free slot in the decode engine's running "
+                         "window (its reported max_running_requests, counted over this gateway's requests) before "
+                         "shedding with 503 worker_overload_protection_shed; 0 sheds at once; engines that report "
+                         "no running window are never gated (default: %(default)s)")
+    pd.add_argument("--prefill-max-inflight-requests-per-worker", type=int, dest="prefill_max_inflight",
+                    default=defaults.pd_admission.prefill_max_inflight,
+                    help="most requests in their prefill phase at once on one prefill worker; others wait in "
+                         "the prefill queue; a non-positive value disables the limit (default: %(default)s)")
+    pd.add_argument("--prefill-queue-size", type=int, default=None,
+                    help="most requests waiting for prefill admission (past it: 429 prefill_queue_full); 0 "
+                         "disables waiting (default: 100 when prefill admission is on)")
+    pd.add_argument("--prefill-queue-timeout-secs", type=float, default=None,
+                    help="longest wait for prefill admission (past it: 503 prefill_queue_timeout) "
+                         "(default: 60 when prefill admission is on)")
 
     retries = parser.add_argument_group("retries")
     retries.add_argument("--retry-max-retries", type=int, default=defaults.retry.max_retries,
@@ -672,6 +692,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         prefill_policy=args.prefill_policy,
         decode_policy=args.decode_policy,
         pd_transfer=args.pd_transfer,
+        pd_admission=PdAdmissionConfig(decode_wait_secs=args.pd_admission_wait_secs,
+                                       prefill_max_inflight=args.prefill_max_inflight,
+                                       prefill_queue_size=args.prefill_queue_size,
+                                       prefill_queue_timeout_secs=args.prefill_queue_timeout_secs),
         log_level=args.log_level,
         log_json=args.log_json,
         request_timeout_secs=args.request_timeout_secs,

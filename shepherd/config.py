@@ -513,6 +513,36 @@ class WasmConfig:
 
 
 @dataclass(frozen=True)
+class PdAdmissionConfig:
+    """PD admission (routers/http/pd_admission.py), SMG's flags and defaults."""
+
+    decode_wait_secs: float = 30.0  # --pd-admission-wait-secs: for a slot in the decode's running window; 0: shed
+    prefill_max_inflight: int = -1  # --prefill-max-inflight-requests-per-worker; <= 0: no prefill admission
+    prefill_queue_size: int | None = None  # None: 100 once prefill admission is on
+    prefill_queue_timeout_secs: float | None = None  # None: 60
+
+    @property
+    def prefill_enabled(self) -> bool:
+        return self.prefill_max_inflight > 0
+
+    @property
+    def queue_size(self) -> int:
+        return 100 if self.prefill_queue_size is None else self.prefill_queue_size
+
+    @property
+    def queue_timeout_secs(self) -> float:
+        return 60.0 if self.prefill_queue_timeout_secs is None else self.prefill_queue_timeout_secs
+
+    def validate(self) -> None:
+        if self.decode_wait_secs < 0:
+            raise ConfigError("--pd-admission-wait-secs must not be negative")
+        if self.queue_size < 0:
+            raise ConfigError("--prefill-queue-size must not be negative")
+        if self.queue_timeout_secs <= 0:
+            raise ConfigError("--prefill-queue-timeout-secs must be positive")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
@@ -527,6 +557,7 @@ class GatewayConfig:
     prefill_policy: str | None = None  # None: --policy
     decode_policy: str | None = None
     pd_transfer: str = "auto"  # auto (by the prefill worker's runtime) | sglang (parallel) | vllm (sequential)
+    pd_admission: PdAdmissionConfig = field(default_factory=lambda: PdAdmissionConfig())
 
     # Load monitoring and data-parallel ranks.
     load_monitor_interval_secs: float = 10.0
@@ -644,6 +675,7 @@ class GatewayConfig:
         self.policy_options.validate()
         if self.pd_transfer not in ("auto", "sglang", "vllm"):
             raise ConfigError("--pd-transfer must be auto, sglang or vllm")
+        self.pd_admission.validate()
         if (self.prefill_urls or self.decode_urls) and not self.pd_disaggregation:
             raise ConfigError("--prefill and --decode need --pd-disaggregation")
         for url in [u for u, _ in self.prefill_urls] + list(self.decode_urls):

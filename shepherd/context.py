@@ -39,6 +39,7 @@ from shepherd.routers.http.regular import HttpRouter
 from shepherd.routers.manager import RouterManager
 from shepherd.storage.base import HistoryStorage
 from shepherd.storage.factory import create_history
+from shepherd.storage.scoped import TenantHistory
 from shepherd.transport.base import Transport
 from shepherd.transport.lean import LeanTransport
 from shepherd.transport.provider import ProviderTransport, TlsSettings
@@ -228,6 +229,12 @@ class AppContext:
                 mesh=(lambda: (mesh.status.connected, mesh.status.errors)) if mesh is not None else None,
                 tokenizer_cache=context.grpc.tokenizers.cache_totals))
         return context
+
+    def history_for(self, tenant: str | None) -> HistoryStorage:
+        """The history a request of `tenant` reads and writes: with tenancy configured, that tenant's view."""
+        if tenant is None or not self.tenants.scopes_history:
+            return self.history
+        return TenantHistory(self.history, tenant)
 
     def all_policy_registries(self) -> list[PolicyRegistry]:
         """The regular path's policies and, with PD, the prefill and decode ones."""

@@ -16,3 +16,4 @@ FIRST_CHUNK: web.RequestKey[float] = web.RequestKey("shepherd_first_chunk", floa
 WANT_USAGE: web.RequestKey[bool] = web.RequestKey("shepherd_want_usage", bool)  # recorder/status page: read usage
 RAW_BODY: web.RequestKey[bytes] = web.RequestKey("shepherd_raw_body", bytes)  # read once (api/body.py), then reused
 TENANT: web.RequestKey[str] = web.RequestKey("shepherd_tenant", str)  # serving routes: the caller's tenant identity
+TICKET: web.RequestKey[Any] = web.RequestKey("shepherd_ticket", object)  # its admission ticket, once admitted

@@ -40,7 +40,6 @@ _STALL = Refusal("worker stall/wedge detection", "rely on the health checker (--
 _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the flag")
 _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag; tune cache_aware with "
                      "--cache-threshold and --balance-*-threshold")
-_PD_ADMISSION = Refusal("PD admission gating", "bound PD load with --max-concurrent-requests and --queue-size")
 _ORACLE = Refusal("Oracle history storage", "use --history-backend postgres, redis, sqlite or memory")
 _MESH = _not_built("the HA mesh", "issue 18")
 _KV_INDEX = Refusal("a separate KV-event cache index with its own TTL", "the KV-event index is on with "
@@ -58,8 +57,6 @@ REFUSED: dict[str, Refusal] = {
     "--selection-policy": _SELECTION, "--selection-accounting-ttl-ms": _SELECTION, "--overlap-decay": _SELECTION,
     "--selection-temperature": _SELECTION,
     "--cache-index": _KV_INDEX, "--cache-ttl-secs": _KV_INDEX,
-    "--pd-admission-wait-secs": _PD_ADMISSION, "--prefill-max-inflight-requests-per-worker": _PD_ADMISSION,
-    "--prefill-queue-size": _PD_ADMISSION, "--prefill-queue-timeout-secs": _PD_ADMISSION,
     "--routing-key-override": Refusal("sticky sessions on any policy", "use --policy manual (sticky by "
                                       "--routing-key-headers, idle keys dropped after --max-idle-secs)"),
     "--dp-minimum-tokens-scheduler": Refusal("the minimum-tokens DP rank scheduler", "use --dp-aware, which "

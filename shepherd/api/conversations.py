@@ -18,6 +18,7 @@ from aiohttp import web
 from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
+from shepherd.request_keys import TENANT
 from shepherd.storage.base import (
     Conversation,
     ConversationItem,
@@ -27,6 +28,7 @@ from shepherd.storage.base import (
     new_conversation_id,
 )
 from shepherd.storage.items import item_json, item_record
+from shepherd.storage.scoped import foreign_item
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -73,7 +75,8 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 def _store(request: web.Request) -> HistoryStorage:
-    return request.app[CONTEXT].history
+    """The caller's view of the history: its tenant's records (and untagged ones) when tenancy is on."""
+    return request.app[CONTEXT].history_for(request.get(TENANT))
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -202,7 +205,8 @@ async def _store_items(store: HistoryStorage, conversation_id: str, items: list[
                                f"items[{index}]: item '{record.id}' is already in this conversation",
                                param=f"items[{index}]")
         if item["type"] != "item_reference":
-            if item_id is not None and await store.get_item(record.id) is not None:
+            if item_id is not None and (await store.get_item(record.id) is not None
+                                        or await foreign_item(store, record.id)):
                 # Ids are global: a new item must not overwrite one that another conversation holds.
                 raise GatewayError(400, "item_id_in_use", f"items[{index}]: an item with id '{record.id}' exists "
                                    "already; add it with an item_reference", param=f"items[{index}]")

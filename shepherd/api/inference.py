@@ -60,8 +60,8 @@ def _inference_handler(upstream_path: str) -> Handler:
             except GatewayError as exc:
                 status = exc.status
                 raise
-            except asyncio.CancelledError:
-                status = 499  # the client went away first
+            except asyncio.CancelledError:  # the client went away first, or the scheduler preempted it
+                status = 503 if ticket is not None and ticket.preempted else 499
                 raise
             finally:
                 _observe(context, request, upstream_path, body, status, arrived, started)

@@ -15,12 +15,12 @@ from shepherd.api.conversations import page_query, storage_errors
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
 from shepherd.headers import ROUTED_WORKER_HEADER
-from shepherd.request_keys import WORKER
+from shepherd.request_keys import TENANT, WORKER
 from shepherd.responses.executor import ResponsesExecutor
 from shepherd.responses.history import stored_response
 from shepherd.responses.output import replay_events
 from shepherd.routers.common.sse import ClientGone, end_stream, event_frame, send, start_sse
-from shepherd.storage.base import StoredResponse
+from shepherd.storage.base import HistoryStorage, StoredResponse
 
 EXECUTOR: web.AppKey[ResponsesExecutor] = web.AppKey("shepherd_responses", ResponsesExecutor)
 DEFAULT_PAGE = 20
@@ -41,9 +41,14 @@ def _not_found(response_id: str) -> GatewayError:
     return GatewayError(404, "response_not_found", f"Response with id '{response_id}' not found.")
 
 
+def _history(request: web.Request) -> HistoryStorage:
+    """The caller's view of the history: its tenant's records (and untagged ones) when tenancy is on."""
+    return request.app[CONTEXT].history_for(request.get(TENANT))
+
+
 async def _stored(request: web.Request) -> StoredResponse:
     response_id = request.match_info["response_id"]
-    stored = await request.app[CONTEXT].history.get_response(response_id)
+    stored = await _history(request).get_response(response_id)
     if stored is None:
         raise _not_found(response_id)
     return stored
@@ -77,7 +82,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             return _json(run.events[0]["response"])
         if work.parsed.stream:
             if work.parsed.store:  # on record while it streams; and a store that is down is a 503 before any event
-                await context.history.store_response(stored_response(work.parsed, work.response))
+                await work.store.store_response(stored_response(work.parsed, work.response))
             try:
                 stream = await work.open_stream()
             except GatewayError as exc:
@@ -118,7 +123,7 @@ async def delete_response(request: web.Request) -> web.Response:
     run = executor.runs.get(stored.id)
     if run is not None:
         await executor.runs.cancel(run)
-    if not await request.app[CONTEXT].history.delete_response(stored.id):
+    if not await _history(request).delete_response(stored.id):
         raise _not_found(stored.id)
     return _json({"id": stored.id, "object": "response.deleted", "deleted": True})
 
@@ -127,7 +132,7 @@ async def delete_response(request: web.Request) -> web.Response:
 async def cancel_response(request: web.Request) -> web.Response:
     stored = await _stored(request)
     executor = request.app[EXECUTOR]
-    history = request.app[CONTEXT].history
+    history = _history(request)
     run = executor.runs.get(stored.id)
     if run is not None:
         await executor.runs.cancel(run)

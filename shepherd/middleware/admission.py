@@ -1,7 +1,7 @@
 """Admission control: how many inference requests run at once, how many wait, and how fast they come.
 
 * `--max-concurrent-requests N`: at most N requests in flight; the next `--queue-size` wait in FIFO
-  order for up to `--queue-timeout-secs`. A full queue answers 429 at once, a wait that times out
+  order (middleware/slots.py) for up to `--queue-timeout-secs`. A full queue answers 429 at once, a wait that times out
   503; both with Retry-After. A slot is held until the response (streamed or not) is finished.
 * `--rate-limit-tokens-per-second R`: a token bucket (one second of burst) in front of everything;
   an empty bucket answers 429 with the time until the next token as Retry-After.
@@ -22,13 +22,14 @@ import asyncio
 import hashlib
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from shepherd.config import AdmissionConfig
 from shepherd.errors import GatewayError
 from shepherd.middleware.priority import CLASSES, PriorityPlan, preempted
+from shepherd.middleware.slots import SlotQueue
 from shepherd.middleware.tenant_limits import Limits, TenantLimitsConfig, tenant_limited
 
 MAX_TRACKED_KEYS = 10_000  # API keys, and tenants, with state of their own; the idle ones are forgotten first
@@ -134,12 +135,17 @@ class _KeyState:
 class Ticket:
     """Proof of admission; hand it back with `release()` exactly once."""
 
-    __slots__ = ("key", "holds_slot", "limits")
+    __slots__ = ("key", "holds_slot", "limits", "rank", "tenant", "task", "preempted")
 
-    def __init__(self, key: _KeyState | None, holds_slot: bool, limits: tuple[_LimitState, ...] = ()) -> None:
+    def __init__(self, key: _KeyState | None, holds_slot: bool, limits: tuple[_LimitState, ...] = (), rank: int = 0,
+                 tenant: str | None = None) -> None:
         self.key = key
         self.holds_slot = holds_slot
         self.limits = limits  # the tenant's limit states it counts against
+        self.rank = rank
+        self.tenant = tenant
+        self.task: asyncio.Task[object] | None = None  # the handler, while it may still be preempted
+        self.preempted = False  # cancelled for a higher class: the handler answers 503 scheduler_preempted
 
 
 Counter = Callable[[str], None]
@@ -160,11 +166,12 @@ class AdmissionController:
         self._count_rate_limit = count_rate_limit  # "allowed" | "rejected", per token-bucket decision
         self._count_rejected = count_rejected  # the reason of every request turned away
         self._limit = config.max_concurrent_requests
-        self.in_flight = 0
         self._count_scheduled = count_scheduled if plan is not None else None  # (class, tenant, outcome)
         self._plan = plan  # the priority classes (--priority-scheduler-enabled), else one FIFO queue
-        self._queues: list[deque[asyncio.Future[None]]] = [deque() for _ in (CLASSES if plan else ("fifo",))]
-        self._queued = 0  # waiters in all queues
+        self._slots = SlotQueue(self._limit, len(CLASSES) if plan else 1)
+        # Per class, admitted requests whose answer has not begun (oldest first): a higher class that has to
+        # wait preempts the newest of the lowest class.
+        self._unstarted: list[dict[Ticket, None]] = [{} for _ in CLASSES] if plan else []
         self._bucket = TokenBucket(config.rate_limit_tokens_per_second) if config.rate_limit_tokens_per_second else None
         self._per_key = config.per_key_max_concurrent_requests > 0 or config.per_key_rate_limit_tokens_per_second > 0
         self._keys: OrderedDict[str, _KeyState] = OrderedDict()
@@ -172,7 +179,11 @@ class AdmissionController:
 
     @property
     def queue_depth(self) -> int:
-        return self._queued
+        return self._slots.queued
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots.in_flight
 
     async def acquire(self, api_key: str | None, tenant: str | None = None, model: str | None = None,
                       priority: str | None = None) -> Ticket:
@@ -215,7 +226,17 @@ class AdmissionController:
             for state in limits:
                 state.in_flight -= 1
             raise
-        return Ticket(key, self._limit > 0, limits)
+        ticket = Ticket(key, self._limit > 0, limits, rank, tenant)
+        if self._unstarted and ticket.holds_slot:
+            ticket.task = asyncio.current_task()
+            self._unstarted[rank][ticket] = None
+        return ticket
+
+    def started(self, ticket: Ticket) -> None:
+        """The request's answer has begun (its first byte is going out): it can no longer be preempted."""
+        if ticket.task is not None:
+            self._unstarted[ticket.rank].pop(ticket, None)
+            ticket.task = None
 
     def release(self, ticket: Ticket, tokens: int = 0) -> None:
         """Hand back a ticket; `tokens`: what the request used (prompt + completion), for the tenant limits."""
@@ -226,68 +247,53 @@ class AdmissionController:
             if tokens and state.tokens is not None:
                 state.tokens.debit(tokens)
         ticket.limits = ()
-        if not ticket.holds_slot:
-            return
-        for queue in reversed(self._queues):  # the slot goes straight to the oldest waiter of the highest class
-            if queue:
-                queue.popleft().set_result(None)
-                self._queued -= 1
-                return
-        self.in_flight -= 1
+        self.started(ticket)
+        if ticket.holds_slot:
+            self._slots.release()  # straight to the oldest waiter of the highest class, if any
 
     async def _take_slot(self, rank: int) -> None:
-        if self._limit <= 0:
-            return
-        if self.in_flight < self._limit and not self._queued:
-            self.in_flight += 1
+        slots = self._slots
+        if self._limit <= 0 or slots.try_take():
             return
         config, plan = self._config, self._plan
-        queue = self._queues[rank]
         room = plan.classes[rank].queue_size if plan is not None else None
-        if (room is not None and len(queue) >= room) or (self._queued >= config.queue_size
-                                                         and not self._preempt_below(rank)):
+        if (room is not None and slots.waiting(rank) >= room) or (slots.queued >= config.queue_size
+                                                                  and not self._preempt_below(rank)):
             self._reject("full")
             reason = "queuing is disabled" if config.queue_size == 0 else f"{config.queue_size} requests already wait"
             raise GatewayError(429, "scheduler_queue_full" if plan else "admission_queue_full",
                                f"The gateway is at capacity and {reason}", headers={"Retry-After": "2"})
         timeout = (plan.classes[rank].queue_timeout_secs if plan is not None else None) or config.queue_timeout_secs
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(waiter)
-        self._queued += 1
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except TimeoutError:
-            if waiter.done():  # the slot (or a preemption) arrived just as the wait timed out
-                waiter.result()
-                return
-            self._leave_queue(queue, waiter)
+        self._preempt_unstarted_below(rank)
+        if not await slots.wait(rank, timeout):
             self._reject("timeout")
             raise GatewayError(503, "scheduler_queue_timeout" if plan else "admission_queue_timeout",
-                               f"No capacity became free within {timeout:g}s", headers={"Retry-After": "2"}) from None
-        except asyncio.CancelledError:  # the client left while waiting
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release(Ticket(None, True))  # pass the slot it was just given to the next waiter
-            elif not waiter.done():
-                self._leave_queue(queue, waiter)
-            raise
+                               f"No capacity became free within {timeout:g}s", headers={"Retry-After": "2"})
 
     def _preempt_below(self, rank: int) -> bool:
         """Make room in a full queue for a request of class `rank`: the newest waiter of the lowest class
         below it is answered 503 scheduler_preempted. False when there is none (or no scheduler)."""
-        if self._plan is None:
+        if self._plan is None or not self._slots.preempt_below(rank, preempted):
             return False
-        for queue in self._queues[:rank]:
-            if queue:
-                queue.pop().set_exception(preempted())
-                self._queued -= 1
-                self._reject("preempted")
-                return True
-        return False
+        self._reject("preempted")
+        return True
 
-    def _leave_queue(self, queue: deque[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
-        queue.remove(waiter)  # the queue is bounded (--queue-size): a scan is cheap
-        self._queued -= 1
-        waiter.cancel()
+    def _preempt_unstarted_below(self, rank: int) -> None:
+        """A request of class `rank` is about to wait: the newest admitted request of the lowest class below it
+        that has not begun its answer is cancelled (its upstream request aborted, as for a client that left)
+        and answers 503 scheduler_preempted; the slot it frees goes to the highest waiter."""
+        for unstarted in self._unstarted[:rank]:
+            if unstarted:
+                ticket = next(reversed(unstarted))
+                task = ticket.task
+                self.started(ticket)  # out of the running for another preemption
+                ticket.preempted = True
+                self._reject("preempted")
+                if self._count_scheduled is not None:
+                    self._count_scheduled(CLASSES[ticket.rank], ticket.tenant, "preempted")
+                if task is not None:
+                    task.cancel()
+                return
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1

@@ -6,6 +6,7 @@ anything raised, the request id header, metrics and one access-log line per requ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -15,8 +16,9 @@ from shepherd.context import AppContext
 from shepherd.errors import ERROR_CODE_HEADER, GatewayError, error_response, flavor_for_path
 from shepherd.headers import REQUEST_ID_HEADER
 from shepherd.middleware.auth import is_serving, reject_duplicate_credentials
+from shepherd.middleware.priority import preempted
 from shepherd.middleware.request_id import resolve_request_id
-from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, TENANT, USAGE, WORKER
+from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, TENANT, TICKET, USAGE, WORKER
 
 log = logging.getLogger("shepherd.api")
 access_log = logging.getLogger("shepherd.access")
@@ -65,6 +67,14 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
             response = await handler(request)
         except GatewayError as exc:
             response = exc.to_response(flavor_for_path(path))
+        except asyncio.CancelledError:
+            ticket = request.get(TICKET)
+            if ticket is None or not ticket.preempted:
+                raise  # the client left
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # the scheduler's cancel ended the work, not this request: it is answered
+            response = preempted(admitted=True).to_response(flavor_for_path(path))
         except web.HTTPException as exc:
             response = _from_http_exception(request, exc)
         except Exception:

@@ -5,6 +5,9 @@ capped at its tenant's max class: the tenant's entry in `--priority-scheduler-co
 `--priority-scheduler-default-max-class`. When every admission slot is taken, a freed slot goes to the
 oldest waiter of the highest class, and a request that finds the queue full takes the place of the
 newest waiter of a lower class, which is answered 503 `scheduler_preempted` (`X-SMG-Preempted: true`).
+A request that has to wait also preempts the newest admitted request of the lowest class below it whose
+answer has not begun (no byte sent to its client): that one is cancelled, its upstream request aborted,
+and it is answered 503 `scheduler_preempted` too; its slot goes to the highest waiter.
 The queue itself is the admission controller's (middleware/admission.py).
 
 The YAML file (every part optional):
@@ -110,6 +113,7 @@ def _mapping(value: Any, where: str) -> dict[Any, Any]:
     return value
 
 
-def preempted() -> GatewayError:
-    return GatewayError(503, "scheduler_preempted", "A request of a higher priority class took this request's "
-                        "place in the queue", headers={"Retry-After": "1", "X-SMG-Preempted": "true"})
+def preempted(admitted: bool = False) -> GatewayError:
+    what = "slot before its answer began" if admitted else "place in the queue"
+    return GatewayError(503, "scheduler_preempted", f"A request of a higher priority class took this request's "
+                        f"{what}", headers={"Retry-After": "1", "X-SMG-Preempted": "true"})

@@ -11,7 +11,8 @@ The identity, in order:
 * `ip:<peer address>`, else `anonymous`.
 
 The tenant limits and the priority scheduler read the identity; the access log carries it whole; the
-`tenant` metric label is bounded (Metrics.tenant_label).
+`tenant` metric label is bounded (Metrics.tenant_label). With tenancy configured (tenant keys or a trusted
+header) stored responses and conversations belong to their creating tenant (storage/scoped.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def key_tenants(config: AuthConfig) -> dict[str, str]:
 class TenantResolver:
     def __init__(self, config: AuthConfig) -> None:
         self._header = config.tenant_header_name.lower() if config.trust_tenant_header else None
+        self.scopes_history = bool(config.tenant_keys) or config.trust_tenant_header
 
     def resolve(self, authenticated: str | None, headers: Mapping[str, str], peer: str | None) -> str:
         """The tenant of a request whose key (if any) authenticated as `authenticated`."""

@@ -24,12 +24,13 @@ from shepherd.context import AppContext
 from shepherd.errors import GatewayError
 from shepherd.mcp.chat_loop import run_loop, stream_loop
 from shepherd.providers.kinds import provider_kind
+from shepherd.request_keys import TENANT
 from shepherd.responses.history import load_history, persist, stored_response
 from shepherd.responses.output import EventStream, base_response, complete_from_chat, events_from_chat
 from shepherd.responses.request import ResponseRequest, new_response_id
 from shepherd.responses.runs import BackgroundRuns, Run
 from shepherd.routers.common.model_call import ChatStream, call_model
-from shepherd.storage.base import StorageError
+from shepherd.storage.base import HistoryStorage, StorageError
 
 if TYPE_CHECKING:
     from shepherd.responses.mcp import McpRun
@@ -59,9 +60,10 @@ class ModelStream(Protocol):
 class Work:
     """One response's production: its request, history and (once known) the Response object."""
 
-    def __init__(self, context: AppContext, request: web.Request, parsed: ResponseRequest,
+    def __init__(self, context: AppContext, request: web.Request, parsed: ResponseRequest, store: HistoryStorage,
                  history: list[dict[str, Any]], response_id: str, mcp: McpRun | None = None) -> None:
         self.context = context
+        self.store = store  # the request's tenant's view of the history
         self.request = request
         self.parsed = parsed
         self.history = history
@@ -155,7 +157,7 @@ class Work:
 
     async def persist(self) -> None:
         if self.parsed.store:
-            await persist(self.context.history, self.parsed, self.response)
+            await persist(self.store, self.parsed, self.response)
 
     # -- OpenAI-compatible providers: their own Responses API -----------------------------------
 
@@ -254,12 +256,13 @@ class ResponsesExecutor:
         parsed = ResponseRequest.parse(body)
         if parsed.background and self.runs.limit == 0:
             parsed.background = False  # the mode is off: the work runs while the client waits
-        history = await load_history(self.context.history, parsed)
+        store = self.context.history_for(request.get(TENANT))
+        history = await load_history(store, parsed)
         mcp = None
         if parsed.mcp_tools or parsed.approvals:
             from shepherd.responses.mcp import prepare_mcp  # the mcp SDK: imported once a request needs it
             mcp = await prepare_mcp(self.context, request, parsed, history)
-        return Work(self.context, request, parsed, history, new_response_id(), mcp)
+        return Work(self.context, request, parsed, store, history, new_response_id(), mcp)
 
     async def foreground(self, work: Work) -> dict[str, Any]:
         try:
@@ -297,7 +300,7 @@ class ResponsesExecutor:
         run = self.runs.admit(work.id)
         queued = {**work.response, "status": "queued"}
         try:
-            await self.context.history.store_response(stored_response(work.parsed, queued))
+            await work.store.store_response(stored_response(work.parsed, queued))
         except BaseException:
             self.runs.pop(work.id)
             raise
@@ -307,7 +310,7 @@ class ResponsesExecutor:
         return run
 
     async def _background(self, work: Work, run: Run) -> None:
-        store = self.context.history
+        store = work.store
         try:
             await store.store_response(stored_response(work.parsed, work.response))  # in_progress
             stream = await work.open_stream()

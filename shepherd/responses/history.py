@@ -14,8 +14,9 @@ from typing import Any
 
 from shepherd.errors import GatewayError
 from shepherd.responses.request import ResponseRequest
-from shepherd.storage.base import HistoryStorage, StoredResponse
+from shepherd.storage.base import HistoryStorage, StoredResponse, new_item_id
 from shepherd.storage.items import item_json, item_record
+from shepherd.storage.scoped import foreign_item
 
 MAX_CHAIN = 100  # responses followed back along previous_response_id
 MAX_CONVERSATION_ITEMS = 1000
@@ -80,6 +81,8 @@ async def persist(store: HistoryStorage, request: ResponseRequest, response: dic
         records += [item_record(item, response["id"]) for item in response.get("output") or []]
         for record in records:
             if await store.get_item(record.id) is None:
+                if await foreign_item(store, record.id):  # a client's id another tenant holds: this copy gets its own
+                    record.id = new_item_id(record.item_type)
                 await store.create_item(record)
         await store.link_items(request.conversation_id, [r.id for r in records], time.time())
     await store.store_response(stored_response(request, response))

@@ -6,6 +6,9 @@ the type's first three letters), responses keep the id the gateway gave them (`r
 Pagination over a conversation's items is by cursor: `after` is an item id; items sort by
 (added_at, id), ascending or descending, strictly after the cursor.
 
+Every record carries the tenant that created it (`tenant`, None when tenancy is off or the record is
+older than tenancy); backends store and return it, and `scoped.TenantHistory` enforces it.
+
 A backend that cannot be reached raises `StorageUnavailable` (the API answers 503); it never
 returns a half-written record: each method either happens whole or not at all.
 """
@@ -54,6 +57,7 @@ class Conversation:
     id: str
     created_at: int  # unix seconds
     metadata: dict[str, str] | None = None
+    tenant: str | None = None  # the tenant that created it (None: untagged, readable by every caller)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "object": "conversation", "created_at": self.created_at, "metadata": self.metadata or {}}
@@ -68,6 +72,7 @@ class ConversationItem:
     status: str = "completed"
     response_id: str | None = None  # the response that produced it, when one did
     created_at: int = field(default_factory=lambda: int(time.time()))
+    tenant: str | None = None
 
 
 @dataclass
@@ -80,6 +85,7 @@ class StoredResponse:
     model: str | None = None
     safety_identifier: str | None = None
     created_at: int = field(default_factory=lambda: int(time.time()))
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class HistoryStorage(Protocol):
 
     # -- conversations --------------------------------------------------------------------------
     async def create_conversation(self, metadata: dict[str, str] | None = None,
-                                  conversation_id: str | None = None) -> Conversation: ...
+                                  conversation_id: str | None = None, tenant: str | None = None) -> Conversation: ...
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 

@@ -49,8 +49,9 @@ class MemoryStorage:
     # -- conversations ------------------------------------------------------------------------------
 
     async def create_conversation(self, metadata: dict[str, str] | None = None,
-                                  conversation_id: str | None = None) -> Conversation:
-        conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None)
+                                  conversation_id: str | None = None, tenant: str | None = None) -> Conversation:
+        conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None,
+                                    tenant)
         self._conversations[conversation.id] = (conversation, time.monotonic())
         self._links.setdefault(conversation.id, {})
         self._evict()

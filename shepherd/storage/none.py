@@ -15,8 +15,8 @@ class NoStorage:
         return None
 
     async def create_conversation(self, metadata: dict[str, str] | None = None,
-                                  conversation_id: str | None = None) -> Conversation:
-        return Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None)
+                                  conversation_id: str | None = None, tenant: str | None = None) -> Conversation:
+        return Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None, tenant)
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         return None

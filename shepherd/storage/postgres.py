@@ -50,6 +50,12 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE INDEX conv_item_links_conv_idx ON conversation_item_links (conversation_id, added_at, item_id)",
         "CREATE INDEX responses_safety_idx ON responses (safety_identifier)",
     )),
+    (3, (
+        # The creating tenant of each record; rows from before it stay NULL: untagged, readable by every caller.
+        "ALTER TABLE conversations ADD COLUMN tenant_id VARCHAR(256)",
+        "ALTER TABLE conversation_items ADD COLUMN tenant_id VARCHAR(256)",
+        "ALTER TABLE responses ADD COLUMN tenant_id VARCHAR(256)",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATION_LOCK = 0x5348_4550  # "SHEP": the advisory lock every gateway takes to migrate
@@ -59,9 +65,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError, asyncpg.QueryCanceledError, asyncpg.AdminShutdownError,
 )
 
-_ITEM_COLUMNS = "i.id, i.response_id, i.item_type, i.role, i.content, i.status, i.created_at"
+_ITEM_COLUMNS = "i.id, i.response_id, i.item_type, i.role, i.content, i.status, i.created_at, i.tenant_id"
 _RESPONSE_COLUMNS = ("id, conversation_id, previous_response_id, input, created_at, safety_identifier, model, "
-                     "raw_response")
+                     "raw_response, tenant_id")
 
 
 class PostgresStorage:
@@ -159,22 +165,26 @@ class PostgresStorage:
     # -- conversations ------------------------------------------------------------------------------
 
     async def create_conversation(self, metadata: dict[str, str] | None = None,
-                                  conversation_id: str | None = None) -> Conversation:
-        conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None)
+                                  conversation_id: str | None = None, tenant: str | None = None) -> Conversation:
+        conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None,
+                                    tenant)
         async with self._conn() as conn:
-            await conn.execute("INSERT INTO conversations (id, created_at, metadata) VALUES ($1, $2, $3::jsonb) "
-                               "ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at, "
-                               "metadata = EXCLUDED.metadata",
-                               conversation.id, conversation.created_at, records.metadata_text(conversation.metadata))
+            await conn.execute("INSERT INTO conversations (id, created_at, metadata, tenant_id) "
+                               "VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (id) DO UPDATE SET "
+                               "created_at = EXCLUDED.created_at, metadata = EXCLUDED.metadata, "
+                               "tenant_id = EXCLUDED.tenant_id", conversation.id, conversation.created_at,
+                               records.metadata_text(conversation.metadata), tenant)
         return conversation
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        row = await self._row("SELECT id, created_at, metadata FROM conversations WHERE id = $1", conversation_id)
+        row = await self._row("SELECT id, created_at, metadata, tenant_id FROM conversations WHERE id = $1",
+                              conversation_id)
         return records.conversation(*row) if row else None
 
     async def update_conversation(self, conversation_id: str, metadata: dict[str, str] | None) -> Conversation | None:
         row = await self._row("UPDATE conversations SET metadata = $2::jsonb WHERE id = $1 "
-                              "RETURNING id, created_at, metadata", conversation_id, records.metadata_text(metadata))
+                              "RETURNING id, created_at, metadata, tenant_id", conversation_id,
+                              records.metadata_text(metadata))
         return records.conversation(*row) if row else None
 
     async def delete_conversation(self, conversation_id: str) -> bool:
@@ -188,10 +198,11 @@ class PostgresStorage:
     async def create_item(self, item: ConversationItem) -> ConversationItem:
         async with self._conn() as conn:
             await conn.execute(
-                "INSERT INTO conversation_items (id, response_id, item_type, role, content, status, created_at) "
-                "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) ON CONFLICT (id) DO UPDATE SET "
+                "INSERT INTO conversation_items (id, response_id, item_type, role, content, status, created_at, "
+                "tenant_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET "
                 "response_id = EXCLUDED.response_id, item_type = EXCLUDED.item_type, role = EXCLUDED.role, "
-                "content = EXCLUDED.content, status = EXCLUDED.status, created_at = EXCLUDED.created_at",
+                "content = EXCLUDED.content, status = EXCLUDED.status, created_at = EXCLUDED.created_at, "
+                "tenant_id = EXCLUDED.tenant_id",
                 *records.item_values(item))
         return item
 
@@ -234,11 +245,13 @@ class PostgresStorage:
     async def store_response(self, response: StoredResponse) -> None:
         async with self._conn() as conn:
             await conn.execute(
-                f"INSERT INTO responses ({_RESPONSE_COLUMNS}) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb) "
+                f"INSERT INTO responses ({_RESPONSE_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, $9) "
                 "ON CONFLICT (id) DO UPDATE SET conversation_id = EXCLUDED.conversation_id, "
                 "previous_response_id = EXCLUDED.previous_response_id, input = EXCLUDED.input, "
                 "created_at = EXCLUDED.created_at, safety_identifier = EXCLUDED.safety_identifier, "
-                "model = EXCLUDED.model, raw_response = EXCLUDED.raw_response", *records.response_values(response))
+                "model = EXCLUDED.model, raw_response = EXCLUDED.raw_response, tenant_id = EXCLUDED.tenant_id",
+                *records.response_values(response))
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         row = await self._row(f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = $1", response_id)

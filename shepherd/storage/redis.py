@@ -37,11 +37,13 @@ from shepherd.storage.base import (
 
 log = logging.getLogger("shepherd.storage")
 
-SCHEMA_VERSION = 1
+# 2: records carry a `tenant_id` field (records written under 1 lack it: untagged, readable by every caller;
+# a gateway of version 1 would ignore the field, so it must refuse the layout).
+SCHEMA_VERSION = 2
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-_ITEM_FIELDS = ("id", "response_id", "item_type", "role", "content", "status", "created_at")
+_ITEM_FIELDS = ("id", "response_id", "item_type", "role", "content", "status", "created_at", "tenant_id")
 _RESPONSE_FIELDS = ("id", "conversation_id", "previous_response_id", "input", "created_at", "safety_identifier",
-                    "model", "raw_response")
+                    "model", "raw_response", "tenant_id")
 T = TypeVar("T")
 
 
@@ -123,14 +125,15 @@ class RedisStorage:
     # -- conversations ------------------------------------------------------------------------------
 
     async def create_conversation(self, metadata: dict[str, str] | None = None,
-                                  conversation_id: str | None = None) -> Conversation:
+                                  conversation_id: str | None = None, tenant: str | None = None) -> Conversation:
         conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()),
-                                    metadata or None)
+                                    metadata or None, tenant)
         key = self._conversation_key(conversation.id)
         pipe = self._tx()
         pipe.delete(key)
         pipe.hset(key, mapping={"id": conversation.id, "created_at": conversation.created_at,
-                                "metadata": records.metadata_text(conversation.metadata) or ""})
+                                "metadata": records.metadata_text(conversation.metadata) or "",
+                                "tenant_id": tenant or ""})
         self._expire(pipe, key)
         await self._run(pipe)
         return conversation
@@ -139,7 +142,8 @@ class RedisStorage:
         row = await self._hash(self._conversation_key(conversation_id))
         if not row:
             return None
-        return records.conversation(row["id"], int(row["created_at"]), row.get("metadata") or None)
+        return records.conversation(row["id"], int(row["created_at"]), row.get("metadata") or None,
+                                    row.get("tenant_id"))
 
     async def update_conversation(self, conversation_id: str, metadata: dict[str, str] | None) -> Conversation | None:
         key = self._conversation_key(conversation_id)
@@ -248,7 +252,7 @@ class RedisStorage:
             return None
         return records.response(row["id"], row.get("conversation_id"), row.get("previous_response_id"), row["input"],
                                 int(row["created_at"]), row.get("safety_identifier"), row.get("model"),
-                                row["raw_response"])
+                                row["raw_response"], row.get("tenant_id"))
 
     async def delete_response(self, response_id: str) -> bool:
         await self._ready()
@@ -260,4 +264,4 @@ class RedisStorage:
 
 def _item(row: dict[str, str]) -> ConversationItem:
     return records.item(row["id"], row.get("response_id"), row["item_type"], row.get("role"), row.get("content"),
-                        row.get("status"), int(row["created_at"]))
+                        row.get("status"), int(row["created_at"]), row.get("tenant_id"))

@@ -54,12 +54,18 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE INDEX conv_item_links_conv_idx ON conversation_item_links (conversation_id, added_at, item_id)",
         "CREATE INDEX responses_safety_idx ON responses (safety_identifier)",
     )),
+    (3, (
+        # The creating tenant of each record; rows from before it stay NULL: untagged, readable by every caller.
+        "ALTER TABLE conversations ADD COLUMN tenant_id TEXT",
+        "ALTER TABLE conversation_items ADD COLUMN tenant_id TEXT",
+        "ALTER TABLE responses ADD COLUMN tenant_id TEXT",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-_ITEM_COLUMNS = "i.id, i.response_id, i.item_type, i.role, i.content, i.status, i.created_at"
+_ITEM_COLUMNS = "i.id, i.response_id, i.item_type, i.role, i.content, i.status, i.created_at, i.tenant_id"
 _RESPONSE_COLUMNS = ("id, conversation_id, previous_response_id, input, created_at, safety_identifier, model, "
-                     "raw_response")
+                     "raw_response, tenant_id")
 
 
 class SqliteStorage:
@@ -155,15 +161,18 @@ class SqliteStorage:
     # -- conversations ------------------------------------------------------------------------------
 
     async def create_conversation(self, metadata: dict[str, str] | None = None,
-                                  conversation_id: str | None = None) -> Conversation:
-        conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None)
+                                  conversation_id: str | None = None, tenant: str | None = None) -> Conversation:
+        conversation = Conversation(conversation_id or new_conversation_id(), int(time.time()), metadata or None,
+                                    tenant)
         async with self._write() as db:
-            await db.execute("INSERT OR REPLACE INTO conversations (id, created_at, metadata) VALUES (?, ?, ?)",
-                             (conversation.id, conversation.created_at, records.metadata_text(conversation.metadata)))
+            await db.execute("INSERT OR REPLACE INTO conversations (id, created_at, metadata, tenant_id) "
+                             "VALUES (?, ?, ?, ?)", (conversation.id, conversation.created_at,
+                                                     records.metadata_text(conversation.metadata), tenant))
         return conversation
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        row = await self._one("SELECT id, created_at, metadata FROM conversations WHERE id = ?", (conversation_id,))
+        row = await self._one("SELECT id, created_at, metadata, tenant_id FROM conversations WHERE id = ?",
+                              (conversation_id,))
         return records.conversation(*row) if row else None
 
     async def update_conversation(self, conversation_id: str, metadata: dict[str, str] | None) -> Conversation | None:
@@ -185,7 +194,8 @@ class SqliteStorage:
     async def create_item(self, item: ConversationItem) -> ConversationItem:
         async with self._write() as db:
             await db.execute("INSERT OR REPLACE INTO conversation_items (id, response_id, item_type, role, content, "
-                             "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", records.item_values(item))
+                             "status, created_at, tenant_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             records.item_values(item))
         return item
 
     async def get_item(self, item_id: str) -> ConversationItem | None:
@@ -229,8 +239,8 @@ class SqliteStorage:
 
     async def store_response(self, response: StoredResponse) -> None:
         async with self._write() as db:
-            await db.execute(f"INSERT OR REPLACE INTO responses ({_RESPONSE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             records.response_values(response))
+            await db.execute(f"INSERT OR REPLACE INTO responses ({_RESPONSE_COLUMNS}) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records.response_values(response))
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         row = await self._one(f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = ?", (response_id,))

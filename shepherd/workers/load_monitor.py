@@ -124,6 +124,7 @@ def _snapshot(rows: Iterable[dict[str, Any]], seq: int, now: float) -> LoadSnaps
         token_usage=sum(usages) / len(usages) if usages else 0.0,
         gen_throughput=total("gen_throughput"),
         cache_hit_rate=total("cache_hit_rate") / len(rows) if rows else 0.0,
+        max_running=int(total("max_running_requests")),
         seq=seq,
         polled_at=now,
     )

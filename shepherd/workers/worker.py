@@ -33,6 +33,7 @@ class LoadSnapshot:
     token_usage: float = 0.0
     gen_throughput: float = 0.0
     cache_hit_rate: float = 0.0
+    max_running: int = 0  # the running window (max_running_requests) the engine reports; 0: none reported
     seq: int = 0  # bumps on every poll, so per-policy "since the last poll" tallies can reset
     polled_at: float = 0.0
 

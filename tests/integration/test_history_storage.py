@@ -31,6 +31,7 @@ from shepherd.storage.memory import MemoryStorage
 from shepherd.storage.postgres import MIGRATIONS as PG_MIGRATIONS
 from shepherd.storage.postgres import PostgresStorage
 from shepherd.storage.redis import RedisStorage
+from shepherd.storage.scoped import TenantHistory, foreign_item
 from shepherd.storage.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from shepherd.storage.sqlite import SqliteStorage
 from shepherd.testing import free_ports
@@ -101,6 +102,50 @@ async def test_conversation_with_a_given_id_and_no_metadata(store: HistoryStorag
                                  "metadata": {}}
     again = await store.create_conversation({"second": "time"}, wanted)  # the same id again replaces it
     assert again.id == wanted and (await store.get_conversation(wanted)).metadata == {"second": "time"}  # type: ignore[union-attr]
+
+
+# -- tenants -----------------------------------------------------------------------------------------------
+
+async def test_records_keep_their_tenant(store: HistoryStorage) -> None:
+    conversation = await store.create_conversation({"k": "v"}, tenant="auth:a")
+    assert (await store.get_conversation(conversation.id)).tenant == "auth:a"  # type: ignore[union-attr]
+    updated = await store.update_conversation(conversation.id, {"k": "w"})
+    assert updated is not None and updated.tenant == "auth:a"  # a metadata update keeps the owner
+    item = _message("mine")
+    item.tenant = "header:b"
+    await store.create_item(item)
+    assert await store.get_item(item.id) == item
+    await store.store_response(_response("resp_tenant", tenant="auth:a"))
+    assert (await store.get_response("resp_tenant")).tenant == "auth:a"  # type: ignore[union-attr]
+    untagged = await store.create_conversation()
+    assert (await store.get_conversation(untagged.id)).tenant is None  # type: ignore[union-attr]
+
+
+async def test_a_tenant_sees_its_own_and_untagged_records_only(store: HistoryStorage) -> None:
+    a, b = TenantHistory(store, "auth:a"), TenantHistory(store, "auth:b")
+    mine = await a.create_conversation({"k": "v"})
+    old = await store.create_conversation()  # stored before tenancy: readable by everyone
+    assert await a.get_conversation(mine.id) is not None and await b.get_conversation(mine.id) is None
+    assert await b.get_conversation(old.id) is not None
+    assert await b.update_conversation(mine.id, {"x": "y"}) is None
+    assert await b.delete_conversation(mine.id) is False
+    assert (await a.get_conversation(mine.id)).metadata == {"k": "v"}  # type: ignore[union-attr]
+    item = _message("secret")
+    await a.create_item(item)
+    assert (await store.get_item(item.id)).tenant == "auth:a"  # type: ignore[union-attr]
+    assert await b.get_item(item.id) is None and await a.get_item(item.id) is not None
+    assert await foreign_item(b, item.id) and not await foreign_item(a, item.id)
+    assert not await foreign_item(store, item.id)  # unscoped: nothing is foreign
+    await store.store_response(_response("resp_old"))
+    await a.store_response(_response("resp_a1", "resp_old"))
+    await a.store_response(_response("resp_a2", "resp_a1"))
+    await b.store_response(_response("resp_b1", "resp_a2"))  # b names a's response as its previous one
+    assert [r.id for r in await a.response_chain("resp_a2")] == ["resp_old", "resp_a1", "resp_a2"]
+    assert await b.response_chain("resp_a2") == [] and await b.get_response("resp_a1") is None
+    assert [r.id for r in await b.response_chain("resp_b1")] == ["resp_b1"]  # the chain ends at a's link
+    assert await b.delete_response("resp_a1") is False and await store.get_response("resp_a1") is not None
+    assert await a.delete_response("resp_a1") is True
+    assert await a.delete_conversation(mine.id) is True
 
 
 # -- items -------------------------------------------------------------------------------------------------
@@ -377,19 +422,23 @@ async def test_an_unwritable_sqlite_location_fails_at_start(tmp_path: Path) -> N
 async def test_sqlite_migrates_an_old_schema_and_keeps_its_data(tmp_path: Path) -> None:
     path = str(tmp_path / "history.sqlite3")
     old = SqliteStorage(path, migrations=SQLITE_MIGRATIONS[:1])
-    await old.start()
-    conversation = await old.create_conversation({"v": "1"})
+    await old.start()  # the first schema, and a row written as its gateway wrote it
     await old.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO conversations (id, created_at, metadata) VALUES ('conv_old', 1, '{\"v\": \"1\"}')")
     current = SqliteStorage(path)
     await current.start()
     try:
-        assert (await current.get_conversation(conversation.id)).metadata == {"v": "1"}  # type: ignore[union-attr]
+        fetched = await current.get_conversation("conv_old")
+        assert fetched is not None and fetched.metadata == {"v": "1"}
+        assert fetched.tenant is None
+        assert await TenantHistory(current, "auth:a").get_conversation("conv_old") == fetched  # untagged
     finally:
         await current.close()
     with sqlite3.connect(path) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM _schema_versions ORDER BY version")]
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert versions == [1, 2] and "conv_item_links_conv_idx" in indexes
+    assert versions == [1, 2, 3] and "conv_item_links_conv_idx" in indexes
 
 
 async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
@@ -405,17 +454,23 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 async def test_postgres_migrates_an_old_schema_once_under_concurrency(postgres_server: PostgresServer) -> None:
     url = postgres_server.create_database(f"mig_{uuid.uuid4().hex[:12]}")
+    import asyncpg
+
     old = PostgresStorage(url, migrations=PG_MIGRATIONS[:1])
-    await old.start()
-    conversation = await old.create_conversation({"v": "1"})
+    await old.start()  # the first schema, and a row written as its gateway wrote it
     await old.close()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("INSERT INTO conversations (id, created_at, metadata) "
+                           "VALUES ('conv_old', 1, '{\"v\": \"1\"}')")
+    finally:
+        await conn.close()
     gateways = [PostgresStorage(url) for _ in range(4)]  # gateways starting together migrate once
     await asyncio.gather(*(g.start() for g in gateways))
     try:
-        fetched = await gateways[0].get_conversation(conversation.id)
-        assert fetched is not None and fetched.metadata == {"v": "1"}
-        import asyncpg
-
+        fetched = await gateways[0].get_conversation("conv_old")
+        assert fetched is not None and fetched.metadata == {"v": "1"} and fetched.tenant is None
+        assert await TenantHistory(gateways[1], "auth:a").get_conversation("conv_old") == fetched  # untagged
         conn = await asyncpg.connect(url)
         try:
             versions = [r[0] for r in await conn.fetch("SELECT version FROM _schema_versions ORDER BY version")]
@@ -423,7 +478,7 @@ async def test_postgres_migrates_an_old_schema_once_under_concurrency(postgres_s
             await conn.execute("INSERT INTO _schema_versions (version, applied_at) VALUES (99, 0)")
         finally:
             await conn.close()
-        assert versions == [1, 2] and index == 1
+        assert versions == [1, 2, 3] and index == 1
     finally:
         for g in gateways:
             await g.close()
@@ -442,6 +497,25 @@ async def test_redis_refuses_a_newer_layout(redis_server: RedisServer) -> None:
     with pytest.raises(StorageError, match="newer"):
         await backend.start()
     await backend.close()
+
+
+async def test_redis_reads_a_layout_1_record_as_untagged(redis_server: RedisServer) -> None:
+    import redis.asyncio as aioredis
+
+    prefix = f"test-{uuid.uuid4().hex}:"
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    await client.set(prefix + "schema_version", 1)
+    await client.hset(prefix + "response:resp_v1", mapping={  # type: ignore[misc]
+        "id": "resp_v1", "input": "[]", "created_at": 1, "raw_response": '{"id": "resp_v1"}'})
+    backend = RedisStorage(redis_server.url, key_prefix=prefix)
+    await backend.start()
+    try:
+        assert await client.get(prefix + "schema_version") == "2"
+        stored = await TenantHistory(backend, "auth:a").get_response("resp_v1")
+        assert stored is not None and stored.tenant is None
+    finally:
+        await client.aclose()
+        await backend.close()
 
 
 async def test_redis_keys_expire_with_the_retention(redis_server: RedisServer) -> None:

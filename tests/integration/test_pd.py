@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -192,5 +193,26 @@ def test_readiness_health_generate_and_runtime_registration(cluster: tuple[Sim, 
             assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
             stats = http.get("/workers").json()["stats"]
             assert stats["prefill_count"] == 1 and stats["decode_count"] == 1
+    finally:
+        gw.stop()
+
+
+def test_prefill_admission_bounds_each_prefill_worker(cluster: tuple[Sim, Sim]) -> None:
+    prefill, decode = cluster
+    gw = pd_gateway(prefill, decode, "--pd-transfer", "vllm", "--prefill-max-inflight-requests-per-worker", "1",
+                    "--prefill-queue-size", "0", "--request-timeout-secs", "3", "--retry-max-retries", "1")
+    try:
+        for i in range(2):
+            prefill.faults(i, hang=True)  # every prefill holds its slot until the request's deadline
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(httpx.post, gw.url + "/v1/chat/completions", json=CHAT, timeout=30)
+                    for _ in range(2)]
+            wait_until(lambda: in_flight(prefill) == 2, 10, message="one prefill on each prefill worker")
+            refused = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30)
+            assert refused.status_code == 429 and refused.headers["Retry-After"]
+            assert refused.json()["error"]["code"] == "prefill_queue_full"
+            assert all(f.result().status_code == 504 for f in held)
+        prefill.reset()
+        assert httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200  # slots back
     finally:
         gw.stop()

@@ -67,6 +67,7 @@ async def test_a_freed_slot_goes_to_the_highest_class_waiting() -> None:
 async def test_a_full_queue_preempts_the_newest_lower_class_waiter() -> None:
     admission, seen = _controller(queue_size=2)
     running = await admission.acquire(None, "x", None, "default")
+    admission.started(running)  # its answer has begun: only the queue's waiters can be preempted
     first = asyncio.create_task(admission.acquire(None, "x", None, "default"))
     newest = asyncio.create_task(admission.acquire(None, "x", None, "default"))
     await asyncio.sleep(0)
@@ -89,6 +90,7 @@ async def test_a_full_queue_preempts_the_newest_lower_class_waiter() -> None:
 async def test_per_class_queue_bound_and_timeout_codes() -> None:
     admission, _ = _controller()
     running = await admission.acquire(None, "x", None, "default")
+    admission.started(running)
     bulk = asyncio.create_task(admission.acquire(None, "auth:batch", None, "bulk"))
     await asyncio.sleep(0)
     with pytest.raises(GatewayError) as full:  # bulk may hold one of the queue's places
@@ -115,6 +117,54 @@ async def test_without_the_scheduler_the_header_is_ignored_and_the_queue_is_fifo
         await fifo.acquire(None, None, None, "system")
     assert full.value.code == "admission_queue_full"
     fifo.release(held)
+
+
+async def test_a_waiting_higher_class_preempts_an_admitted_lower_request_that_has_not_answered() -> None:
+    admission, seen = _controller()
+    release = asyncio.Event()
+    outcome: dict[str, object] = {}
+
+    async def handler(tenant: str, klass: str, answer_begins: bool = False) -> None:
+        ticket = await admission.acquire(None, tenant, None, klass)
+        try:
+            if answer_begins:
+                admission.started(ticket)
+            await release.wait()  # the upstream call; a cancel here is what aborts it
+            outcome[klass] = "done"
+        except asyncio.CancelledError:
+            outcome[klass] = "preempted" if ticket.preempted else "cancelled"
+            raise
+        finally:
+            admission.release(ticket)
+
+    low = asyncio.create_task(handler("auth:batch", "bulk"))
+    await asyncio.sleep(0)
+    urgent = asyncio.create_task(handler("auth:ops", "system"))
+    await asyncio.gather(low, return_exceptions=True)
+    assert outcome == {"bulk": "preempted"} and low.cancelled()
+    await asyncio.sleep(0)
+    assert admission.in_flight == 1 and admission.queue_depth == 0  # the freed slot went to the system request
+    release.set()
+    await urgent
+    assert outcome["system"] == "done" and admission.in_flight == 0
+    assert ("bulk", "auth:batch", "preempted") in seen and admission.rejected["preempted"] == 1
+
+
+async def test_a_request_whose_answer_began_or_of_the_same_class_is_not_preempted() -> None:
+    admission, _ = _controller()
+    streaming = await admission.acquire(None, "auth:batch", None, "bulk")
+    admission.started(streaming)  # its first byte went out: a 503 can no longer be its answer
+    urgent = asyncio.create_task(admission.acquire(None, "auth:ops", None, "system"))
+    await asyncio.sleep(0)
+    assert not streaming.preempted and admission.queue_depth == 1
+    admission.release(streaming)
+    same = await urgent  # the slot came when the streaming request finished
+    other = asyncio.create_task(admission.acquire(None, "auth:ops", None, "system"))
+    await asyncio.sleep(0)
+    assert not same.preempted and admission.queue_depth == 1  # an equal class waits its turn
+    admission.release(same)
+    admission.release(await other)
+    assert admission.in_flight == 0 and admission.rejected["preempted"] == 0
 
 
 def test_the_yaml_is_checked(tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ vLLM style (sequential, for vLLM prefill workers or `--pd-transfer vllm`): the p
 one output token and `kv_transfer_params` asking for a remote decode; the decode then runs with the
 `kv_transfer_params` the prefill returned.
 
+PD admission (pd_admission.py) may hold a request before the pair is dispatched: for a prefill slot on
+its prefill worker (held until the prefill has answered) and for room in the decode engine's running
+window (held until the answer is relayed).
+
 Either way a failure before any byte reached the client is retried on a fresh pair (with fresh rooms,
 through the common lifecycle); the other half of a failed pair is cancelled, never left running.
 Each leg carries its own worker's API key.
@@ -30,6 +34,7 @@ from aiohttp import web
 
 from shepherd.config import GatewayConfig
 from shepherd.errors import GatewayError
+from shepherd.middleware.slots import Slot
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
 from shepherd.policies.base import RoutingRequest
@@ -40,6 +45,7 @@ from shepherd.routers.common.headers import client_response_headers, routed_head
 from shepherd.routers.common.relay import failure, no_answer, read_answer, relay_stream, relay_whole
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
 from shepherd.routers.common.selection import Selector, overload_guard
+from shepherd.routers.http.pd_admission import PdAdmission
 from shepherd.transport.base import Transport
 from shepherd.transport.errors import UpstreamError
 from shepherd.workers.registry import WorkerRegistry
@@ -70,6 +76,8 @@ class PdRouter:
         self._prefill = Selector(registry, prefill_policies, metrics, overload=overload)
         self._decode = Selector(registry, decode_policies, metrics, overload=overload)
         self._transport = transport
+        self.admission = PdAdmission(config.pd_admission,
+                                     metrics.overload_shed("dispatch").inc if metrics is not None else None)
         self._rng = random.SystemRandom()
         self.lifecycle: Lifecycle[Pair] = Lifecycle.for_path(LABELS, config, metrics, tracing)
 
@@ -80,6 +88,10 @@ class PdRouter:
         # A model no worker of this kind lists falls back to every worker of the kind (engines in PD
         # mode often report no model until they serve one).
         candidates = self._registry.for_model(model, kind) or self._registry.of_type(kind)
+        if kind is WorkerType.PREFILL:  # a prefill worker with a free admission slot, while there is one
+            roomy = tuple(w for w in candidates if self.admission.prefill_room(w))
+            if any(w.is_available and w not in tried for w in roomy):
+                candidates = roomy
         return selector.pick(candidates, routing, tried, model, what=f"{kind.value} workers")
 
     def _sequential(self, prefill: Worker) -> bool:
@@ -108,9 +120,19 @@ class PdRouter:
 
         async def attempt(execution: Execution[Pair], pair: Pair, final: bool) -> web.StreamResponse:
             prefill, decode = pair
-            if self._sequential(prefill):
-                return await self._prefill_then_decode(execution, upstream_path, body, prefill, decode, final)
-            return await self._both_at_once(execution, upstream_path, body, prefill, decode, final)
+            prefilling = await self.admission.prefill(prefill, execution.remaining())
+            try:
+                decoding = await self.admission.decode(decode, execution.remaining())
+                try:
+                    if self._sequential(prefill):
+                        return await self._prefill_then_decode(execution, upstream_path, body, prefill, decode,
+                                                               final, prefilling)
+                    return await self._both_at_once(execution, upstream_path, body, prefill, decode, final,
+                                                    prefilling)
+                finally:
+                    decoding.release()
+            finally:
+                prefilling.release()
 
         return await self.lifecycle.run(request, upstream_path, model, body, select, attempt)
 
@@ -122,7 +144,7 @@ class PdRouter:
     # -- SGLang: parallel dispatch ------------------------------------------------------------
 
     async def _both_at_once(self, execution: Execution[Pair], path: str, body: Mapping[str, Any], prefill: Worker,
-                            decode: Worker, final: bool) -> web.StreamResponse:
+                            decode: Worker, final: bool, prefilling: Slot) -> web.StreamResponse:
         payload = orjson.dumps(self._with_bootstrap(path, body, prefill))
         timeout = execution.remaining()
         legs = (execution.attempt(prefill), execution.attempt(decode))
@@ -134,6 +156,7 @@ class PdRouter:
             # The prefill first: its answer tells whether the hand-over can succeed (and carries the
             # prompt logprobs). Its body is drained completely before any decode byte is relayed.
             prefill_body = await self._read_leg(execution, prefill_leg, "prefill", final)
+            prefilling.release()  # its prefill is done: the next request may have the slot
             self._observe(execution, "pd_prefill_duration", prefill, dispatched)
             await self._await_head(decode_leg, "decode", final)
             self._observe(execution, "pd_ttft", prefill, dispatched)
@@ -161,9 +184,12 @@ class PdRouter:
     # -- vLLM: prefill, then decode -----------------------------------------------------------
 
     async def _prefill_then_decode(self, execution: Execution[Pair], path: str, body: Mapping[str, Any],
-                                   prefill: Worker, decode: Worker, final: bool) -> web.StreamResponse:
+                                   prefill: Worker, decode: Worker, final: bool,
+                                   prefilling: Slot) -> web.StreamResponse:
         decode_body = dict(body)
         legs: list[Attempt] = []
+        if (body.get("n") or 1) != 1:
+            prefilling.release()  # no prefill leg: the decode recomputes the prompt
         try:
             dispatched = time.perf_counter()
             if (body.get("n") or 1) == 1:  # with n > 1 the decode recomputes the prompt itself
@@ -172,6 +198,7 @@ class PdRouter:
                 prefill_leg.start(self._transport, "POST", path, self._headers(execution, prefill),
                                   orjson.dumps(_prefill_only(path, body)), execution.remaining())
                 answer = await self._read_leg(execution, prefill_leg, "prefill", final)
+                prefilling.release()
                 self._observe(execution, "pd_prefill_duration", prefill, dispatched)
                 try:
                     params = orjson.loads(answer).get("kv_transfer_params")
