@@ -60,8 +60,6 @@ REFUSED: dict[str, Refusal] = {
     "--cache-index": _KV_INDEX, "--cache-ttl-secs": _KV_INDEX,
     "--pd-admission-wait-secs": _PD_ADMISSION, "--prefill-max-inflight-requests-per-worker": _PD_ADMISSION,
     "--prefill-queue-size": _PD_ADMISSION, "--prefill-queue-timeout-secs": _PD_ADMISSION,
-    "--routing-key-override": Refusal("sticky sessions on any policy", "use --policy manual (sticky by "
-                                      "--routing-key-headers, idle keys dropped after --max-idle-secs)"),
     "--dp-minimum-tokens-scheduler": Refusal("the minimum-tokens DP rank scheduler", "use --dp-aware, which "
                                              "routes to each rank as a worker of its own"),
     "--enable-igw": Refusal("a separate multi-model (IGW) mode", "drop the flag; Shepherd always serves every "

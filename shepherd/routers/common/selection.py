@@ -1,9 +1,9 @@
 """Choosing a worker: the model's candidates, narrowed to the available ones, then the policy's pick.
 
 Every path selects through `Selector.pick`, so availability (health, breaker, drain), the "not
-tried yet" rule, worker overload protection (workers/overload.py) and the selection metric are the same
-everywhere. A decision only reads the
-registry snapshot and the policy: it never awaits.
+tried yet" rule, worker overload protection (workers/overload.py), sticky sessions
+(`--routing-key-override`, policies/sticky.py) and the selection metric are the same everywhere. A
+decision only reads the registry snapshot, the sticky pins and the policy: it never awaits.
 """
 
 from __future__ import annotations
@@ -63,10 +63,16 @@ class Selector:
         if self._overload is not None:
             available = self._overload.screen(available, what)
         policy = policy or self.policies.for_model(model)
-        worker = policy.select(available, routing)
+        sticky = self.policies.sticky
+        key = routing.routing_key if sticky is not None else None
+        worker = sticky.pinned(model, key, available) if sticky is not None and key is not None else None
         if worker is None:
-            raise GatewayError(503, "no_available_workers", "The routing policy found no acceptable worker",
-                               headers={"Retry-After": "1"})
+            worker = policy.select(available, routing)
+            if worker is None:
+                raise GatewayError(503, "no_available_workers", "The routing policy found no acceptable worker",
+                                   headers={"Retry-After": "1"})
+            if sticky is not None and key is not None:
+                sticky.pin(model, key, worker)
         if self._metrics is not None:
             self._metrics.selections(worker.worker_type.value, worker.connection_mode, model or "default",
                                      policy.name, worker.url).inc()
