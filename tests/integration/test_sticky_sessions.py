@@ -40,3 +40,22 @@ def test_a_routing_key_sticks_to_one_worker_on_round_robin(gateway: Gateway) -> 
         assert len(set().union(*by_key.values())) > 1
         # Without a key, round robin still rotates.
         assert len({_served_by(client, None) for _ in range(3)}) == 3
+
+
+def test_a_responses_chain_and_a_conversation_stick_without_a_key(gateway: Gateway) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        def respond(**extra: str) -> tuple[str, str]:
+            body = {"model": "mock-model", "input": "hi", "max_output_tokens": 2, **extra}
+            response = client.post("/v1/responses", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()["id"], response.headers["x-smg-routed-worker-id"]
+
+        previous, first = respond()
+        served = {first}
+        for _ in range(4):  # round robin alone would visit all three workers
+            previous, worker = respond(previous_response_id=previous)
+            served.add(worker)
+        assert served == {first}
+
+        conversation = client.post("/v1/conversations", json={}).json()["id"]
+        assert len({respond(conversation=conversation)[1] for _ in range(4)}) == 1

@@ -141,3 +141,17 @@ def test_the_flag_and_its_smg_alias_reach_the_policy_options() -> None:
         assert config_from_args(args).policy_options.routing_key_override is True
     args = parser.parse_args(["launch", "--worker-urls", "http://w0"])
     assert config_from_args(args).policy_options.routing_key_override is False
+
+
+def test_a_lineage_sticks_without_a_key_and_a_valid_key_comes_first() -> None:
+    selector, _, workers = _fleet()
+
+    def pick(key: str | None, lineage: str | None) -> Worker:
+        routing = RoutingRequest("/v1/chat/completions", {"model": "m"},
+                                 {"x-smg-routing-key": key} if key else {}, lineage=lineage)
+        return selector.pick(workers, routing, frozenset(), "m")
+
+    by_lineage = pick(None, "resp_root")
+    assert {pick(None, "resp_root").url for _ in range(4)} == {by_lineage.url}
+    by_key = pick("alice", "resp_root")  # the header's key is pinned, not the lineage
+    assert {pick("alice", None).url for _ in range(4)} == {by_key.url}

@@ -8,13 +8,17 @@ decision only reads the registry snapshot, the sticky pins and the policy: it ne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from shepherd.config import GatewayConfig
+from aiohttp import web
+
+from shepherd.config import GatewayConfig, PolicyOptions
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.policies.base import Policy, RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
+from shepherd.request_keys import LINEAGE
 from shepherd.workers.overload import OverloadGuard
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker, WorkerType
@@ -24,6 +28,13 @@ def overload_guard(config: GatewayConfig, metrics: Metrics | None) -> OverloadGu
     """The engines' overload protection as the gateway is configured (None: off)."""
     count = metrics.overload_shed("selection").inc if metrics is not None else None
     return OverloadGuard.from_config(config, count)
+
+
+def routing_request(request: web.Request, path: str, body: Mapping[str, Any] | None, options: PolicyOptions,
+                    *, text: str | None = None, tokens: Sequence[int] | None = None) -> RoutingRequest:
+    """What the policy sees of `request`: its body, headers (routing key) and lineage, plus what the path derived."""
+    return RoutingRequest(path, body, request.headers, text=text, tokens=tokens,
+                          routing_key_headers=options.routing_key_headers, lineage=request.get(LINEAGE))
 
 
 class Selector:
@@ -64,7 +75,8 @@ class Selector:
             available = self._overload.screen(available, what)
         policy = policy or self.policies.for_model(model)
         sticky = self.policies.sticky
-        key = routing.routing_key if sticky is not None else None
+        # A valid routing-key header first; else what the request continues (a Responses lineage).
+        key = (routing.routing_key or routing.lineage) if sticky is not None else None
         worker = sticky.pinned(model, key, available) if sticky is not None and key is not None else None
         if worker is None:
             worker = policy.select(available, routing)
