@@ -240,6 +240,11 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          help="comma-separated token positions prefix_hash may hash up to")
     routing.add_argument("--routing-key-headers", nargs="+", default=list(options.routing_key_headers),
                          help="headers that carry the routing key, first valid wins")
+    routing.add_argument("--routing-key-override", "--sticky-sessions", action="store_true",
+                         default=options.routing_key_override,
+                         help="sticky sessions on any policy: a request with a routing key goes to the worker that "
+                              "key went to before while it is available; otherwise the policy picks and the key is "
+                              "pinned there (keys idle past --max-idle-secs are dropped; default: off)")
     routing.add_argument("--load-monitor-interval", type=float, default=defaults.load_monitor_interval_secs,
                          help="seconds between polls of the engines' load (default: %(default)s)")
     routing.add_argument("--disable-load-monitoring", action="store_true",
@@ -660,6 +665,7 @@ def _policy_options(args: argparse.Namespace) -> PolicyOptions:
         kv_index=args.kv_index,
         block_size=args.block_size,
         routing_key_headers=tuple(h.lower() for h in args.routing_key_headers),
+        routing_key_override=args.routing_key_override,
     )
 
 

@@ -64,6 +64,10 @@ class PolicyOptions:
     # manual: place a key by rendezvous hashing over the available workers instead of
     # assignment_mode, so every instance of a mesh pins it to the same worker without asking the others.
     agree_across_instances: bool = False
+    # --routing-key-override: sticky sessions on every policy (policies/sticky.py)
+    routing_key_override: bool = False
+    # keys a sticky table (manual's, the override's) holds before the least recently used goes
+    max_sticky_keys: int = 100_000
 
     # bucket
     bucket_adjust_interval_secs: float = 5.0
@@ -99,6 +103,8 @@ class PolicyOptions:
             raise PolicyOptionError("--kv-index must be positional or none")
         if self.block_size <= 0:
             raise PolicyOptionError("--block-size must be positive")
+        if self.max_sticky_keys <= 0:
+            raise PolicyOptionError("max_sticky_keys must be positive")
         if not self.routing_key_headers:
             raise PolicyOptionError("--routing-key-headers needs at least one header")
         return self

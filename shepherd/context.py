@@ -242,7 +242,8 @@ class AppContext:
 
     def start(self) -> None:
         """Start the control plane's background tasks."""
-        self.policies.start()
+        for policies in self.all_policy_registries():  # PD's sides expire their pins too
+            policies.start()
         self.health.start()
         if self.recorder is not None:
             self.recorder.start()
@@ -265,7 +266,8 @@ class AppContext:
             await self.recorder.close()
         await self.health.stop()
         await self.load_monitor.stop()
-        await self.policies.stop()
+        for policies in self.all_policy_registries():
+            await policies.stop()
         await self.manager.close()
         await self.grpc.close()
         await self.refresher.close()

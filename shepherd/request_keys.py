@@ -15,5 +15,8 @@ BODY_BYTES: web.RequestKey[int] = web.RequestKey("shepherd_body_bytes", int)  # 
 FIRST_CHUNK: web.RequestKey[float] = web.RequestKey("shepherd_first_chunk", float)  # perf_counter: first chunk relayed
 WANT_USAGE: web.RequestKey[bool] = web.RequestKey("shepherd_want_usage", bool)  # recorder/status page: read usage
 RAW_BODY: web.RequestKey[bytes] = web.RequestKey("shepherd_raw_body", bytes)  # read once (api/body.py), then reused
+# A Responses call's lineage (its conversation, or the first response of its chain): the sticky key
+# of --routing-key-override for a model call without a routing-key header.
+LINEAGE: web.RequestKey[str] = web.RequestKey("shepherd_lineage", str)
 TENANT: web.RequestKey[str] = web.RequestKey("shepherd_tenant", str)  # serving routes: the caller's tenant identity
 TICKET: web.RequestKey[Any] = web.RequestKey("shepherd_ticket", object)  # its admission ticket, once admitted

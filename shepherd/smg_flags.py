@@ -57,8 +57,6 @@ REFUSED: dict[str, Refusal] = {
     "--selection-policy": _SELECTION, "--selection-accounting-ttl-ms": _SELECTION, "--overlap-decay": _SELECTION,
     "--selection-temperature": _SELECTION,
     "--cache-index": _KV_INDEX, "--cache-ttl-secs": _KV_INDEX,
-    "--routing-key-override": Refusal("sticky sessions on any policy", "use --policy manual (sticky by "
-                                      "--routing-key-headers, idle keys dropped after --max-idle-secs)"),
     "--dp-minimum-tokens-scheduler": Refusal("the minimum-tokens DP rank scheduler", "use --dp-aware, which "
                                              "routes to each rank as a worker of its own"),
     "--enable-igw": Refusal("a separate multi-model (IGW) mode", "drop the flag; Shepherd always serves every "

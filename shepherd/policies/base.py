@@ -25,7 +25,7 @@ class RoutingRequest:
     client sent `input_ids`.
     """
 
-    __slots__ = ("path", "body", "headers", "_text", "_tokens", "_key_headers", "_routing_key", "observer")
+    __slots__ = ("path", "body", "headers", "_text", "_tokens", "_key_headers", "_routing_key", "lineage", "observer")
 
     def __init__(
         self,
@@ -36,6 +36,7 @@ class RoutingRequest:
         text: str | None = None,
         tokens: Sequence[int] | None = None,
         routing_key_headers: Sequence[str] = ("x-smg-routing-key",),
+        lineage: str | None = None,
     ) -> None:
         self.path = path
         self.body = body
@@ -44,6 +45,8 @@ class RoutingRequest:
         self._tokens: tuple[int, ...] | None = tuple(tokens) if tokens is not None else None
         self._key_headers = routing_key_headers
         self._routing_key: str | None | bool = False  # False: not looked up yet
+        # What the request continues (a Responses conversation or chain), for sticky sessions.
+        self.lineage = lineage
         # Set by a policy that wants the chosen attempt's time to first byte (None: there was none);
         # the request lifecycle calls it once per attempt.
         self.observer: Callable[[float | None], None] | None = None

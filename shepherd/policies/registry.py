@@ -15,6 +15,7 @@ from shepherd.periodic import Periodic
 from shepherd.policies.base import Policy
 from shepherd.policies.cache_aware import CacheAwarePolicy
 from shepherd.policies.factory import POLICY_NAMES, create_policy
+from shepherd.policies.sticky import StickySessions
 from shepherd.workers.registry import RegistryEvent, WorkerRegistry
 from shepherd.workers.worker import Worker
 
@@ -29,6 +30,9 @@ class PolicyRegistry:
         self.options = options or PolicyOptions()
         self._registry = registry
         self._by_model: dict[str | None, Policy] = {}
+        # --routing-key-override: pins that outrank every policy of this registry (read by Selector.pick)
+        self.sticky = (StickySessions(self.options.max_sticky_keys, self.options.max_idle_secs)
+                       if self.options.routing_key_override else None)
         # (model, prompt key, chosen worker) of every cache_aware decision, for the mesh; None: off.
         self.tree_observer: Callable[[str | None, str | tuple[int, ...], Worker], None] | None = None
         self._loop = Periodic("policy maintenance", min(self.options.eviction_interval_secs,
@@ -76,6 +80,8 @@ class PolicyRegistry:
                     log.warning("worker %s names unknown policy %r; model %s uses %s", worker.url, hint, model,
                                 self.default_name)
         elif event is RegistryEvent.REMOVED:
+            if self.sticky is not None:
+                self.sticky.on_worker_removed(worker)
             keys: tuple[str | None, ...] = (*worker.model_ids, None)
             for key in keys:
                 policy = self._by_model.get(key)
@@ -90,6 +96,8 @@ class PolicyRegistry:
     def maintain(self) -> None:
         for policy in self.all():
             policy.maintain()
+        if self.sticky is not None:
+            self.sticky.expire()
 
     async def _maintain_round(self) -> None:
         self.maintain()

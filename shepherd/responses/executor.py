@@ -71,9 +71,11 @@ class Work:
         self.mcp = mcp  # the gateway runs the request's MCP tools (so it runs the model call too)
         self.passthrough = mcp is None and _speaks_responses(context, parsed.model)
         self.response = base_response(parsed, response_id, "in_progress")
+        # The sticky key of the chain this response starts or continues (a first response is its own root).
+        self.lineage = parsed.lineage or response_id
 
     async def _model(self, chat_body: dict[str, Any]) -> dict[str, Any] | ChatStream:
-        return await call_model(self.context, self.request, chat_body)
+        return await call_model(self.context, self.request, chat_body, lineage=self.lineage)
 
     def _chat_body(self, stream: bool) -> dict[str, Any]:
         if self.mcp is None:
@@ -84,7 +86,8 @@ class Work:
 
     async def whole(self) -> dict[str, Any]:
         if self.passthrough:
-            answer = await call_model(self.context, self.request, self._upstream_body(False), RESPONSES_PATH)
+            answer = await call_model(self.context, self.request, self._upstream_body(False), RESPONSES_PATH,
+                                      lineage=self.lineage)
             assert isinstance(answer, dict)
             self.response = self._patched(answer)
             return self.response
@@ -94,7 +97,7 @@ class Work:
             self.response = complete_from_chat(self.response, result.answer)
             self.response["output"] = [*self.mcp.output(result), *self.response["output"]]
             return self.response
-        answer = await call_model(self.context, self.request, self._chat_body(False))
+        answer = await call_model(self.context, self.request, self._chat_body(False), lineage=self.lineage)
         assert isinstance(answer, dict)
         self.response = complete_from_chat(self.response, answer)
         return self.response
@@ -107,9 +110,10 @@ class Work:
             return await Primed.start(stream_loop(self._model, self._chat_body(True), self.mcp.session,
                                                   self.mcp.limit, self.mcp.spent))
         if self.passthrough:
-            stream = await call_model(self.context, self.request, self._upstream_body(True), RESPONSES_PATH)
+            stream = await call_model(self.context, self.request, self._upstream_body(True), RESPONSES_PATH,
+                                      lineage=self.lineage)
         else:
-            stream = await call_model(self.context, self.request, self._chat_body(True))
+            stream = await call_model(self.context, self.request, self._chat_body(True), lineage=self.lineage)
         if not isinstance(stream, ChatStream):
             raise GatewayError(502, "upstream_invalid_response", "The model answered a streamed request whole")
         return stream

@@ -34,6 +34,7 @@ async def load_history(store: HistoryStorage, request: ResponseRequest) -> list[
             raise GatewayError(404, "previous_response_not_found",
                                f"Previous response with id '{request.previous_response_id}' not found.",
                                param="previous_response_id")
+        request.lineage = chain[0].id  # stable along the chain up to MAX_CHAIN responses
         for stored in chain:
             history += stored.input
             history += [item for item in stored.raw_response.get("output") or [] if isinstance(item, dict)]
@@ -41,6 +42,7 @@ async def load_history(store: HistoryStorage, request: ResponseRequest) -> list[
         if await store.get_conversation(request.conversation_id) is None:
             raise GatewayError(404, "conversation_not_found",
                                f"Conversation with id '{request.conversation_id}' not found.", param="conversation")
+        request.lineage = request.conversation_id
         after: str | None = None
         while len(history) < MAX_CONVERSATION_ITEMS:
             page = await store.list_items(request.conversation_id, _PAGE, "asc", after)

@@ -49,6 +49,9 @@ class ResponseRequest:
     conversation_id: str | None
     include: list[str]
     mcp_tools: list[McpToolSpec] = field(default_factory=list)  # the `{"type": "mcp"}` tools
+    # What this response continues: its conversation, or the oldest response of its chain that
+    # history loaded (set by load_history); None for a first response.
+    lineage: str | None = None
 
     @property
     def approvals(self) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from shepherd.errors import GatewayError
-from shepherd.request_keys import USAGE, WORKER
+from shepherd.request_keys import LINEAGE, USAGE, WORKER
 from shepherd.routers.common.sink import SINK, StreamSink
 from shepherd.routers.common.sse import SSEDecoder
 
@@ -148,14 +148,17 @@ def _carry_back(sub: web.Request, origin: web.Request) -> None:
 
 
 async def call_model(context: HasRouter, request: web.Request, chat_body: Mapping[str, Any],
-                     path: str = CHAT_PATH) -> dict[str, Any] | ChatStream:
-    """Route `chat_body` (to `path`, Chat Completions by default) as part of `request`.
+                     path: str = CHAT_PATH, lineage: str | None = None) -> dict[str, Any] | ChatStream:
+    """Route `chat_body` (to `path`, Chat Completions by default) as part of `request`; `lineage` is
+    what the call continues (a Responses conversation or chain), the sticky key without a routing key.
 
     Returns the answer as a dict, or a ChatStream when the body has `stream: true` and the worker
     started a stream. Raises GatewayError (the worker's status for a worker's error answer)."""
     sub = cast(web.Request, request.clone(rel_url=path))  # headers, request id and trace span carry over
     sink = StreamSink()
     sub[SINK] = sink
+    if lineage is not None:
+        sub[LINEAGE] = lineage
     raw = orjson.dumps(chat_body)
     task = asyncio.ensure_future(context.router.route(sub, path, raw, chat_body))
     try:

@@ -1,20 +1,24 @@
 """Choosing a worker: the model's candidates, narrowed to the available ones, then the policy's pick.
 
 Every path selects through `Selector.pick`, so availability (health, breaker, drain), the "not
-tried yet" rule, worker overload protection (workers/overload.py) and the selection metric are the same
-everywhere. A decision only reads the
-registry snapshot and the policy: it never awaits.
+tried yet" rule, worker overload protection (workers/overload.py), sticky sessions
+(`--routing-key-override`, policies/sticky.py) and the selection metric are the same everywhere. A
+decision only reads the registry snapshot, the sticky pins and the policy: it never awaits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from shepherd.config import GatewayConfig
+from aiohttp import web
+
+from shepherd.config import GatewayConfig, PolicyOptions
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.policies.base import Policy, RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
+from shepherd.request_keys import LINEAGE
 from shepherd.workers import availability
 from shepherd.workers.circuit_breaker import BreakerState
 from shepherd.workers.overload import OverloadGuard
@@ -26,6 +30,13 @@ def overload_guard(config: GatewayConfig, metrics: Metrics | None) -> OverloadGu
     """The engines' overload protection as the gateway is configured (None: off)."""
     count = metrics.overload_shed("selection").inc if metrics is not None else None
     return OverloadGuard.from_config(config, count)
+
+
+def routing_request(request: web.Request, path: str, body: Mapping[str, Any] | None, options: PolicyOptions,
+                    *, text: str | None = None, tokens: Sequence[int] | None = None) -> RoutingRequest:
+    """What the policy sees of `request`: its body, headers (routing key) and lineage, plus what the path derived."""
+    return RoutingRequest(path, body, request.headers, text=text, tokens=tokens,
+                          routing_key_headers=options.routing_key_headers, lineage=request.get(LINEAGE))
 
 
 class Selector:
@@ -68,10 +79,17 @@ class Selector:
         if self._overload is not None:
             available = self._overload.screen(available, what)
         policy = policy or self.policies.for_model(model)
-        worker = policy.select(available, routing)
+        sticky = self.policies.sticky
+        # A valid routing-key header first; else what the request continues (a Responses lineage).
+        key = (routing.routing_key or routing.lineage) if sticky is not None else None
+        worker = sticky.pinned(model, key, available) if sticky is not None and key is not None else None
         if worker is None:
-            raise GatewayError(503, "no_available_workers", "The routing policy found no acceptable worker",
-                               headers={"Retry-After": "1"})
+            worker = policy.select(available, routing)
+            if worker is None:
+                raise GatewayError(503, "no_available_workers", "The routing policy found no acceptable worker",
+                                   headers={"Retry-After": "1"})
+            if sticky is not None and key is not None:
+                sticky.pin(model, key, worker)
         if self._metrics is not None:
             self._metrics.selections(worker.worker_type.value, worker.connection_mode, model or "default",
                                      policy.name, worker.url).inc()

@@ -20,7 +20,6 @@ from shepherd.config import GatewayConfig
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
-from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.providers.kinds import api_path, provider_kind
 from shepherd.providers.refresh import ModelRefresher
@@ -28,7 +27,7 @@ from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.headers import routed_headers
 from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
-from shepherd.routers.common.selection import Selector
+from shepherd.routers.common.selection import Selector, routing_request
 from shepherd.routers.external.errors import AUTH_FAILED_CODE, provider_error_response
 from shepherd.routers.external.headers import client_response_headers, provider_request_headers
 from shepherd.routers.external.plans import Passthrough, Translation, client_api_for, plan_for
@@ -90,8 +89,7 @@ class ExternalRouter:
             raise GatewayError(404, "model_not_found", f"The model `{model}` does not exist", param="model")
         canonical = _canonical(model, workers)
         policy = self._policies.for_model(canonical)
-        routing = RoutingRequest(upstream_path, body, request.headers,
-                                 routing_key_headers=self._config.policy_options.routing_key_headers)
+        routing = routing_request(request, upstream_path, body, self._config.policy_options)
         plans: dict[str, Passthrough | Translation] = {}  # one per provider kind, reused by retries
 
         def select(tried: frozenset[Worker]) -> Worker:

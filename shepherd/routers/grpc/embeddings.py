@@ -24,13 +24,12 @@ from aiohttp import web
 from shepherd.config import GatewayConfig
 from shepherd.errors import GatewayError
 from shepherd.headers import REQUEST_ID_HEADER, ROUTED_WORKER_HEADER
-from shepherd.policies.base import RoutingRequest
 from shepherd.request_keys import REQUEST_ID
 from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.execution import Execution, Lifecycle
 from shepherd.routers.common.relay import failure
 from shepherd.routers.common.retry import RETRYABLE_STATUSES
-from shepherd.routers.common.selection import Selector
+from shepherd.routers.common.selection import Selector, routing_request
 from shepherd.routers.grpc.errors import worker_error
 from shepherd.routers.grpc.params import invalid, token_ids
 from shepherd.tokenizer.registry import TokenizerEntry, TokenizerRegistry
@@ -94,8 +93,8 @@ class GrpcEmbeddings:
         texts = [item if isinstance(item, str) else "" for item in inputs]
         model_name = model or entry.model
         request_id: str = request[REQUEST_ID]
-        routing = RoutingRequest(request.path, body, request.headers, text=" ".join(texts), tokens=tokenized[0],
-                                 routing_key_headers=self._config.policy_options.routing_key_headers)
+        routing = routing_request(request, request.path, body, self._config.policy_options, text=" ".join(texts),
+                                  tokens=tokenized[0])
         selector = self._selector
 
         def select(tried: frozenset[Worker]) -> Worker:

@@ -20,11 +20,10 @@ from shepherd.config import GatewayConfig
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
-from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.request_keys import REQUEST_ID, USAGE
 from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
-from shepherd.routers.common.selection import Selector, overload_guard
+from shepherd.routers.common.selection import Selector, overload_guard, routing_request
 from shepherd.routers.grpc.chat_response import ChatResponder
 from shepherd.routers.grpc.choices import token_counts
 from shepherd.routers.grpc.completion_response import CompletionResponder
@@ -104,8 +103,8 @@ class GrpcRouter:
         prefix = _PREFIXES[upstream_path]
         meta = ResponseMeta(response_id=client_id if client_id.startswith(prefix) else prefix + client_id,
                             request_id=client_id, model=model_name)
-        routing = RoutingRequest(request.path, body, request.headers, text=prepared.text, tokens=prepared.input_ids,
-                                 routing_key_headers=self._config.policy_options.routing_key_headers)
+        routing = routing_request(request, request.path, body, self._config.policy_options, text=prepared.text,
+                                  tokens=prepared.input_ids)
         selector = self.selector
 
         def select(tried: frozenset[Worker]) -> Worker:

@@ -44,7 +44,7 @@ from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.headers import client_response_headers, routed_headers, upstream_request_headers
 from shepherd.routers.common.relay import failure, no_answer, read_answer, relay_stream, relay_whole
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
-from shepherd.routers.common.selection import Selector, overload_guard
+from shepherd.routers.common.selection import Selector, overload_guard, routing_request
 from shepherd.routers.http.pd_admission import PdAdmission
 from shepherd.transport.base import Transport
 from shepherd.transport.errors import UpstreamError
@@ -111,8 +111,7 @@ class PdRouter:
         if body is None:
             return await self._engine_info(request, upstream_path)
         model = body.get("model")
-        routing = RoutingRequest(upstream_path, body, request.headers,
-                                 routing_key_headers=self._config.policy_options.routing_key_headers)
+        routing = routing_request(request, upstream_path, body, self._config.policy_options)
 
         def select(tried: frozenset[Worker]) -> Pair:
             return (self._pick(self._prefill, WorkerType.PREFILL, model, routing, tried),

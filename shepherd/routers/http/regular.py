@@ -18,13 +18,12 @@ from shepherd.config import GatewayConfig
 from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import Tracing
-from shepherd.policies.base import RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
 from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.headers import client_response_headers, routed_headers, upstream_request_headers
 from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
-from shepherd.routers.common.selection import Selector, overload_guard
+from shepherd.routers.common.selection import Selector, overload_guard, routing_request
 from shepherd.routers.http.messages import (
     ANTHROPIC_PATHS,
     COUNT_TOKENS_PATH,
@@ -67,8 +66,7 @@ class HttpRouter:
     ) -> web.StreamResponse:
         """Forward the request to a worker chosen for its model, retrying elsewhere where safe."""
         model = body.get("model") if body else None
-        routing = RoutingRequest(upstream_path, body, request.headers,
-                                 routing_key_headers=self._config.policy_options.routing_key_headers)
+        routing = routing_request(request, upstream_path, body, self._config.policy_options)
         selector = self.selector
 
         def select(tried: frozenset[Worker]) -> Worker:
