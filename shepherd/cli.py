@@ -701,8 +701,6 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         worker_overload_waiting_requests=args.worker_overload_waiting_requests,
         worker_overload_token_usage=args.worker_overload_token_usage,
         worker_overload_shed=args.worker_overload_shed,
-        worker_stall_secs=args.worker_stall_secs,
-        worker_wedge_secs=args.worker_wedge_secs,
         pd_disaggregation=args.pd_disaggregation,
         prefill_urls=tuple(_prefill_entry(entry) for entry in args.prefill),
         decode_urls=tuple(args.decode),

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from shepherd.cli import build_parser, config_from_args
+from shepherd.config import ConfigError, GatewayConfig
 from shepherd.errors import GatewayError
 from shepherd.policies.base import Policy, RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
@@ -14,8 +16,9 @@ from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.selection import Selector
 from shepherd.transport.errors import UpstreamError, UpstreamTimeout
 from shepherd.workers import availability
-from shepherd.workers.liveness import MAX_WEDGE_SECS, PREFILL_TOKENS_PER_SEC, Liveness
+from shepherd.workers.liveness import MAX_WEDGE_SECS, PREFILL_TOKENS_PER_SEC, Liveness, WedgeSweeper
 from shepherd.workers.load_monitor import LoadMonitor
+from shepherd.workers.manager import WorkerManager
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import LoadSnapshot, Worker
 
@@ -27,6 +30,19 @@ class First(Policy):
 
     def select(self, workers, request):  # type: ignore[no-untyped-def]
         return workers[0]
+
+
+def _config(*flags: str):  # type: ignore[no-untyped-def]
+    return config_from_args(build_parser().parse_args(["launch", *flags]))
+
+
+def test_the_flags_default_as_smg_and_reject_negatives() -> None:
+    defaults = _config()
+    assert (defaults.worker_stall_secs, defaults.worker_wedge_secs) == (2.0, 3.0)
+    off = _config("--worker-stall-secs", "0", "--worker-wedge-secs", "0.5")
+    assert (off.worker_stall_secs, off.worker_wedge_secs) == (0.0, 0.5)
+    with pytest.raises(ConfigError, match="--worker-stall-secs"):
+        _config("--worker-wedge-secs", "-1").validate()
 
 
 def _worker(name: str = "w0", stall: float = 2.0, wedge: float = 3.0, counted: list[str] | None = None) -> Worker:
@@ -291,3 +307,26 @@ def test_selection_leaves_a_wedged_worker_out_until_it_progresses() -> None:
     assert _offered(selector) == {"w1"}
     _live(w0).progress(w0, now=6.0)
     assert _offered(selector) == {"w0", "w1"}
+
+
+async def test_the_sweeper_judges_every_tracked_worker() -> None:
+    tracked, untracked = _worker("w0"), Worker("w1", "http://w1", ("m",))
+    _busy(tracked, 4, now=-100.0)  # long silent: the sweeper's clock is the real one
+    untracked.load = 4
+    await WedgeSweeper(lambda: [tracked, untracked], 3.0).sweep_once()
+    assert _live(tracked).wedged and untracked.is_available
+    assert not WedgeSweeper(list, 0.0).enabled
+
+
+def test_the_manager_tracks_local_engines_only_and_counts_their_exclusions() -> None:
+    counted: list[str] = []
+    manager = WorkerManager(GatewayConfig(), WorkerRegistry(), None)  # type: ignore[arg-type]
+    manager.on_exclusion = counted.append
+    assert manager._liveness("openai") is None  # nothing would ever lift a provider's stall
+    live = manager._liveness(None)
+    assert live is not None and (live.stall_secs, live.wedge_secs) == (2.0, 3.0)
+    worker = Worker("w0", "http://w0", ("m",), liveness=live)
+    live.transport_failed(worker, now=live.last_contact + 5)
+    assert counted == ["stall"]
+    off = WorkerManager(GatewayConfig(worker_stall_secs=0, worker_wedge_secs=0), WorkerRegistry(), None)  # type: ignore[arg-type]
+    assert off._liveness(None) is None
