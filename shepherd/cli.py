@@ -267,6 +267,15 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
     routing.add_argument("--worker-overload-shed", action="store_true",
                          help="when every engine a request could use is overloaded, answer 503 instead of routing "
                               "to the least loaded (default: off)")
+    routing.add_argument("--worker-stall-secs", type=float, default=defaults.worker_stall_secs,
+                         help="seconds without any contact from a worker (load poll, health probe, KV event, "
+                              "response) after which a transport failure takes it out of routing until it is heard "
+                              "from again; 0: off (default: %(default)s)")
+    routing.add_argument("--worker-wedge-secs", type=float, default=defaults.worker_wedge_secs,
+                         help="seconds without a token or a completion from a worker whose in-flight pile is four "
+                              "deep or growing, after which it gets no new requests until it makes progress; "
+                              "stretched by the prefill its engine has queued, up to 120; 0: off "
+                              "(default: %(default)s)")
     routing.add_argument("--dp-aware", action="store_true",
                          help="route to each data-parallel rank of an engine as a worker of its own")
 

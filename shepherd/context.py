@@ -45,6 +45,7 @@ from shepherd.transport.lean import LeanTransport
 from shepherd.transport.provider import ProviderTransport, TlsSettings
 from shepherd.workers.health import HealthChecker
 from shepherd.workers.http_client import create_upstream_session
+from shepherd.workers.liveness import WedgeSweeper
 from shepherd.workers.load_monitor import LoadMonitor
 from shepherd.workers.manager import WorkerManager
 from shepherd.workers.registry import RegistryEvent, WorkerRegistry
@@ -91,6 +92,7 @@ class AppContext:
     transports: Transports  # local engines' lean client, providers' full client
     manager: WorkerManager
     load_monitor: LoadMonitor
+    wedges: WedgeSweeper
     health: HealthChecker
     admission: AdmissionController
     http_router: HttpRouter
@@ -166,6 +168,8 @@ class AppContext:
         router = RouterManager(registry, default_router)
         provider_session = transports.provider_session or session
         manager = WorkerManager(config, registry, session, provider_session)
+        if metrics is not None:
+            manager.on_exclusion = lambda reason: metrics.worker_exclusions(reason).inc()
         refresher = ModelRefresher(registry, provider_session, config.external_model_refresh_secs)
         router.register("external", ExternalRouter(config, registry, policies, transports.providers, refresher,
                                                    metrics, tracing))
@@ -188,6 +192,7 @@ class AppContext:
             transports=transports,
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
+            wedges=WedgeSweeper(registry.all, config.worker_wedge_secs),
             health=health,
             admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet,
                                           tenant_limits=tenant_limits, plan=plan,
@@ -245,6 +250,7 @@ class AppContext:
         for policies in self.all_policy_registries():  # PD's sides expire their pins too
             policies.start()
         self.health.start()
+        self.wedges.start()
         if self.recorder is not None:
             self.recorder.start()
         config = self.config
@@ -266,6 +272,7 @@ class AppContext:
             await self.recorder.close()
         await self.health.stop()
         await self.load_monitor.stop()
+        await self.wedges.stop()
         for policies in self.all_policy_registries():
             await policies.stop()
         await self.manager.close()

@@ -35,8 +35,8 @@ def _not_built(feature: str, owner: str, instead: str = "drop the flag until it 
 _MM = Refusal("multimodal tensor transport and media preprocessing", "drop the flag; media is passed to the "
               "engine inside the request body")
 _EPD = Refusal("encode-prefill-decode (EPD) disaggregation", "use --pd-disaggregation with --prefill/--decode")
-_STALL = Refusal("worker stall/wedge detection", "rely on the health checker (--health-check-*) and the "
-                 "circuit breaker (--cb-*)")
+_STALE = Refusal("stale-load-report detection", "drop the flag; Shepherd's KV-event streams carry no load "
+                 "records, and a failed load poll already clears the worker's load report")
 _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the flag")
 _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag; tune cache_aware with "
                      "--cache-threshold and --balance-*-threshold")
@@ -51,7 +51,7 @@ REFUSED: dict[str, Refusal] = {
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
-    "--worker-stall-secs": _STALL, "--worker-wedge-secs": _STALL, "--worker-stale-secs": _STALL,
+    "--worker-stale-secs": _STALE,
     "--worker-warmup-secs": _WARMUP, "--worker-warmup-share": _WARMUP, "--worker-warmup-blocks": _WARMUP,
     "--worker-warmup-thin-ratio": _WARMUP, "--worker-warmup-divert-every": _WARMUP,
     "--selection-policy": _SELECTION, "--selection-accounting-ttl-ms": _SELECTION, "--overlap-decay": _SELECTION,

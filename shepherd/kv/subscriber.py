@@ -148,6 +148,8 @@ class KvEventSubscriptions:
                     async for batch in call:
                         stream.apply(batch)
                         delay = self._initial
+                        if worker.liveness is not None:
+                            worker.liveness.contact()  # the engine is alive: lifts a stall
                     log.info("kv event stream of %s ended; reconnecting", worker.url)
                 except _Resubscribe as again:
                     call.cancel()

@@ -120,6 +120,8 @@ class HealthChecker:
                 self.on_result(worker, healthy)
             if healthy and worker.breaker is not None:
                 worker.breaker.on_healthy_probe()
+            if healthy and worker.liveness is not None:
+                worker.liveness.contact()  # lifts a stall
             if worker.status is WorkerStatus.READY and track.failures >= config.failure_threshold:
                 worker.status = WorkerStatus.NOT_READY
                 log.warning("worker %s is unhealthy after %d failed probes; out of rotation", worker.url,

@@ -80,7 +80,13 @@ class LoadMonitor:
                 mine = rows
                 if worker.dp_rank is not None:
                     mine = [r for r in rows if r.get("dp_rank", 0) == worker.dp_rank] or rows
-                worker.snapshot = _snapshot(mine, self._seq, now)
+                worker.snapshot = snapshot = _snapshot(mine, self._seq, now)
+                if worker.liveness is not None:
+                    # The engine answered; one that reports generating tokens is making progress.
+                    if snapshot.gen_throughput > 0:
+                        worker.liveness.progress(worker, now)
+                    else:
+                        worker.liveness.contact(now)
 
     async def _rows(self, worker: Worker) -> list[dict[str, Any]]:
         source = self._sources.get(worker.connection_mode)

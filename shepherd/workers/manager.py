@@ -21,6 +21,7 @@ from shepherd.config import GatewayConfig
 from shepherd.providers.discovery import PermanentProbeError, discover_external
 from shepherd.workers.circuit_breaker import CircuitBreaker
 from shepherd.workers.errors import ProbeError
+from shepherd.workers.liveness import Liveness
 from shepherd.workers.metadata import WorkerMetadata, probe_worker
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.spec import WorkerSpec
@@ -87,6 +88,15 @@ class WorkerManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probers: dict[str, Prober] = {}
         self._preparers: list[Preparer] = []
+        self.on_exclusion: Callable[[str], None] | None = None  # a stall or wedge (by reason), for metrics
+
+    def _liveness(self, provider: str | None) -> Liveness | None:
+        """Stall/wedge tracking for a local engine; a provider is neither polled nor probed, so a
+        stall could never be lifted, and it streams no engine load to judge a wedge by."""
+        config = self._config
+        if provider is not None or (config.worker_stall_secs <= 0 and config.worker_wedge_secs <= 0):
+            return None
+        return Liveness(config.worker_stall_secs, config.worker_wedge_secs, self.on_exclusion)
 
     def register_prober(self, scheme: str, prober: Prober) -> None:
         self._probers[scheme] = prober
@@ -199,6 +209,7 @@ class WorkerManager:
                 model_cards=tuple(model_cards),
                 status=WorkerStatus.READY,
                 breaker=None if self._config.breaker.disabled else CircuitBreaker(self._config.breaker),
+                liveness=self._liveness(metadata.provider),
                 provider=metadata.provider,
                 aliases=metadata.aliases,
             )

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from shepherd.workers import availability
 from shepherd.workers.circuit_breaker import CircuitBreaker
+from shepherd.workers.liveness import Liveness
 
 
 class WorkerStatus(StrEnum):
@@ -78,6 +79,7 @@ class Worker:
     processed: int = 0  # lifetime count of requests routed here
     snapshot: LoadSnapshot | None = None  # the engine's own view, from the load monitor
     breaker: CircuitBreaker | None = None  # None: no breaker (always closed)
+    liveness: Liveness | None = None  # stall/wedge detection (liveness.py); None: none
     last_success_at: float = 0.0  # monotonic time of the last good answer, for the health checker
     # Client API paths the engine has no route for (learned from its 404): the gateway translates them.
     missing_apis: set[str] = field(default_factory=set)
@@ -109,8 +111,10 @@ class Worker:
 
     @property
     def is_available(self) -> bool:
-        """Whether new requests may be routed here: ready, and its breaker lets traffic through."""
-        return self.status is WorkerStatus.READY and (self.breaker is None or self.breaker.allows())
+        """Whether new requests may be routed here: ready, its breaker lets traffic through, and it is
+        neither stalled nor wedged."""
+        return self.status is WorkerStatus.READY and (self.breaker is None or self.breaker.allows()) and \
+            (self.liveness is None or self.liveness.admits)
 
     def serves(self, model: str) -> bool:
         return model in self.model_ids or model in self.aliases
@@ -140,6 +144,7 @@ class Worker:
             **({"dp_rank": self.dp_rank, "dp_size": self.dp_size} if self.dp_rank is not None else {}),
             **({"bootstrap_port": self.bootstrap_port} if self.worker_type is WorkerType.PREFILL else {}),
             **({"circuit_breaker": self.breaker.info()} if self.breaker is not None else {}),
+            **({"stalled": self.liveness.stalled, "wedged": self.liveness.wedged} if self.liveness is not None else {}),
             **({"translated_apis": sorted(self.missing_apis)} if self.missing_apis else {}),
             **({"engine_load": {k: getattr(self.snapshot, k) for k in LoadSnapshot.__slots__}}
                if self.snapshot is not None else {}),
@@ -172,7 +177,7 @@ class _Announced:
 
 
 class _AvailabilityField:
-    """`status` and `breaker`: a write may change whether the worker is available (availability.py)."""
+    """`status`, `breaker` and `liveness`: a write may change whether the worker is available (availability.py)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -185,5 +190,5 @@ class _AvailabilityField:
 # Set after @dataclass, so that its __init__ keeps the plain defaults (and writes through these).
 for _name in ("load", "processed", "snapshot"):
     setattr(Worker, _name, _Announced(_name))
-for _name in ("status", "breaker"):
+for _name in ("status", "breaker", "liveness"):
     setattr(Worker, _name, _AvailabilityField(_name))

@@ -64,6 +64,68 @@ def test_killed_worker_costs_no_request_and_comes_back() -> None:
             sim.stop()
 
 
+def test_a_silent_worker_that_refuses_a_connection_is_stalled_until_it_is_heard_from() -> None:
+    sims = [Sim(1) for _ in range(2)]
+    urls = [s.urls[0] for s in sims]
+    # Probes that fail never take it out of rotation here (threshold 1000): only the stall does.
+    gw = Gateway(urls, "--policy", "round_robin", "--worker-stall-secs", "0.3", "--disable-circuit-breaker",
+                 "--health-check-interval-secs", "0.2", "--health-failure-threshold", "1000",
+                 "--retry-initial-backoff-ms", "1")
+    try:
+        sims[0].kill()
+        time.sleep(0.5)  # past --worker-stall-secs without contact (a precondition, not a measurement)
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            routed = [http.post("/v1/chat/completions", json=CHAT) for _ in range(6)]
+        assert [r.status_code for r in routed] == [200] * 6
+        assert {r.headers["x-smg-routed-worker-id"] for r in routed} == {urls[1]}
+        dead = _worker(gw, urls[0])
+        assert dead["stalled"] is True and dead["status"] == "ready"
+        assert gw.metric("smg_worker_exclusions_total", reason="stall") == 1
+
+        sims[0] = Sim(1, ports=sims[0].ports)  # back on the same port: its first good probe re-admits it
+        wait_until(lambda: not _worker(gw, urls[0])["stalled"], 10, message="the stalled worker's re-admission")
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            back = {http.post("/v1/chat/completions", json=CHAT).headers["x-smg-routed-worker-id"] for _ in range(4)}
+        assert urls[0] in back
+    finally:
+        gw.stop()
+        for sim in sims:
+            sim.stop()
+
+
+def test_a_worker_four_deep_without_progress_is_wedged_until_its_pile_is_gone() -> None:
+    sims = [Sim(1) for _ in range(2)]
+    urls = [s.urls[0] for s in sims]
+    gw = Gateway(urls, "--policy", "round_robin", "--worker-wedge-secs", "0.5", "--disable-health-check")
+    try:
+        sims[0].faults(hang=True)  # takes requests and never answers: nothing it holds makes progress
+
+        def hung(_: int) -> int:
+            try:
+                return httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=4).status_code
+            except httpx.TimeoutException:
+                return 0
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(hung, i) for i in range(8)]  # round robin: four wait on the hung worker
+            wait_until(lambda: _worker(gw, urls[0])["wedged"], 10, message="the wedge")
+            with httpx.Client(base_url=gw.url, timeout=30) as http:
+                meanwhile = [http.post("/v1/chat/completions", json=CHAT) for _ in range(4)]
+            assert {r.headers["x-smg-routed-worker-id"] for r in meanwhile} == {urls[1]}
+            held = [f.result() for f in futures]
+        assert sorted(held) == [0] * 4 + [200] * 4, held
+        wait_until(lambda: not _worker(gw, urls[0])["wedged"], 10, message="the drained worker's re-admission")
+        assert gw.metric("smg_worker_exclusions_total", reason="wedge") == 1
+        sims[0].faults(hang=False)
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            back = {http.post("/v1/chat/completions", json=CHAT).headers["x-smg-routed-worker-id"] for _ in range(4)}
+        assert urls[0] in back
+    finally:
+        gw.stop()
+        for sim in sims:
+            sim.stop()
+
+
 def test_bursts_of_500s_trip_the_breaker_and_it_recovers_through_half_open() -> None:
     sim = Sim(2)
     gw = Gateway(sim.urls, "--policy", "round_robin", "--disable-health-check", "--cb-failure-threshold", "3",

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from shepherd.transport.base import Transport, TransportResponse
-from shepherd.transport.errors import UpstreamError
+from shepherd.transport.errors import UpstreamError, UpstreamTimeout
 from shepherd.workers.worker import Worker
 
 
@@ -58,20 +58,36 @@ class Attempt:
         self._closed = False
         worker.load += 1
         worker.processed += 1
+        if worker.liveness is not None and worker.load == 1:
+            worker.liveness.busy(worker)
         if worker.breaker is not None:
             worker.breaker.on_dispatch()
 
     def answered(self, status: int) -> None:
         """The worker answered (its response head, or a gRPC stream's first message or status)."""
         self.outcome.status = status
+        now = time.monotonic()
         if status < 500:
-            self.worker.last_success_at = time.monotonic()
+            self.worker.last_success_at = now
+        if self.worker.liveness is not None:
+            self.worker.liveness.contact(now)
         if self._owner is not None:
             self._owner.answered(self, status)
+
+    def progressed(self) -> None:
+        """The worker sent a token, a chunk or its whole answer (lifts a wedge; see liveness.py)."""
+        if self.worker.liveness is not None:
+            self.worker.liveness.progress(self.worker)
 
     def failed(self) -> None:
         """The worker gave no answer, or broke off in the middle of one."""
         self.outcome.worker_failed = True
+
+    def unreachable(self) -> None:
+        """The worker could not be reached (connect refused, reset): a failure, and maybe a stall."""
+        self.failed()
+        if self.worker.liveness is not None:
+            self.worker.liveness.transport_failed(self.worker)
 
     def client_left(self) -> None:
         """The client went away: no verdict on the worker, unless its whole answer had already arrived."""
@@ -86,8 +102,11 @@ class Attempt:
             self._span = self._owner.client_span(self, method, path, headers)
         try:
             response = await transport.request(method, self.worker.base_url, path, headers, body, total_timeout)
-        except UpstreamError:
+        except UpstreamTimeout:
             self.failed()
+            raise
+        except UpstreamError:
+            self.unreachable()
             raise
         self.response = response
         self.answered(response.status)

@@ -70,6 +70,7 @@ async def read_answer(attempt: Attempt, limit: int, who: str, final: bool) -> by
     except ValueError:
         raise failure(final, 502, *too_large) from None
     attempt.outcome.complete = True
+    attempt.progressed()
     return body
 
 
@@ -100,6 +101,7 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     try:
         async for chunk in chunks:
             execution.first_byte()
+            attempt.progressed()
             if metrics is not None:
                 now = time.perf_counter()
                 if previous:

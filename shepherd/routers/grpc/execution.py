@@ -74,6 +74,7 @@ class EngineCall:
     async def read(self) -> Any | None:
         """The next message; None at the end of the stream. Raises AioRpcError."""
         message = await self.call.read()
+        self.attempt.progressed()  # a token or the end of the answer
         if message is grpc.aio.EOF:
             self.finished = True
             return None
@@ -129,7 +130,9 @@ class GrpcExecutor:
         except grpc.aio.AioRpcError as exc:
             engine.nothing_to_abort()  # it failed: the engine holds nothing
             error = worker_error(exc, worker.url)
-            if exc.code() in _NO_ANSWER:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                attempt.unreachable()
+            elif exc.code() in _NO_ANSWER:
                 attempt.failed()
             else:
                 attempt.answered(error.status)

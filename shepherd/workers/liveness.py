@@ -1,0 +1,163 @@
+"""Stall and wedge detection (SMG's --worker-stall-secs and --worker-wedge-secs).
+
+Each worker registered by the manager carries a `Liveness`: when the gateway last heard anything
+from it (contact: a load poll, a health probe, a KV event, a response head or body bytes) and when
+it last made progress (a streamed chunk, a completed answer, a load poll that reports generation).
+
+* Stalled: a transport failure (no HTTP status: connect refused, reset) on a worker not heard from
+  for `stall_secs`. Excluded from selection until its next contact of any kind.
+* Wedged: a worker with requests in flight that is four deep, or whose in-flight pile or engine
+  waiting queue grew since it last made progress, and has made no progress for the wedge bound,
+  unless its last load report shows it generating (a non-streamed answer shows no progress until it
+  completes, so without this a worker busy with long ones would look wedged between load polls).
+  Gets no new requests until it makes progress (or its pile drains: with nothing in flight it could
+  never show progress, and its next requests meet the stall check and the breaker). The bound is
+  `wedge_secs`, stretched to the time the engine's not-yet-prefilled tokens (`waiting_uncached_tokens`
+  of its last load report) need at an assumed PREFILL_TOKENS_PER_SEC, capped at MAX_WEDGE_SECS.
+  A worker falls into a wedge only with time, so `WedgeSweeper` judges every worker a few times per bound.
+
+Every change of either state moves the availability epoch (availability.py), which selection's
+cache of "all available" fleets depends on. 0 disables each check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from shepherd.periodic import Periodic
+from shepherd.workers import availability
+
+if TYPE_CHECKING:
+    from shepherd.workers.worker import Worker
+
+log = logging.getLogger("shepherd.liveness")
+
+PREFILL_TOKENS_PER_SEC = 10_000.0  # a modest single-engine prefill rate: the stretch errs long, not short
+MAX_WEDGE_SECS = 120.0
+DEEP = 4  # in flight at once with no progress: wedged without needing growth
+
+
+class Liveness:
+    """One worker's contact and progress times, and whether it is stalled or wedged."""
+
+    __slots__ = ("stall_secs", "wedge_secs", "last_contact", "last_progress", "stalled", "wedged",
+                 "_load_then", "_waiting_then", "_count")
+
+    def __init__(self, stall_secs: float, wedge_secs: float, count: Callable[[str], None] | None = None,
+                 now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.stall_secs = stall_secs
+        self.wedge_secs = wedge_secs
+        self.last_contact = now  # registration: the manager just spoke to it
+        self.last_progress = now  # or the moment it last went from idle to busy
+        self.stalled = False
+        self.wedged = False
+        self._load_then = 0  # in flight, and engine waiting queue, at last_progress: "growing" is above these
+        self._waiting_then = 0
+        self._count = count  # exclusions, by reason ("stall", "wedge"), for the metric
+
+    @property
+    def admits(self) -> bool:
+        return not (self.stalled or self.wedged)
+
+    def contact(self, now: float | None = None) -> None:
+        self.last_contact = time.monotonic() if now is None else now
+        if self.stalled:
+            self.stalled = False
+            availability.changed()
+
+    def progress(self, worker: Worker, now: float | None = None) -> None:
+        """A token, a chunk or a whole answer: contact, and the wedge clock starts over."""
+        now = time.monotonic() if now is None else now
+        self.contact(now)
+        self._mark(worker, now)
+        if self.wedged:
+            self.wedged = False
+            availability.changed()
+
+    def busy(self, worker: Worker, now: float | None = None) -> None:
+        """The worker just took its first request after being idle: idle time is not silence."""
+        self._mark(worker, time.monotonic() if now is None else now)
+
+    def transport_failed(self, worker: Worker, now: float | None = None) -> None:
+        """A request got no HTTP status from the worker (connect refused, reset)."""
+        now = time.monotonic() if now is None else now
+        if self.stall_secs > 0 and not self.stalled and now - self.last_contact >= self.stall_secs:
+            self.stalled = True
+            availability.changed()
+            log.warning("worker %s stalled: no contact for %.1fs and a transport failure; out of routing until "
+                        "it is heard from", worker.url, now - self.last_contact)
+            if self._count is not None:
+                self._count("stall")
+
+    def judge(self, worker: Worker, now: float | None = None) -> None:
+        """Whether the worker is wedged now (the sweeper calls this)."""
+        if self.wedge_secs <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        load = worker.load
+        if load <= 0:
+            self._mark(worker, now)  # idle: nothing is owed, so no silence accrues
+            if self.wedged:  # its pile drained (failed or cancelled): nothing left to wait behind
+                self.wedged = False
+                availability.changed()
+            return
+        if self.wedged:
+            return
+        snapshot = worker.snapshot
+        if snapshot is not None and snapshot.gen_throughput > 0:
+            return  # its last load report (a failed poll clears it) shows it generating: busy, not wedged
+        waiting = snapshot.waiting if snapshot is not None else 0
+        if not (load >= DEEP or load > self._load_then or waiting > self._waiting_then):
+            return
+        if now - self.last_progress < self.bound(worker):
+            return
+        self.wedged = True
+        availability.changed()
+        log.warning("worker %s wedged: %d in flight and no progress for %.1fs; no new requests until it makes "
+                    "progress", worker.url, load, now - self.last_progress)
+        if self._count is not None:
+            self._count("wedge")
+
+    def bound(self, worker: Worker) -> float:
+        """wedge_secs, stretched to the prefill its engine still has queued (up to MAX_WEDGE_SECS)."""
+        snapshot = worker.snapshot
+        queued = snapshot.waiting_uncached_tokens if snapshot is not None else 0
+        return max(self.wedge_secs, min(MAX_WEDGE_SECS, queued / PREFILL_TOKENS_PER_SEC))
+
+    def _mark(self, worker: Worker, now: float) -> None:
+        self.last_progress = now
+        self._load_then = worker.load
+        snapshot = worker.snapshot
+        self._waiting_then = snapshot.waiting if snapshot is not None else 0
+
+
+def sweep_interval(wedge_secs: float) -> float:
+    """A few judgements per bound, so a wedge is seen at most a quarter bound late."""
+    return max(0.05, min(0.5, wedge_secs / 4))
+
+
+class WedgeSweeper:
+    """Judges every worker's wedge state a few times per --worker-wedge-secs."""
+
+    def __init__(self, workers: Callable[[], Iterable[Worker]], wedge_secs: float) -> None:
+        self._workers = workers
+        self._loop = Periodic("wedge sweep", sweep_interval(wedge_secs), self.sweep_once, log)
+        self.enabled = wedge_secs > 0
+
+    def start(self) -> None:
+        if self.enabled:
+            self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
+
+    async def sweep_once(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers():
+            liveness = worker.liveness
+            if liveness is not None:
+                liveness.judge(worker, now)
