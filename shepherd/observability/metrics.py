@@ -127,6 +127,16 @@ class Metrics:
         self.pd_prefill_duration = _Cached(Histogram(
             "smg_pd_prefill_duration_seconds", "PD: dispatch to the end of the prefill worker's answer", pd,
             buckets=durations, registry=r))
+        self.pd_kv_transfer_duration = _Cached(Histogram(
+            "smg_pd_kv_transfer_duration_seconds", "PD, vLLM style: end of the prefill's answer to the decode "
+            "worker's response head (the decode pulls the KV cache before it answers)", pd, buckets=durations,
+            registry=r))
+        self.pd_bootstrap_failures = _Cached(Counter(
+            "smg_pd_bootstrap_failures", "PD, SGLang style: pairs whose prefill leg failed (no hand-over "
+            "through the bootstrap room)", pd, registry=r))
+        self.pd_kv_transfer_failures = _Cached(Counter(
+            "smg_pd_kv_transfer_failures", "PD: pairs whose prefill succeeded but whose hand-over did not: the "
+            "decode leg failed, or a vLLM prefill returned no kv_transfer_params", pd, registry=r))
         self.ttfb = _Cached(Histogram(
             "smg_router_ttfb_seconds", "Streams: time from dispatch to the first body byte from the worker",
             ["endpoint", "model", "worker"], buckets=durations, registry=r))

@@ -117,6 +117,7 @@ def test_a_failing_prefill_is_retried_on_another_pair(gateway: Gateway, cluster:
         for _ in range(6):
             assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
     assert prefill.stats(0)["errors_injected"] >= 1
+    assert gateway.metric("smg_pd_bootstrap_failures_total", backend_type="pd") >= 1  # the failed prefill legs
     wait_until(lambda: in_flight(decode) == 0, 5, message="the cancelled decode halves to end")
 
 
@@ -155,6 +156,9 @@ def test_mismatched_room_never_reaches_the_client_as_success(cluster: tuple[Sim,
         assert "did not arrive" in response.text
         stream = httpx.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30)
         assert stream.status_code >= 500 and "[DONE]" not in stream.text
+        # Prefills that answered, decodes that did not get the KV: failed hand-overs, not bootstrap failures.
+        assert gw.metric("smg_pd_kv_transfer_failures_total", backend_type="pd") >= 2
+        assert gw.metric("smg_pd_bootstrap_failures_total", backend_type="pd") == 0
     finally:
         gw.stop()
 
@@ -172,6 +176,8 @@ def test_vllm_style_prefill_then_decode(cluster: tuple[Sim, Sim]) -> None:
         assert decode_body["kv_transfer_params"]["do_remote_prefill"] is True
         assert decode_body["kv_transfer_params"]["transfer_id"].startswith("xfer-")
         assert transfers(decode) == 1
+        assert gw.metric("smg_pd_kv_transfer_duration_seconds_count", backend_type="pd", model="mock-model") == 1
+        assert gw.metric("smg_pd_kv_transfer_failures_total", backend_type="pd") == 0
     finally:
         gw.stop()
 

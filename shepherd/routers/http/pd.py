@@ -154,10 +154,14 @@ class PdRouter:
             prefill_leg, decode_leg = legs
             # The prefill first: its answer tells whether the hand-over can succeed (and carries the
             # prompt logprobs). Its body is drained completely before any decode byte is relayed.
-            prefill_body = await self._read_leg(execution, prefill_leg, "prefill", final)
+            try:
+                prefill_body = await self._read_leg(execution, prefill_leg, "prefill", final)
+            except (GatewayError, RetryableFailure):
+                self._count(execution, "pd_bootstrap_failures", prefill)
+                raise
             prefilling.release()  # its prefill is done: the next request may have the slot
             self._observe(execution, "pd_prefill_duration", prefill, dispatched)
-            await self._await_head(decode_leg, "decode", final)
+            await self._decode_head(execution, decode_leg, final, prefill, handed_over=True)
             self._observe(execution, "pd_ttft", prefill, dispatched)
             transform = self._logprob_merger(body, prefill_body)
             return await self._answer(execution, decode_leg, final, transform)
@@ -205,11 +209,17 @@ class PdRouter:
                     params = None
                 if params:
                     decode_body["kv_transfer_params"] = params
+                else:  # the decode will recompute the prompt: the hand-over did not happen
+                    self._count(execution, "pd_kv_transfer_failures", prefill)
+            prefilled = time.perf_counter()
             decode_leg = execution.attempt(decode)
             legs.append(decode_leg)
             decode_leg.start(self._transport, "POST", path, self._headers(execution, decode),
                              orjson.dumps(decode_body), execution.remaining())
-            await self._await_head(decode_leg, "decode", final)
+            handed_over = "kv_transfer_params" in decode_body
+            await self._decode_head(execution, decode_leg, final, prefill, handed_over)
+            if handed_over:
+                self._observe(execution, "pd_kv_transfer_duration", prefill, prefilled)
             self._observe(execution, "pd_ttft", prefill, dispatched)
             return await self._answer(execution, decode_leg, final, None)
         except asyncio.CancelledError:  # the client went away
@@ -230,6 +240,26 @@ class PdRouter:
             family = getattr(metrics, histogram)
             family("pd", metrics.model_label(execution.model), prefill.runtime_type).observe(
                 time.perf_counter() - since)
+
+    @staticmethod
+    def _count(execution: Execution[Pair], counter: str, prefill: Worker) -> None:
+        metrics = execution.lifecycle.metrics
+        if metrics is not None:
+            getattr(metrics, counter)("pd", metrics.model_label(execution.model), prefill.runtime_type).inc()
+
+    async def _decode_head(self, execution: Execution[Pair], leg: Attempt, final: bool, prefill: Worker,
+                           handed_over: bool) -> None:
+        """The decode leg's response head. After a good prefill, no answer or a server error from the
+        decode is a failed KV hand-over (counted whether it is then retried or relayed)."""
+        try:
+            await self._await_head(leg, "decode", final)
+        except (GatewayError, RetryableFailure):
+            if handed_over:
+                self._count(execution, "pd_kv_transfer_failures", prefill)
+            raise
+        assert leg.response is not None
+        if handed_over and leg.response.status >= 500:
+            self._count(execution, "pd_kv_transfer_failures", prefill)
 
     async def _await_head(self, leg: Attempt, role: str, final: bool) -> None:
         assert leg.task is not None
