@@ -25,13 +25,34 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from shepherd.periodic import Periodic
 from shepherd.workers import availability
 
-if TYPE_CHECKING:
-    from shepherd.workers.worker import Worker
+
+class _Load(Protocol):
+    """What is read of the engine's load report (worker.LoadSnapshot)."""
+
+    @property
+    def gen_throughput(self) -> float: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def waiting_uncached_tokens(self) -> int: ...
+
+
+class Worker(Protocol):
+    """What is read of a worker (worker.Worker, which holds its Liveness: a protocol, not an import)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def load(self) -> int: ...
+    @property
+    def snapshot(self) -> _Load | None: ...
+    @property
+    def liveness(self) -> Liveness | None: ...
 
 log = logging.getLogger("shepherd.liveness")
 
