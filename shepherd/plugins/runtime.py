@@ -131,6 +131,10 @@ class CompiledPlugin:
         except IndexError:
             instance = self._instantiate()
         instance.store.set_epoch_deadline(self._runtime.deadline_ticks)
+        if self._runtime.closed:
+            # close() already moved the epoch past every deadline set before it: this call, which set
+            # its own after, must not spin on for the whole limit (read after setting, so no gap).
+            instance.store.set_epoch_deadline(0)
         try:
             if isinstance(value, HookRequest):
                 result = call_request(instance.hooks[REQUEST_HOOK], instance.store, value)
@@ -161,6 +165,7 @@ class WasmRuntime:
         self.pending = 0
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="wasm-compile")
         self._stop = threading.Event()
+        self.closed = False
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
         self._ticker.start()
 
@@ -200,6 +205,7 @@ class WasmRuntime:
             self.pending -= 1
 
     def close(self) -> None:
+        self.closed = True  # before the epoch moves: a call that sets its deadline later sees it
         self._stop.set()
         self._ticker.join()
         for _ in range(self.deadline_ticks + 1):  # interrupt every guest still running, so its thread ends
