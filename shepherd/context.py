@@ -183,6 +183,7 @@ class AppContext:
         if mesh is not None:
             health.on_transition = mesh.on_health_transition
             health.remove = mesh.remove_worker
+            manager.on_stall = lambda worker: mesh.on_health_transition(worker, False)  # stalled: dead to all
         fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
         context = cls(
             config=config,

@@ -65,7 +65,7 @@ class Liveness:
     """One worker's contact and progress times, and whether it is stalled or wedged."""
 
     __slots__ = ("stall_secs", "wedge_secs", "last_contact", "last_progress", "stalled", "wedged",
-                 "_load_then", "_waiting_then", "_count")
+                 "_load_then", "_waiting_then", "_count", "on_stall")
 
     def __init__(self, stall_secs: float, wedge_secs: float, count: Callable[[str], None] | None = None,
                  now: float | None = None) -> None:
@@ -79,6 +79,7 @@ class Liveness:
         self._load_then = 0  # in flight, and engine waiting queue, at last_progress: "growing" is above these
         self._waiting_then = 0
         self._count = count  # exclusions, by reason ("stall", "wedge"), for the metric
+        self.on_stall: Callable[[Worker], None] | None = None  # a stall is a verdict for the fleet (the mesh)
 
     @property
     def admits(self) -> bool:
@@ -113,6 +114,8 @@ class Liveness:
                         "it is heard from", worker.url, now - self.last_contact)
             if self._count is not None:
                 self._count("stall")
+            if self.on_stall is not None:
+                self.on_stall(worker)
 
     def judge(self, worker: Worker, now: float | None = None) -> None:
         """Whether the worker is wedged now (the sweeper calls this)."""

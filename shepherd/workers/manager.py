@@ -89,6 +89,7 @@ class WorkerManager:
         self._probers: dict[str, Prober] = {}
         self._preparers: list[Preparer] = []
         self.on_exclusion: Callable[[str], None] | None = None  # a stall or wedge (by reason), for metrics
+        self.on_stall: Callable[[Any], None] | None = None  # a stalled worker (the mesh tells the fleet)
 
     def _liveness(self, provider: str | None) -> Liveness | None:
         """Stall/wedge tracking for a local engine; a provider is neither polled nor probed, so a
@@ -96,7 +97,9 @@ class WorkerManager:
         config = self._config
         if provider is not None or (config.worker_stall_secs <= 0 and config.worker_wedge_secs <= 0):
             return None
-        return Liveness(config.worker_stall_secs, config.worker_wedge_secs, self.on_exclusion)
+        liveness = Liveness(config.worker_stall_secs, config.worker_wedge_secs, self.on_exclusion)
+        liveness.on_stall = self.on_stall
+        return liveness
 
     def register_prober(self, scheme: str, prober: Prober) -> None:
         self._probers[scheme] = prober
