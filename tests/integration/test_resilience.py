@@ -24,6 +24,14 @@ def _worker(gw: Gateway, url: str) -> dict:
     return next(w for w in gw.workers() if w["url"] == url)
 
 
+def _served_by(gw: Gateway, count: int) -> set[str]:
+    """The workers that answered `count` chats in a row (each must succeed)."""
+    with httpx.Client(base_url=gw.url, timeout=30) as http:
+        responses = [http.post("/v1/chat/completions", json=CHAT) for _ in range(count)]
+    assert [r.status_code for r in responses] == [200] * count
+    return {r.headers["x-smg-routed-worker-id"] for r in responses}
+
+
 def test_killed_worker_costs_no_request_and_comes_back() -> None:
     sims = [Sim(1) for _ in range(3)]
     urls = [s.urls[0] for s in sims]
@@ -74,19 +82,14 @@ def test_a_silent_worker_that_refuses_a_connection_is_stalled_until_it_is_heard_
     try:
         sims[0].kill()
         time.sleep(0.5)  # past --worker-stall-secs without contact (a precondition, not a measurement)
-        with httpx.Client(base_url=gw.url, timeout=30) as http:
-            routed = [http.post("/v1/chat/completions", json=CHAT) for _ in range(6)]
-        assert [r.status_code for r in routed] == [200] * 6
-        assert {r.headers["x-smg-routed-worker-id"] for r in routed} == {urls[1]}
+        assert _served_by(gw, 6) == {urls[1]}
         dead = _worker(gw, urls[0])
         assert dead["stalled"] is True and dead["status"] == "ready"
         assert gw.metric("smg_worker_exclusions_total", reason="stall") == 1
 
         sims[0] = Sim(1, ports=sims[0].ports)  # back on the same port: its first good probe re-admits it
         wait_until(lambda: not _worker(gw, urls[0])["stalled"], 10, message="the stalled worker's re-admission")
-        with httpx.Client(base_url=gw.url, timeout=30) as http:
-            back = {http.post("/v1/chat/completions", json=CHAT).headers["x-smg-routed-worker-id"] for _ in range(4)}
-        assert urls[0] in back
+        assert urls[0] in _served_by(gw, 4)
     finally:
         gw.stop()
         for sim in sims:
@@ -109,17 +112,13 @@ def test_a_worker_four_deep_without_progress_is_wedged_until_its_pile_is_gone() 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(hung, i) for i in range(8)]  # round robin: four wait on the hung worker
             wait_until(lambda: _worker(gw, urls[0])["wedged"], 10, message="the wedge")
-            with httpx.Client(base_url=gw.url, timeout=30) as http:
-                meanwhile = [http.post("/v1/chat/completions", json=CHAT) for _ in range(4)]
-            assert {r.headers["x-smg-routed-worker-id"] for r in meanwhile} == {urls[1]}
+            assert _served_by(gw, 4) == {urls[1]}
             held = [f.result() for f in futures]
         assert sorted(held) == [0] * 4 + [200] * 4, held
         wait_until(lambda: not _worker(gw, urls[0])["wedged"], 10, message="the drained worker's re-admission")
         assert gw.metric("smg_worker_exclusions_total", reason="wedge") == 1
         sims[0].faults(hang=False)
-        with httpx.Client(base_url=gw.url, timeout=30) as http:
-            back = {http.post("/v1/chat/completions", json=CHAT).headers["x-smg-routed-worker-id"] for _ in range(4)}
-        assert urls[0] in back
+        assert urls[0] in _served_by(gw, 4)
     finally:
         gw.stop()
         for sim in sims:
