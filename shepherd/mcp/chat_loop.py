@@ -54,10 +54,27 @@ LoopEvent = CallsStarting | CallsDone | CallsHeld
 
 
 @dataclass
+class Step:
+    """A turn in which the gateway ran calls: what the model wrote before them (none for the turn the
+    loop ended on: its text is the answer's) and the records of the calls that ran."""
+    text: str | None
+    reasoning: str | None
+    records: list[McpCallRecord]
+
+
+@dataclass
 class LoopResult:
     answer: dict[str, Any]  # the last turn's completion (the gateway's calls taken out), usage summed
-    records: list[McpCallRecord] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # in order; a streamed answer shows the same order
     held: list[McpCallRecord] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[McpCallRecord]:
+        return [r for step in self.steps for r in step.records]
+
+    def text_before(self) -> str:
+        """The text the model wrote in the turns before the answer (a stream carries it, in order)."""
+        return "".join(step.text or "" for step in self.steps)
 
 
 def prepare(body: Mapping[str, Any], session: ToolSession) -> dict[str, Any]:
@@ -76,7 +93,6 @@ class _Turns:
         self.limit = max_tool_calls
         self.used = spent  # calls run (a resumed approval's call counts)
         self.last_turn = spent >= max_tool_calls
-        self.records: list[McpCallRecord] = []
         self.held: list[McpCallRecord] = []
 
     def plan(self, mine: list[dict[str, Any]]) -> tuple[list[McpCallRecord], list[McpCallRecord]]:
@@ -101,9 +117,7 @@ class _Turns:
     async def run(self, turn: list[McpCallRecord], run: list[McpCallRecord]) -> list[McpCallRecord]:
         """Run the turn's calls at once; its records that are not held."""
         await asyncio.gather(*(self.session.run(r) for r in run))
-        done = [r for r in turn if r.status != "awaiting_approval"]
-        self.records.extend(done)
-        return done
+        return [r for r in turn if r.status != "awaiting_approval"]
 
     def ends(self, was_last_turn: bool, theirs: bool) -> bool:
         return was_last_turn or theirs or bool(self.held)
@@ -134,6 +148,7 @@ async def run_loop(model: ModelCall, body: Mapping[str, Any], session: ToolSessi
     request["stream"] = False
     turns = _Turns(session, max_tool_calls, spent)
     usage: dict[str, int] = {}
+    steps: list[Step] = []
     while True:
         answer = dict(await model(request))  # type: ignore[arg-type]
         _add_usage(usage, answer.get("usage"))
@@ -146,21 +161,36 @@ async def run_loop(model: ModelCall, body: Mapping[str, Any], session: ToolSessi
             break
         was_last_turn = turns.last_turn
         turn, run = turns.plan(mine)
-        await turns.run(turn, run)
+        done = await turns.run(turn, run)
         if turns.ends(was_last_turn, bool(theirs)):
+            steps.append(Step(None, None, done))
             _strip(answer, message, theirs, "tool_calls" if theirs else "stop")
             break
+        steps.append(Step(_text(message.get("content")),
+                          _text(message.get("reasoning_content") or message.get("reasoning")), done))
         turns.last_turn = turns.used >= max_tool_calls
         _follow_up(request, message.get("content"), mine, turn, turns.last_turn)
     if usage:
         answer["usage"] = {**(answer.get("usage") or {}), **usage}
-    return LoopResult(answer, turns.records, turns.held)
+    return LoopResult(answer, steps, turns.held)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 async def run_chat(model: ModelCall, body: Mapping[str, Any], session: ToolSession,
                    max_tool_calls: int) -> dict[str, Any]:
     result = await run_loop(model, body, session, max_tool_calls)
-    return {**result.answer, "mcp_calls": [r.as_item() for r in result.records]}
+    answer = result.answer
+    before = result.text_before()
+    if before and answer.get("choices"):  # as a stream shows it: every turn's text, in one message
+        choice = dict(answer["choices"][0])
+        message = dict(choice.get("message") or {})
+        message["content"] = before + (message.get("content") or "")
+        choice["message"] = message
+        answer = {**answer, "choices": [choice, *answer["choices"][1:]]}
+    return {**answer, "mcp_calls": [r.as_item() for r in result.records]}
 
 
 def _strip(answer: dict[str, Any], message: dict[str, Any], theirs: list[dict[str, Any]], finish: str) -> None:

@@ -45,6 +45,16 @@ def blocks(record: McpCallRecord) -> list[dict[str, Any]]:
              "content": [{"type": "text", "text": text or ""}]}]
 
 
+def _turn_blocks(reasoning: str | None, text: str | None) -> list[dict[str, Any]]:
+    """What the model wrote in a turn before its calls, as a stream shows it."""
+    out: list[dict[str, Any]] = []
+    if reasoning:
+        out.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    if text:
+        out.append({"type": "text", "text": text})
+    return out
+
+
 async def handle_messages(service: Any, context: Any, request: web.Request,
                           body: Mapping[str, Any]) -> web.StreamResponse:
     try:
@@ -79,7 +89,8 @@ async def handle_messages(service: Any, context: Any, request: web.Request,
     if not body.get("stream"):
         result = await run_loop(model, chat, session, limit)
         message = chat_completion_to_message(result.answer, stop_sequences=stops)
-        ran = [b for r in result.records for b in blocks(r)]
+        ran = [b for step in result.steps
+               for b in [*_turn_blocks(step.reasoning, step.text), *(b for r in step.records for b in blocks(r))]]
         content = [b for b in message["content"] if b != {"type": "text", "text": ""}] if ran else message["content"]
         return web.json_response({**message, "model": model_name, "content": [*ran, *content]},
                                  dumps=lambda v: orjson.dumps(v).decode())

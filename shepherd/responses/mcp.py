@@ -22,7 +22,7 @@ from aiohttp import web
 from shepherd.errors import GatewayError
 from shepherd.mcp.chat_loop import CallsDone, CallsHeld, CallsStarting, LoopResult
 from shepherd.mcp.session import McpCallRecord, ToolSession
-from shepherd.responses.output import EventStream
+from shepherd.responses.output import EventStream, turn_items
 from shepherd.responses.request import ResponseRequest
 from shepherd.storage.base import new_item_id
 
@@ -51,9 +51,13 @@ class McpRun:
         return item
 
     def output(self, result: LoopResult) -> list[dict[str, Any]]:
-        """The MCP items of a whole response, before the answer's own."""
-        return [*self.list_items, *self.resumed, *(self.call_item(r) for r in result.records),
-                *(approval_item(r) for r in result.held)]
+        """The items of a whole response before the answer's own, in a stream's order: each turn's
+        reasoning and text, then the calls it made."""
+        items = [*self.list_items, *self.resumed]
+        for step in result.steps:
+            items += turn_items(step.reasoning, step.text)
+            items += [self.call_item(r) for r in step.records]
+        return [*items, *(approval_item(r) for r in result.held)]
 
 
 def mcp_call_item(record: McpCallRecord, item_id: str, approval_request_id: str | None = None) -> dict[str, Any]:

@@ -102,19 +102,23 @@ def _finish(response: dict[str, Any], finish_reason: Any, usage: Any) -> dict[st
     return response
 
 
+def turn_items(reasoning: Any, text: Any, logprobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A model turn's reasoning and message items (none for empty parts)."""
+    items: list[dict[str, Any]] = []
+    if isinstance(reasoning, str) and reasoning:
+        items.append(_reasoning_item(new_item_id("reasoning"), reasoning, "completed"))
+    if isinstance(text, str) and text:
+        items.append(_message_item(new_item_id("message"), [_text_part(text, logprobs or [])], "completed"))
+    return items
+
+
 def complete_from_chat(response: dict[str, Any], completion: dict[str, Any]) -> dict[str, Any]:
     """Fill `response` from a whole chat completion."""
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
-    output: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
-        output.append(_reasoning_item(new_item_id("reasoning"), reasoning, "completed"))
-    text = message.get("content")
-    if isinstance(text, str) and text:
-        output.append(_message_item(new_item_id("message"), [_text_part(text, _logprobs(choice.get("logprobs")))],
-                                    "completed"))
+    output = turn_items(message.get("reasoning_content") or message.get("reasoning"), message.get("content"),
+                        _logprobs(choice.get("logprobs")))
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         output.append(_call_item(new_item_id("function_call"), str(call.get("id") or new_item_id("call")),

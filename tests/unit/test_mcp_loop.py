@@ -26,15 +26,17 @@ def call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 class ScriptedModel:
     """Answers turn by turn from a script; records each body it was given."""
 
-    def __init__(self, turns: list[list[dict[str, Any]]], stream: bool = False) -> None:
+    def __init__(self, turns: list[list[dict[str, Any]]], stream: bool = False, preamble: str | None = None) -> None:
         self.turns, self.stream, self.bodies = turns, stream, []  # type: ignore[var-annotated]
+        self.preamble = preamble  # text the model writes before its calls, in each turn that calls
 
     async def __call__(self, body: dict[str, Any]) -> Any:
         self.bodies.append(orjson.loads(orjson.dumps(body)))
         calls = self.turns[len(self.bodies) - 1] if len(self.bodies) <= len(self.turns) else []
         text = "done: " + " | ".join(m["content"] for m in body["messages"] if m.get("role") == "tool")
         if not self.stream:
-            message = {"role": "assistant", "content": None if calls else text}
+            message = {"role": "assistant", "content": (self.preamble and f"{self.preamble} {len(self.bodies)}. ")
+                       if calls else text}
             if calls:
                 message["tool_calls"] = calls
             return {"id": "chatcmpl-1", "object": "chat.completion", "choices": [
@@ -45,6 +47,8 @@ class ScriptedModel:
     async def _chunks(self, calls: list[dict[str, Any]], text: str, turn: int) -> AsyncIterator[dict[str, Any]]:
         base = {"id": f"chatcmpl-{turn}", "object": "chat.completion.chunk"}
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+        if calls and self.preamble:
+            yield {**base, "choices": [{"index": 0, "delta": {"content": f"{self.preamble} {turn}. "}}]}
         for i, c in enumerate(calls):
             args = c["function"]["arguments"]
             yield {**base, "choices": [{"index": 0, "delta": {"tool_calls": [
@@ -149,6 +153,23 @@ def test_streamed_loop_passes_text_and_client_calls_only() -> None:
                         and c["choices"][0].get("finish_reason")]
             assert finishes == ["tool_calls"]
             assert chunks[-1]["usage"]["prompt_tokens"] == 20
+        finally:
+            await conn.close()
+    asyncio.run(run())
+
+
+def test_a_whole_answer_has_the_text_of_every_turn_as_the_stream_does() -> None:
+    async def run() -> None:
+        session, conn = await session_for()
+        try:
+            turns = [[call("c1", "add", {"a": 1, "b": 2})], [call("c2", "add", {"a": 3, "b": 4})]]
+            body = {"model": "m", "messages": [{"role": "user", "content": "go"}]}
+            whole = await run_chat(ScriptedModel(turns, preamble="Adding"), body, session, 10)
+            chunks = [c async for c in stream_chat(ScriptedModel(turns, stream=True, preamble="Adding"),
+                                                   {**body, "stream": True}, session, 10)]
+            streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            assert whole["choices"][0]["message"]["content"] == streamed == "Adding 1. Adding 2. done: 3 | 7"
+            assert [i["name"] for i in whole["mcp_calls"]] == ["add", "add"]
         finally:
             await conn.close()
     asyncio.run(run())

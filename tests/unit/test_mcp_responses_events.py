@@ -11,7 +11,7 @@ from shepherd.mcp.config import parse_mcp_config
 from shepherd.mcp.connection import McpConnection
 from shepherd.mcp.session import ToolSession
 from shepherd.responses.mcp import McpRun, mcp_events
-from shepherd.responses.output import EventStream
+from shepherd.responses.output import EventStream, complete_from_chat
 from shepherd.responses.request import ResponseRequest, items_to_messages
 from tests.integration.test_mcp_servers import stdio_entry
 from tests.unit.test_mcp_loop import ScriptedModel, call
@@ -93,3 +93,31 @@ def test_max_tool_calls_is_the_requests_within_the_configs() -> None:
     assert spec.exposes("anything", read_only=True) and not spec.exposes("anything", read_only=False)
     assert spec.approval.required("rm", False) and not spec.approval.required("ls", False)
     assert parsed.chat_body([], False).get("tools") is None  # the mcp entry is not a function for the model
+
+
+def _texts_and_calls(output: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(i["type"], i["content"][0]["text"] if i["type"] == "message" else i["output"]) for i in output]
+
+
+def test_a_whole_response_keeps_the_text_of_every_turn_in_a_streams_order() -> None:
+    """What the model wrote before its calls is an item of its own before them, streamed or not."""
+    async def run() -> None:
+        session, conn = await run_session()
+        try:
+            turns = [[call("c1", "add", {"a": 1, "b": 1})], [call("c2", "add", {"a": 2, "b": 2})]]
+            streamed_model = ScriptedModel(turns, stream=True, preamble="Adding")
+            builder = EventStream(response())
+            mcp = McpRun(session, limit=5, list_items=[], resumed=[])
+            [e async for e in mcp_events(mcp, stream_loop(streamed_model, ASK, session, 5), builder)]
+            builder.finish()
+            streamed = _texts_and_calls(builder.response["output"])
+
+            result = await run_loop(ScriptedModel(turns, preamble="Adding"), ASK, session, 5)
+            whole = McpRun(session, limit=5, list_items=[], resumed=[]).output(result)
+            whole += [i for i in complete_from_chat(response(), result.answer)["output"]]
+            assert _texts_and_calls(whole) == streamed == [
+                ("message", "Adding 1. "), ("mcp_call", "2"), ("message", "Adding 2. "), ("mcp_call", "4"),
+                ("message", "done: 2 | 4")]
+        finally:
+            await conn.close()
+    asyncio.run(run())
