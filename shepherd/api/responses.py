@@ -13,10 +13,11 @@ from shepherd.api.admit import admit, leave
 from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.conversations import page_query, storage_errors
 from shepherd.api.keys import CONTEXT
+from shepherd.api.outcome import Outcome, observed
 from shepherd.errors import GatewayError
 from shepherd.headers import ROUTED_WORKER_HEADER
-from shepherd.request_keys import TENANT, WORKER
-from shepherd.responses.executor import ResponsesExecutor
+from shepherd.request_keys import TENANT, USAGE, WANT_USAGE, WORKER
+from shepherd.responses.executor import RESPONSES_PATH, ResponsesExecutor, Work
 from shepherd.responses.history import stored_response
 from shepherd.responses.output import replay_events
 from shepherd.routers.common.sse import ClientGone, end_stream, event_frame, send, start_sse
@@ -74,30 +75,49 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     model = body.get("model")
     ticket = await admit(context, request, model if isinstance(model, str) else None)
     try:
-        work = await executor.prepare(request, body)
-        if work.parsed.background:
-            run = await executor.start_background(work)
-            if work.parsed.stream:
-                return await _sse(request, run.follow())
-            return _json(run.events[0]["response"])
-        if work.parsed.stream:
-            if work.parsed.store:  # on record while it streams; and a store that is down is a 503 before any event
-                await work.store.store_response(stored_response(work.parsed, work.response))
-            try:
-                stream = await work.open_stream()
-            except GatewayError as exc:
-                if work.parsed.store:
-                    work.failed(exc)
-                    await executor.persist_quietly(work)
-                raise
-            events = executor.foreground_events(work, stream)
-            try:
-                return await _sse(request, events)
-            finally:
-                await events.aclose()  # a client gone: the model call is closed, its upstream aborted
-        return _json(await executor.foreground(work), request)
+        request[WANT_USAGE] = True
+        with observed(context, request, RESPONSES_PATH, body, ticket) as outcome:
+            work = await executor.prepare(request, body)
+            outcome.body = work.prompt_body()
+            if work.parsed.background:  # told when the run ends, with the run's outcome
+                run = await executor.start_background(work, finished=lambda status: _tell(outcome, work, status))
+                outcome.deferred = True
+                if work.parsed.stream:
+                    return await _sse(request, run.follow())
+                return _json(run.events[0]["response"])
+            response = await _foreground(request, executor, work)
+            _tell(outcome, work, response.status, now=False)
+            return response
     finally:
         leave(context, request, ticket)
+
+
+def _tell(outcome: Outcome, work: Work, status: int, now: bool = True) -> None:
+    counts = work.token_counts()
+    if counts is not None:
+        outcome.request[USAGE] = counts
+    outcome.status = status
+    if now:
+        outcome.tell()
+
+
+async def _foreground(request: web.Request, executor: ResponsesExecutor, work: Work) -> web.StreamResponse:
+    if work.parsed.stream:
+        if work.parsed.store:  # on record while it streams; and a store that is down is a 503 before any event
+            await work.store.store_response(stored_response(work.parsed, work.response))
+        try:
+            stream = await work.open_stream()
+        except GatewayError as exc:
+            if work.parsed.store:
+                work.failed(exc)
+                await executor.persist_quietly(work)
+            raise
+        events = executor.foreground_events(work, stream)
+        try:
+            return await _sse(request, events)
+        finally:
+            await events.aclose()  # a client gone: the model call is closed, its upstream aborted
+    return _json(await executor.foreground(work), request)
 
 
 @storage_errors

@@ -34,7 +34,7 @@ def extract_routing_text(path: str, body: Mapping[str, Any] | None) -> str:
         if isinstance(value, str):
             return value
         if isinstance(value, list):
-            return " ".join(str(item) for item in value if isinstance(item, (str, int)))
+            return " ".join(_input_parts(value))
     input_ids = body.get("input_ids")
     if isinstance(input_ids, list):
         return " ".join(str(token) for token in input_ids if isinstance(token, int))
@@ -50,3 +50,17 @@ def _append_content(parts: list[str], content: Any) -> None:
                 parts.append(block["text"])
             elif isinstance(block, str):
                 parts.append(block)
+
+
+def _input_parts(items: list[Any]) -> list[str]:
+    """A list input: strings or token ids (completions, embeddings), or Responses items (messages,
+    a tool call's output)."""
+    parts: list[str] = []
+    for item in items:
+        if isinstance(item, (str, int)):
+            parts.append(str(item))
+        elif isinstance(item, Mapping):
+            _append_content(parts, item.get("content"))
+            if isinstance(item.get("output"), str):
+                parts.append(item["output"])
+    return parts

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -73,6 +73,19 @@ class Work:
         self.response = base_response(parsed, response_id, "in_progress")
         # The sticky key of the chain this response starts or continues (a first response is its own root).
         self.lineage = parsed.lineage or response_id
+
+    def prompt_body(self) -> dict[str, Any]:
+        """A body whose text is the model's whole prompt (the chain's history expanded): what the
+        status page and the traffic recorder read."""
+        return self._upstream_body(False) if self.passthrough else self._chat_body(False)
+
+    def token_counts(self) -> tuple[int, int, int] | None:
+        """(input, output, cached) tokens of the response, summed over its model calls, once known."""
+        usage = self.response.get("usage")
+        if not isinstance(usage, dict):
+            return None
+        cached = (usage.get("input_tokens_details") or {}).get("cached_tokens")
+        return (int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0), int(cached or 0))
 
     async def _model(self, chat_body: dict[str, Any]) -> dict[str, Any] | ChatStream:
         return await call_model(self.context, self.request, chat_body, lineage=self.lineage)
@@ -300,7 +313,9 @@ class ResponsesExecutor:
     async def persist_quietly(self, work: Work) -> None:
         await _quietly(work.persist())
 
-    async def start_background(self, work: Work) -> Run:
+    async def start_background(self, work: Work, finished: Callable[[int], None] | None = None) -> Run:
+        """Start the run; `finished` is told its outcome as an HTTP status (200, the failure's, or 499
+        for a cancelled run) when it ends."""
         run = self.runs.admit(work.id)
         queued = {**work.response, "status": "queued"}
         try:
@@ -310,11 +325,12 @@ class ResponsesExecutor:
             raise
         run.append({"type": "response.created", "sequence_number": 0, "response": queued})
         run.append({"type": "response.queued", "sequence_number": 1, "response": queued})
-        self.runs.start(run, lambda run: self._background(work, run))
+        self.runs.start(run, lambda run: self._background(work, run, finished or (lambda status: None)))
         return run
 
-    async def _background(self, work: Work, run: Run) -> None:
+    async def _background(self, work: Work, run: Run, finished: Callable[[int], None]) -> None:
         store = work.store
+        status = 500
         try:
             await store.store_response(stored_response(work.parsed, work.response))  # in_progress
             stream = await work.open_stream()
@@ -326,15 +342,20 @@ class ResponsesExecutor:
                 await stream.aclose()
             await work.persist()
             run.append(work.terminal())
+            status = 200
         except asyncio.CancelledError:
+            status = 499
             work.response = {**work.response, "status": "cancelled", "completed_at": None}
             await _quietly(store.store_response(stored_response(work.parsed, work.response)))
             if not run.cancel_requested:
                 raise
         except Exception as exc:  # noqa: BLE001 - every failure is the response's recorded outcome
+            status = exc.status if isinstance(exc, GatewayError) else 500
             log.info("background response %s failed: %s", work.id, exc)
             run.append(work.failed(exc))
             await _quietly(store.store_response(stored_response(work.parsed, work.response)))
+        finally:
+            finished(status)
 
 
 async def _quietly(operation: Any) -> None:

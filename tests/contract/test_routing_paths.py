@@ -180,3 +180,32 @@ def test_the_traffic_recorder_sees_the_worker_and_time_to_first_token(fleet: Fle
     assert streamed["worker"] in served_by and whole["worker"] in served_by
     assert streamed["status"] == 200 and isinstance(streamed["ttft_ms"], float) and streamed["ttft_ms"] > 0
     assert whole["prompt_tokens"] and whole["output_tokens"] == path.chat()["max_tokens"]  # tokens on every path
+
+
+def test_the_traffic_recorder_and_status_page_see_responses_requests(fleet: Fleet, tmp_path: Path) -> None:
+    """The Responses API is told like every inference route: its worker, tokens summed over its model
+    calls, time to first token, and as the prompt the whole chain the model read."""
+    with path_with(fleet, "--record-traffic", str(tmp_path)) as path, path.client() as client:
+        model = path.chat()["model"]
+        first = client.post("/v1/responses", json={"model": model, "input": "alpha " * 40, "max_output_tokens": 4})
+        assert first.status_code == 200, first.text
+        with client.stream("POST", "/v1/responses", json={"model": model, "input": "beta", "stream": True,
+                                                         "previous_response_id": first.json()["id"],
+                                                         "max_output_tokens": 4}) as response:
+            assert response.status_code == 200
+            response.read()
+
+        def records() -> list[dict[str, object]]:
+            return [orjson.loads(line) for file in tmp_path.glob("traffic-*.jsonl")
+                    for line in file.read_bytes().splitlines() if line]
+
+        recorded = wait_until(lambda: len(records()) == 2 and records(), 10, message="two records")
+        status = httpx.get(path.gateway.url + "/dashboard/data", headers=path.admin, timeout=5).json()
+    whole, streamed = sorted(recorded, key=lambda r: bool(r["stream"]))
+    served_by = {path.worker_url(0), path.worker_url(1)}
+    for record in (whole, streamed):
+        assert record["api"] == "/v1/responses" and record["status"] == 200
+        assert record["worker"] in served_by and record["prompt_tokens"] and record["output_tokens"]
+    assert isinstance(streamed["ttft_ms"], float) and streamed["ttft_ms"] > 0
+    assert int(streamed["prompt_bytes"]) > int(whole["prompt_bytes"])  # the chain's history is in the prompt
+    assert sum(row["requests"] for row in status["pairs"] if row["worker"] in served_by) == 2, status["pairs"]

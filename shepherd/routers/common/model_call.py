@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from shepherd.errors import GatewayError
-from shepherd.request_keys import LINEAGE, USAGE, WORKER
+from shepherd.request_keys import FIRST_CHUNK, LINEAGE, USAGE, WORKER
 from shepherd.routers.common.sink import SINK, StreamSink
 from shepherd.routers.common.sse import SSEDecoder
 
@@ -141,10 +141,13 @@ class ChatStream:
 
 
 def _carry_back(sub: web.Request, origin: web.Request) -> None:
-    """What the access log and status page read about the served request."""
+    """What the access log and status page read about the served request (the time to first byte is
+    the first model call's: a tool loop's later calls do not move it)."""
     for key in (WORKER, USAGE):
         if key in sub:
             origin[key] = sub[key]  # type: ignore[index]
+    if FIRST_CHUNK in sub and FIRST_CHUNK not in origin:
+        origin[FIRST_CHUNK] = sub[FIRST_CHUNK]
 
 
 async def call_model(context: HasRouter, request: web.Request, chat_body: Mapping[str, Any],
