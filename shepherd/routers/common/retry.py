@@ -25,6 +25,14 @@ class RetryableFailure(Exception):
         self.response = response
 
 
+def error_answer(response: web.Response, status: int, final: bool, who: str) -> web.Response:
+    """A worker's error answer (already in the client's shape): tried elsewhere when its status is
+    worth it and another attempt may follow, else what the client gets."""
+    if status in RETRYABLE_STATUSES and not final:
+        raise RetryableFailure(GatewayError(status, "upstream_error", f"{who} answered {status}"), response)
+    return response
+
+
 class Backoff:
     """Exponential backoff with jitter: initial * multiplier**n, capped, moved by +-jitter."""
 

@@ -26,7 +26,7 @@ from shepherd.providers.refresh import ModelRefresher
 from shepherd.routers.common.execution import Execution, Lifecycle, PathLabels
 from shepherd.routers.common.headers import routed_headers
 from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
-from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
+from shepherd.routers.common.retry import error_answer
 from shepherd.routers.common.selection import Selector, routing_request
 from shepherd.routers.external.errors import AUTH_FAILED_CODE, provider_error_response
 from shepherd.routers.external.headers import client_response_headers, provider_request_headers
@@ -142,10 +142,7 @@ class ExternalRouter:
                     model=model, provider=kind.name)
                 self._log_error(worker, kind.name, model, upstream.status, response, request_id)
                 routed_headers(response.headers, request_id, worker.url)  # type: ignore[arg-type]
-                if upstream.status in RETRYABLE_STATUSES and not final:
-                    raise RetryableFailure(GatewayError(upstream.status, "upstream_error",
-                                                        f"{who(attempt)} answered {upstream.status}"), response)
-                return response
+                return error_answer(response, upstream.status, final, who(attempt))
             out = routed_headers(client_response_headers(upstream.headers), request_id, worker.url)
             if isinstance(plan, Passthrough):
                 if upstream.content_length is not None:

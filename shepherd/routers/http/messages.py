@@ -24,7 +24,7 @@ from shepherd.providers.error_body import parse_provider_error
 from shepherd.routers.common.execution import Execution
 from shepherd.routers.common.headers import client_response_headers, routed_headers, upstream_request_headers
 from shepherd.routers.common.relay import no_answer, read_answer, who
-from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
+from shepherd.routers.common.retry import error_answer
 from shepherd.routers.external.plans import CHAT_PATH, COUNT_TOKENS_PATH, MESSAGES_PATH, MessagesViaChat
 from shepherd.routers.external.relay import translate_stream, translate_whole
 from shepherd.routers.external.translate.common import TranslationError
@@ -106,10 +106,7 @@ async def messages_via_chat(transport: Transport, gateway_keys: Any, execution: 
                                       f"{who(attempt).capitalize()} answered {upstream.status}: {error.message}",
                                       flavor="anthropic")
             routed_headers(response.headers, execution.request_id, worker.url)  # type: ignore[arg-type]
-            if upstream.status in RETRYABLE_STATUSES and not final:
-                raise RetryableFailure(GatewayError(upstream.status, "upstream_error",
-                                                    f"{who(attempt)} answered {upstream.status}"), response)
-            return response
+            return error_answer(response, upstream.status, final, who(attempt))
         if stream:
             return await translate_stream(execution, attempt, plan.stream(), out)
         return await translate_whole(execution, attempt, plan, out, final)
