@@ -209,6 +209,8 @@ class WorkerManager:
                 cost=spec.cost,
                 api_key=spec.api_key,
                 bootstrap_port=spec.bootstrap_port,
+                kv_connector=spec.kv_connector,
+                kv_engine_id=spec.kv_engine_id,
                 model_cards=tuple(model_cards),
                 status=WorkerStatus.READY,
                 breaker=None if self._config.breaker.disabled else CircuitBreaker(self._config.breaker),
