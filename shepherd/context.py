@@ -24,6 +24,7 @@ from shepherd.middleware.tenant_limits import load_tenant_limits
 from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import DURATION_BUCKETS, LiveState, Metrics
 from shepherd.observability.tracing import Tracing
+from shepherd.parsers.profiles import ParserProfiles
 from shepherd.plugins.registry import PluginRegistry
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.policies.precise_cache import PreciseCachePolicy
@@ -118,6 +119,7 @@ class AppContext:
     pd_policies: tuple[PolicyRegistry, ...] = ()  # with PD: the prefill and decode policies
     mcp: McpService | None = None  # --mcp-config-path, or made on first use: MCP servers and the tool loop
     mesh: Mesh | None = None  # shared state with other processes and instances (--mesh-redis-url, --workers)
+    parser_profiles: ParserProfiles = field(default_factory=ParserProfiles)  # --model-alias vendor parsers
 
     def mcp_service(self) -> McpService:
         """The MCP service; a gateway without --mcp-config-path makes one (no configured servers, the
@@ -185,6 +187,7 @@ class AppContext:
             health.remove = mesh.remove_worker
             manager.on_stall = lambda worker: mesh.on_health_transition(worker, False)  # stalled: dead to all
         fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
+        parser_profiles = ParserProfiles(config.model_aliases)
         context = cls(
             config=config,
             registry=registry,
@@ -206,12 +209,14 @@ class AppContext:
             metrics=metrics,
             tracing=tracing,
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
-                                        ParserOutputFactory(config.tool_call_parser, config.reasoning_parser),
+                                        ParserOutputFactory(config.tool_call_parser, config.reasoning_parser,
+                                                            parser_profiles),
                                         metrics, tracing),
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
             plugins=PluginRegistry(config.wasm, metrics) if config.wasm.enabled else None,
             history=create_history(config.history),
             mesh=mesh,
+            parser_profiles=parser_profiles,
         )
         context.discovery = Discovery.from_config(config, manager, registry)
         context.pd_policies = pd_policies
