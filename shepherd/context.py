@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,11 +47,13 @@ from shepherd.transport.lean import LeanTransport
 from shepherd.transport.provider import ProviderTransport, TlsSettings
 from shepherd.workers.health import HealthChecker
 from shepherd.workers.http_client import create_upstream_session
-from shepherd.workers.liveness import WedgeSweeper
+from shepherd.workers.liveness import LivenessSweeper
 from shepherd.workers.load_monitor import LoadMonitor
 from shepherd.workers.manager import WorkerManager
 from shepherd.workers.registry import RegistryEvent, WorkerRegistry
 from shepherd.workers.worker import Worker
+
+log = logging.getLogger("shepherd.context")
 
 
 @dataclass
@@ -93,7 +96,7 @@ class AppContext:
     transports: Transports  # local engines' lean client, providers' full client
     manager: WorkerManager
     load_monitor: LoadMonitor
-    wedges: WedgeSweeper
+    wedges: LivenessSweeper  # wedge and stale judgements
     health: HealthChecker
     admission: AdmissionController
     http_router: HttpRouter
@@ -196,7 +199,7 @@ class AppContext:
             transports=transports,
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
-            wedges=WedgeSweeper(registry.all, config.worker_wedge_secs),
+            wedges=LivenessSweeper(registry.all, config.worker_wedge_secs, config.worker_stale_secs),
             health=health,
             admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet,
                                           tenant_limits=tenant_limits, plan=plan,
@@ -260,8 +263,15 @@ class AppContext:
         if self.recorder is not None:
             self.recorder.start()
         config = self.config
-        if not config.disable_load_monitoring or config.policy in LOAD_AWARE_POLICIES:
+        polling = not config.disable_load_monitoring or config.policy in LOAD_AWARE_POLICIES
+        if polling:
             self.load_monitor.start()
+        stale = config.worker_stale_secs
+        if self.kv_events is not None and stale > 0 and (not polling or config.load_monitor_interval_secs >= stale):
+            log.warning("--worker-stale-secs %g: %s, so an idle gRPC worker whose KV events carry load records can "
+                        "be judged stale between health checks; keep it above the poll interval", stale,
+                        "load polling is off" if not polling else
+                        f"the load monitor polls only every {config.load_monitor_interval_secs:g}s")
         if self.discovery is not None:
             self.discovery.start()
         if self.mesh is not None:

@@ -37,8 +37,6 @@ _MM = Refusal("multimodal tensor transport and media preprocessing", "drop the f
 _KV_ANNOTATIONS = Refusal("vLLM KV-connector pod annotations", "register the prefill's kv_connector and "
                           "kv_engine_id with POST /workers or a --discovery-file entry")
 _EPD = Refusal("encode-prefill-decode (EPD) disaggregation", "use --pd-disaggregation with --prefill/--decode")
-_STALE = Refusal("stale-load-report detection", "drop the flag; Shepherd's KV-event streams carry no load "
-                 "records, and a failed load poll already clears the worker's load report")
 _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the flag")
 _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag; tune cache_aware with "
                      "--cache-threshold and --balance-*-threshold")
@@ -53,7 +51,6 @@ REFUSED: dict[str, Refusal] = {
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
-    "--worker-stale-secs": _STALE,
     "--worker-warmup-secs": _WARMUP, "--worker-warmup-share": _WARMUP, "--worker-warmup-blocks": _WARMUP,
     "--worker-warmup-thin-ratio": _WARMUP, "--worker-warmup-divert-every": _WARMUP,
     "--selection-policy": _SELECTION, "--selection-accounting-ttl-ms": _SELECTION, "--overlap-decay": _SELECTION,

@@ -178,8 +178,8 @@ class Metrics:
             "smg_worker_overload_shed_total", "Requests refused because every worker they could use was "
             "overloaded (--worker-overload-shed)", ["stage"], registry=r))
         self.worker_exclusions = _Cached(Counter(
-            "smg_worker_exclusions_total", "Workers taken out of routing by stall or wedge detection "
-            "(--worker-stall-secs, --worker-wedge-secs)", ["reason"], registry=r))
+            "smg_worker_exclusions_total", "Workers taken out of routing by stall, wedge or stale detection "
+            "(--worker-stall-secs, --worker-wedge-secs, --worker-stale-secs)", ["reason"], registry=r))
         self.rate_limit = _Cached(Counter(
             "smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
         self.admission_rejected = _Cached(Counter(

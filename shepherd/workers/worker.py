@@ -148,7 +148,8 @@ class Worker:
             **({"kv_connector": self.kv_connector} if self.kv_connector is not None else {}),
             **({"kv_engine_id": self.kv_engine_id} if self.kv_engine_id is not None else {}),
             **({"circuit_breaker": self.breaker.info()} if self.breaker is not None else {}),
-            **({"stalled": self.liveness.stalled, "wedged": self.liveness.wedged} if self.liveness is not None else {}),
+            **({"stalled": self.liveness.stalled, "wedged": self.liveness.wedged, "stale": self.liveness.stale}
+               if self.liveness is not None else {}),
             **({"translated_apis": sorted(self.missing_apis)} if self.missing_apis else {}),
             **({"engine_load": {k: getattr(self.snapshot, k) for k in LoadSnapshot.__slots__}}
                if self.snapshot is not None else {}),
