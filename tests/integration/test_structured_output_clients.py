@@ -51,10 +51,12 @@ def _two_free_ports_in_a_row() -> int:
 def demo() -> Iterator[str]:
     port, metrics_port = free_ports(2)
     # The demo's gateway takes the rest of its launch flags from the environment, as `shepherd launch`
-    # does; a free metrics port keeps it off the default one another test's gateway may hold.
+    # does: a free metrics port keeps it off the default one another test's gateway may hold, and the
+    # timing ones only make it start and stop sooner.
     process = Process(["demo", "--port", str(port), "--worker-port", str(_two_free_ports_in_a_row())],
                       f"http://127.0.0.1:{port}/readiness", timeout=60,
-                      env={"SHEPHERD_PROMETHEUS_PORT": str(metrics_port)})
+                      env={"SHEPHERD_PROMETHEUS_PORT": str(metrics_port), "SHEPHERD_SHUTDOWN_SETTLE_SECS": "0",
+                           "SHEPHERD_WORKER_STARTUP_CHECK_INTERVAL": "0.2"})
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
