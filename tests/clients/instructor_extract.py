@@ -11,7 +11,7 @@ import instructor
 import openai
 from pydantic import BaseModel
 
-MODES = {"json": instructor.Mode.JSON, "json_schema": instructor.Mode.JSON_SCHEMA,
+MODES = {"json": instructor.Mode.JSON, "json_schema": instructor.Mode.JSON_SCHEMA, "md_json": instructor.Mode.MD_JSON,
          "tools": instructor.Mode.TOOLS, "tools_strict": instructor.Mode.TOOLS_STRICT}
 
 

@@ -1,6 +1,6 @@
 """Structured-output clients against `make run`'s demo (`shepherd demo`: the gateway in front of two
-simulated engines, started exactly as `make run` starts it): instructor in each mode the simulator can
-answer, and langchain's `with_structured_output`.
+simulated engines, started as `make run` starts it): instructor in its JSON, JSON_SCHEMA, MD_JSON,
+TOOLS and TOOLS_STRICT modes and streamed partials, and langchain's `with_structured_output`.
 
 instructor lives in .venv-instructor (`make test-clients`; it cannot share the test venv, see
 tests/clients/instructor-requirements.txt), so it runs as a child process with that venv's Python."""
@@ -71,14 +71,15 @@ def test_instructor_modes(demo: str) -> None:
                           text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     results = {(r["mode"], r["stream"]): r for r in map(json.loads, done.stdout.splitlines())}
-    assert set(results) == {("json", False), ("json_schema", False), ("tools", False), ("tools_strict", False),
-                            ("json", True)}
+    assert set(results) == {("json", False), ("json_schema", False), ("md_json", False), ("tools", False),
+                            ("tools_strict", False), ("json", True)}
     for key, result in results.items():
         assert "error" not in result, f"instructor {key}: {result['error']}"
         city = City.model_validate(result["city"])
         assert city.name, key
-    # JSON modes: the engine's guided decoding filled every field, the list included.
-    for mode in ("json", "json_schema"):
+    # JSON modes (MD_JSON: the schema in the prompt, the answer in a ```json block): every field filled,
+    # the list included.
+    for mode in ("json", "json_schema", "md_json"):
         assert results[(mode, False)]["type"] == "City" and results[(mode, False)]["city"]["districts"]
     # Tool modes: the forced call's arguments (the prompt's last word for a string) came back as the model.
     for mode in ("tools", "tools_strict"):
