@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL = sh -c 'apt-get install -y "$$0" || (apt-get update && apt-get install -y "$$0")'
 
-.PHONY: smg-flags run test test-unit test-servers ci lint typecheck bench bench-setup clean test-tools browser
+.PHONY: smg-flags run test test-unit test-servers test-clients ci lint typecheck bench bench-setup clean test-tools browser
 
 RUN_STAMP := $(VENV)/.installed-run
 
@@ -20,6 +20,18 @@ $(STAMP): pyproject.toml $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# instructor in a venv of its own (its releases pin jiter<0.15; the test venv's openai needs a newer one):
+# tests/integration/test_structured_output_clients.py runs it as a client of the demo.
+CLIENTS_VENV := .venv-instructor
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+
+$(CLIENTS_STAMP): tests/clients/instructor-requirements.txt
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --quiet -r tests/clients/instructor-requirements.txt
+	touch $(CLIENTS_STAMP)
+
+test-clients: $(CLIENTS_STAMP)
+
 run: $(RUN_STAMP)
 	$(BIN)/shepherd demo
 
@@ -31,7 +43,7 @@ smg-flags:
 # integration tests wait on other processes, so two at once fit the 2-core machine.
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
-test: $(STAMP) test-tools browser test-servers
+test: $(STAMP) test-clients test-tools browser test-servers
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 # The real servers the storage and scale-out tests start on loopback (Debian's packages); installed only when missing.
@@ -45,7 +57,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
 # What CI runs: the pinned linters, then the whole suite with a coverage report.
-ci: lint typecheck test-tools browser test-servers
+ci: lint typecheck test-clients test-tools browser test-servers
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --cov --cov-report=term
 # Debian packages tests use when present; a test that needs a missing one skips and says why.
 test-tools:
@@ -75,4 +87,4 @@ bench-setup:
 	test -x .venv-smg/bin/smg || ($(PYTHON) -m venv .venv-smg && .venv-smg/bin/pip install --quiet smg)
 
 clean:
-	rm -rf $(VENV) .venv-smg .pytest_cache .ruff_cache .mypy_cache build *.egg-info
+	rm -rf $(VENV) $(CLIENTS_VENV) .venv-smg .pytest_cache .ruff_cache .mypy_cache build *.egg-info

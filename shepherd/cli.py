@@ -276,6 +276,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                               "deep or growing, after which it gets no new requests until it makes progress; "
                               "stretched by the prefill its engine has queued, up to 120; 0: off "
                               "(default: %(default)s)")
+    routing.add_argument("--worker-stale-secs", type=float, default=defaults.worker_stale_secs,
+                         help="seconds without any contact (a load record, a poll answer, a probe, a token) from a "
+                              "worker whose KV-event stream pushes load records, after which it is out of routing "
+                              "as unreachable until it is heard from again; workers that never pushed a record are "
+                              "not judged by it. Keep it above --load-monitor-interval; 0: off "
+                              "(default: %(default)s)")
     routing.add_argument("--dp-aware", action="store_true",
                          help="route to each data-parallel rank of an engine as a worker of its own")
 

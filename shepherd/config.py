@@ -575,9 +575,10 @@ class GatewayConfig:
     worker_overload_waiting_requests: int = 8  # an engine reporting this many queued requests is overloaded
     worker_overload_token_usage: float = 0.8  # ... or this KV-cache usage
     worker_overload_shed: bool = False  # all candidates overloaded: 503 instead of the least loaded
-    # Stall and wedge detection (workers/liveness.py), SMG 1.13's defaults; 0 disables each.
+    # Stall, wedge and stale detection (workers/liveness.py), SMG 1.13's defaults; 0 disables each.
     worker_stall_secs: float = 2.0
     worker_wedge_secs: float = 3.0
+    worker_stale_secs: float = 15.0
 
     # Logging.
     log_level: str = "info"
@@ -692,8 +693,9 @@ class GatewayConfig:
                 raise ConfigError(f"worker URL {url!r} must start with http:// or https://")
         if self.load_monitor_interval_secs <= 0:
             raise ConfigError("--load-monitor-interval must be positive")
-        if self.worker_stall_secs < 0 or self.worker_wedge_secs < 0:
-            raise ConfigError("--worker-stall-secs and --worker-wedge-secs must not be negative (0: off)")
+        if min(self.worker_stall_secs, self.worker_wedge_secs, self.worker_stale_secs) < 0:
+            raise ConfigError("--worker-stall-secs, --worker-wedge-secs and --worker-stale-secs must not be "
+                              "negative (0: off)")
         if self.worker_overload_waiting_requests < 1:
             raise ConfigError("--worker-overload-waiting-requests must be at least 1 (0 would veto every worker)")
         if not 0.0 < self.worker_overload_token_usage <= 1.0:

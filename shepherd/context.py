@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from shepherd.middleware.tenant_limits import load_tenant_limits
 from shepherd.observability.live_stats import LiveStats
 from shepherd.observability.metrics import DURATION_BUCKETS, LiveState, Metrics
 from shepherd.observability.tracing import Tracing
+from shepherd.parsers.profiles import ParserProfiles
 from shepherd.plugins.registry import PluginRegistry
 from shepherd.policies.factory import LOAD_AWARE_POLICIES
 from shepherd.policies.precise_cache import PreciseCachePolicy
@@ -45,11 +47,13 @@ from shepherd.transport.lean import LeanTransport
 from shepherd.transport.provider import ProviderTransport, TlsSettings
 from shepherd.workers.health import HealthChecker
 from shepherd.workers.http_client import create_upstream_session
-from shepherd.workers.liveness import WedgeSweeper
+from shepherd.workers.liveness import LivenessSweeper
 from shepherd.workers.load_monitor import LoadMonitor
 from shepherd.workers.manager import WorkerManager
 from shepherd.workers.registry import RegistryEvent, WorkerRegistry
 from shepherd.workers.worker import Worker
+
+log = logging.getLogger("shepherd.context")
 
 
 @dataclass
@@ -92,7 +96,7 @@ class AppContext:
     transports: Transports  # local engines' lean client, providers' full client
     manager: WorkerManager
     load_monitor: LoadMonitor
-    wedges: WedgeSweeper
+    wedges: LivenessSweeper  # wedge and stale judgements
     health: HealthChecker
     admission: AdmissionController
     http_router: HttpRouter
@@ -118,6 +122,7 @@ class AppContext:
     pd_policies: tuple[PolicyRegistry, ...] = ()  # with PD: the prefill and decode policies
     mcp: McpService | None = None  # --mcp-config-path, or made on first use: MCP servers and the tool loop
     mesh: Mesh | None = None  # shared state with other processes and instances (--mesh-redis-url, --workers)
+    parser_profiles: ParserProfiles = field(default_factory=ParserProfiles)  # --model-alias vendor parsers
 
     def mcp_service(self) -> McpService:
         """The MCP service; a gateway without --mcp-config-path makes one (no configured servers, the
@@ -185,6 +190,7 @@ class AppContext:
             health.remove = mesh.remove_worker
             manager.on_stall = lambda worker: mesh.on_health_transition(worker, False)  # stalled: dead to all
         fleet = mesh.limiter.take if mesh is not None and mesh.limiter is not None else None
+        parser_profiles = ParserProfiles(config.model_aliases)
         context = cls(
             config=config,
             registry=registry,
@@ -193,7 +199,7 @@ class AppContext:
             transports=transports,
             manager=manager,
             load_monitor=LoadMonitor(registry, session, config.load_monitor_interval_secs),
-            wedges=WedgeSweeper(registry.all, config.worker_wedge_secs),
+            wedges=LivenessSweeper(registry.all, config.worker_wedge_secs, config.worker_stale_secs),
             health=health,
             admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet,
                                           tenant_limits=tenant_limits, plan=plan,
@@ -206,12 +212,14 @@ class AppContext:
             metrics=metrics,
             tracing=tracing,
             grpc=GrpcComponents.install(config, registry, policies, manager, router,
-                                        ParserOutputFactory(config.tool_call_parser, config.reasoning_parser),
+                                        ParserOutputFactory(config.tool_call_parser, config.reasoning_parser,
+                                                            parser_profiles),
                                         metrics, tracing),
             bodies=BodyBudget(config.limits.max_buffered_request_bytes),
             plugins=PluginRegistry(config.wasm, metrics) if config.wasm.enabled else None,
             history=create_history(config.history),
             mesh=mesh,
+            parser_profiles=parser_profiles,
         )
         context.discovery = Discovery.from_config(config, manager, registry)
         context.pd_policies = pd_policies
@@ -255,8 +263,15 @@ class AppContext:
         if self.recorder is not None:
             self.recorder.start()
         config = self.config
-        if not config.disable_load_monitoring or config.policy in LOAD_AWARE_POLICIES:
+        polling = not config.disable_load_monitoring or config.policy in LOAD_AWARE_POLICIES
+        if polling:
             self.load_monitor.start()
+        stale = config.worker_stale_secs
+        if self.kv_events is not None and stale > 0 and (not polling or config.load_monitor_interval_secs >= stale):
+            log.warning("--worker-stale-secs %g: %s, so an idle gRPC worker whose KV events carry load records can "
+                        "be judged stale between health checks; keep it above the poll interval", stale,
+                        "load polling is off" if not polling else
+                        f"the load monitor polls only every {config.load_monitor_interval_secs:g}s")
         if self.discovery is not None:
             self.discovery.start()
         if self.mesh is not None:

@@ -34,9 +34,9 @@ def _not_built(feature: str, owner: str, instead: str = "drop the flag until it 
 
 _MM = Refusal("multimodal tensor transport and media preprocessing", "drop the flag; media is passed to the "
               "engine inside the request body")
+_KV_ANNOTATIONS = Refusal("vLLM KV-connector pod annotations", "register the prefill's kv_connector and "
+                          "kv_engine_id with POST /workers or a --discovery-file entry")
 _EPD = Refusal("encode-prefill-decode (EPD) disaggregation", "use --pd-disaggregation with --prefill/--decode")
-_STALE = Refusal("stale-load-report detection", "drop the flag; Shepherd's KV-event streams carry no load "
-                 "records, and a failed load poll already clears the worker's load report")
 _WARMUP = Refusal("the cache-aware warm-up slice for new workers", "drop the flag")
 _SELECTION = Refusal("event-driven cache-aware selection tuning", "drop the flag; tune cache_aware with "
                      "--cache-threshold and --balance-*-threshold")
@@ -51,7 +51,6 @@ REFUSED: dict[str, Refusal] = {
     "--upstream-http2": Refusal("HTTP/2 to workers", "drop the flag; workers are spoken to over pooled "
                                 "HTTP/1.1 keep-alive connections"),
     "--encode-policy": _EPD, "--epd-disaggregation": _EPD, "--encode": _EPD, "--encode-selector": _EPD,
-    "--worker-stale-secs": _STALE,
     "--worker-warmup-secs": _WARMUP, "--worker-warmup-share": _WARMUP, "--worker-warmup-blocks": _WARMUP,
     "--worker-warmup-thin-ratio": _WARMUP, "--worker-warmup-divert-every": _WARMUP,
     "--selection-policy": _SELECTION, "--selection-accounting-ttl-ms": _SELECTION, "--overlap-decay": _SELECTION,
@@ -70,10 +69,8 @@ REFUSED: dict[str, Refusal] = {
     "--mm-per-request-image-limit": _MM, "--mm-processing": _MM, "--mm-pixel-cache-mb": _MM,
     "--mm-pixel-rdma": _MM, "--mm-allowed-media-domains": _MM, "--mm-allow-private-media-hosts": _MM,
     "--rdma-listen-ip": _MM, "--rdma-slot-ttl-s": _MM, "--log-mm-timing": _MM,
-    "--kv-connector-annotation": Refusal("vLLM KV-connector pod annotations", "set the PD transfer with "
-                                         "--pd-transfer"),
-    "--kv-engine-id-annotation": Refusal("vLLM KV-connector pod annotations", "set the PD transfer with "
-                                         "--pd-transfer"),
+    "--kv-connector-annotation": _KV_ANNOTATIONS,
+    "--kv-engine-id-annotation": _KV_ANNOTATIONS,
     "--router-selector": _MESH,
     "--jemalloc-prof-dir": Refusal("jemalloc heap profiles", "profile the Python process with a sampling "
                                    "profiler (e.g. py-spy)"),

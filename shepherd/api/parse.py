@@ -66,11 +66,12 @@ async def parse_function_call(request: web.Request) -> web.Response:
     text = _text(body)
     name = _optional_str(body, "tool_call_parser") or config.tool_call_parser
     model = _optional_str(body, "model")
+    detect_by = request.app[CONTEXT].parser_profiles.detection_name(model)
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise GatewayError(400, "invalid_type", "'tools' must be a list", param="tools")
     try:
-        resolved = resolve_tool_parser(name, model)
+        resolved = resolve_tool_parser(name, detect_by)
     except UnknownParserError as exc:
         raise GatewayError(400, "unknown_parser", str(exc), param="tool_call_parser") from None
     if resolved is None and name != PASSTHROUGH:
@@ -96,12 +97,13 @@ async def parse_reasoning(request: web.Request) -> web.Response:
     text = _text(body)
     name = _optional_str(body, "reasoning_parser") or config.reasoning_parser
     model = _optional_str(body, "model")
+    detect_by = request.app[CONTEXT].parser_profiles.detection_name(model)
     kwargs = body.get("chat_template_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise GatewayError(400, "invalid_type", "'chat_template_kwargs' must be an object",
                            param="chat_template_kwargs")
     try:
-        resolved = resolve_reasoning_parser(name, model)
+        resolved = resolve_reasoning_parser(name, detect_by)
     except UnknownParserError as exc:
         raise GatewayError(400, "unknown_parser", str(exc), param="reasoning_parser") from None
     if resolved is None and name != PASSTHROUGH:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -49,7 +50,8 @@ class DesiredWorker:
         """Changes whenever the worker must be re-registered (the API key is deliberately left out)."""
         spec = self.spec
         body = orjson.dumps([spec.url, spec.worker_type.value, spec.runtime_type, spec.bootstrap_port,
-                             spec.model_cards, spec.labels, spec.priority, spec.cost, self.source_id],
+                             spec.model_cards, spec.labels, spec.priority, spec.cost, self.source_id,
+                             spec.kv_connector, spec.kv_engine_id],
                             option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(body).hexdigest()[:16]
 
@@ -144,6 +146,4 @@ class Reconciler(BackgroundTask):
 
 
 def _with_labels(spec: WorkerSpec, labels: dict[str, str]) -> WorkerSpec:
-    return WorkerSpec(url=spec.url, model_cards=list(spec.model_cards), worker_type=spec.worker_type,
-                      runtime_type=spec.runtime_type, labels=labels, priority=spec.priority, cost=spec.cost,
-                      api_key=spec.api_key, provider=spec.provider, bootstrap_port=spec.bootstrap_port)
+    return dataclasses.replace(spec, model_cards=list(spec.model_cards), labels=labels)

@@ -148,8 +148,11 @@ class KvEventSubscriptions:
                     async for batch in call:
                         stream.apply(batch)
                         delay = self._initial
-                        if worker.liveness is not None:
-                            worker.liveness.contact()  # the engine is alive: lifts a stall
+                        if worker.liveness is not None:  # the engine is alive: lifts a stall
+                            if batch.HasField("load"):
+                                worker.liveness.load_pushed()  # ... and its silence now means staleness
+                            else:
+                                worker.liveness.contact()
                     log.info("kv event stream of %s ended; reconnecting", worker.url)
                 except _Resubscribe as again:
                     call.cancel()

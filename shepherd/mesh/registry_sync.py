@@ -53,7 +53,8 @@ def spec_of(worker: Worker) -> WorkerSpec:
                       worker_type=worker.worker_type, runtime_type=worker.runtime_type, labels=dict(worker.labels),
                       priority=worker.priority, cost=worker.cost, api_key=worker.api_key,
                       provider=worker.provider,
-                      bootstrap_port=worker.bootstrap_port)
+                      bootstrap_port=worker.bootstrap_port, kv_connector=worker.kv_connector,
+                      kv_engine_id=worker.kv_engine_id)
 
 
 class RegistrySync:

@@ -134,9 +134,12 @@ class Metrics:
         self.pd_bootstrap_failures = _Cached(Counter(
             "smg_pd_bootstrap_failures", "PD, SGLang style: pairs whose prefill leg failed (no hand-over "
             "through the bootstrap room)", pd, registry=r))
+        self.pd_kv_connector_mode = _Cached(Counter(
+            "smg_pd_kv_connector_mode", "PD, vLLM style: dispatches by the prefill worker's KV connector mode "
+            "(nixl, mooncake, passthrough)", ["mode"], registry=r))
         self.pd_kv_transfer_failures = _Cached(Counter(
             "smg_pd_kv_transfer_failures", "PD: pairs whose prefill succeeded but whose hand-over did not: the "
-            "decode leg failed, or a vLLM prefill returned no kv_transfer_params", pd, registry=r))
+            "decode leg failed, or a NIXL prefill returned no kv_transfer_params", pd, registry=r))
         self.ttfb = _Cached(Histogram(
             "smg_router_ttfb_seconds", "Streams: time from dispatch to the first body byte from the worker",
             ["endpoint", "model", "worker"], buckets=durations, registry=r))
@@ -175,8 +178,8 @@ class Metrics:
             "smg_worker_overload_shed_total", "Requests refused because every worker they could use was "
             "overloaded (--worker-overload-shed)", ["stage"], registry=r))
         self.worker_exclusions = _Cached(Counter(
-            "smg_worker_exclusions_total", "Workers taken out of routing by stall or wedge detection "
-            "(--worker-stall-secs, --worker-wedge-secs)", ["reason"], registry=r))
+            "smg_worker_exclusions_total", "Workers taken out of routing by stall, wedge or stale detection "
+            "(--worker-stall-secs, --worker-wedge-secs, --worker-stale-secs)", ["reason"], registry=r))
         self.rate_limit = _Cached(Counter(
             "smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
         self.admission_rejected = _Cached(Counter(

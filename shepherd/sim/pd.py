@@ -1,14 +1,17 @@
 """Prefill/decode roles for the simulator, with a KV hand-over that behaves like the real thing.
 
 A prefill worker runs the prompt's prefill and then publishes each request's KV under its transfer
-key: SGLang's `bootstrap_room` (one per batch item), or, vLLM style, a transfer id it returns in
-`kv_transfer_params`. It serves the published keys on its bootstrap listener (`GET /kv/{key}`), as
-SGLang's prefill server does on its bootstrap port.
+key: SGLang's `bootstrap_room` (one per batch item); vLLM NIXL style, a transfer id it returns in
+`kv_transfer_params`; or vLLM Mooncake style, the `transfer_id` the request's `kv_transfer_params`
+carry (the answer then carries none: Mooncake pushes). It serves the published keys on its bootstrap
+listener (`GET /kv/{key}`, answering with its engine id), as SGLang's prefill server does on its
+bootstrap port. Its engine id (vLLM's kv_transfer_config engine_id) is `sim-<host>-<bootstrap port>`.
 
 A decode worker, before producing a single token, asks the prefill's bootstrap listener (the
-`bootstrap_host`/`bootstrap_port` in the request, or vLLM's `remote_host`/`remote_port`) for every key
-of the request, and fails the request if the KV has not arrived within its timeout. It then decodes
-with the whole prompt already in its cache.
+`bootstrap_host`/`bootstrap_port` in the request, vLLM NIXL's `remote_host`/`remote_port`, or Mooncake's
+`remote_bootstrap_addr`) for every key of the request, and fails the request if the KV has not arrived
+within its timeout, or came from an engine other than the `remote_engine_id` it was told. It then
+decodes with the whole prompt already in its cache.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class KvTransferError(Exception):
 class KvStore:
     """Transfer keys whose KV a prefill worker holds: when published, and how much of it was cached."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine_id: str) -> None:
+        self.engine_id = engine_id
         self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def publish(self, key: str, cached_tokens: int) -> None:
@@ -51,7 +55,7 @@ class KvStore:
         entry = self._keys.get(request.match_info["key"])
         if entry is not None:
             return web.json_response({"key": request.match_info["key"], "transferred": True,
-                                      "cached_tokens": entry[1]})
+                                      "cached_tokens": entry[1], "engine_id": self.engine_id})
         return web.json_response({"error": "no such transfer"}, status=404)
 
 
@@ -76,7 +80,8 @@ class PdRole:
         self.host = host
         self.bootstrap_port = bootstrap_port
         self.timeout_secs = timeout_secs
-        self.store = KvStore()
+        self.engine_id = f"sim-{host}-{bootstrap_port}"
+        self.store = KvStore(self.engine_id)
         self._session: aiohttp.ClientSession | None = None
         self.transfers = 0  # KV hand-overs completed (published on prefill, received on decode)
 
@@ -93,12 +98,12 @@ class PdRole:
     def prepare_prefill(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """vLLM style: the kv_transfer_params the prefill's answer hands to the decode side."""
         params = body.get("kv_transfer_params")
-        if isinstance(params, Mapping) and params.get("do_remote_decode"):
-            transfer_id = f"xfer-{uuid.uuid4().hex}"
+        if isinstance(params, Mapping) and params.get("do_remote_decode") and not params.get("transfer_id"):
+            transfer_id = f"xfer-{uuid.uuid4().hex}"  # NIXL: the engine names the transfer
             return {"do_remote_prefill": True, "do_remote_decode": False, "transfer_id": transfer_id,
-                    "remote_engine_id": f"sim-{self.host}-{self.bootstrap_port}", "remote_host": self.host,
+                    "remote_engine_id": self.engine_id, "remote_host": self.host,
                     "remote_port": self.bootstrap_port, "remote_block_ids": []}
-        return None
+        return None  # Mooncake (the request names the transfer) or SGLang (rooms): nothing to answer with
 
     def publish(self, body: Mapping[str, Any], answer_params: Mapping[str, Any] | None, cached: list[int],
                 wrong_room: bool) -> None:
@@ -118,23 +123,34 @@ class PdRole:
         if not keys:
             raise KvTransferError("a decode worker needs bootstrap_room or kv_transfer_params")
         params = body.get("kv_transfer_params")
+        engine_id = None
         if isinstance(params, Mapping) and params.get("transfer_id"):
-            host, port = params.get("remote_host"), params.get("remote_port")
+            engine_id = params.get("remote_engine_id")
+            if params.get("remote_bootstrap_addr"):  # Mooncake
+                address = str(params["remote_bootstrap_addr"])
+            else:  # NIXL
+                address = f"http://{params.get('remote_host')}:{params.get('remote_port')}" \
+                    if params.get("remote_host") and params.get("remote_port") else ""
         else:
             host, port = _as_list(body.get("bootstrap_host"))[0], _as_list(body.get("bootstrap_port"))[0]
-        if not host or not port:
+            address = f"http://{host}:{port}" if host and port else ""
+        if not address:
             raise KvTransferError("the request names no bootstrap host and port to fetch the KV from")
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         deadline = time.monotonic() + self.timeout_secs
         cached: list[int] = []
         for key in keys:
-            url = f"http://{host}:{port}/kv/{key}"
+            url = f"{address.rstrip('/')}/kv/{key}"
             while True:
                 try:
                     async with self._session.get(url) as response:
                         if response.status == 200:
-                            cached.append(int((await response.json()).get("cached_tokens", 0)))
+                            found = await response.json()
+                            if engine_id is not None and found.get("engine_id") != engine_id:
+                                raise KvTransferError(f"KV {key} is held by engine {found.get('engine_id')!r}, "
+                                                      f"not the remote_engine_id {engine_id!r}")
+                            cached.append(int(found.get("cached_tokens", 0)))
                             break
                 except (aiohttp.ClientError, TimeoutError, ValueError):
                     pass

@@ -38,7 +38,7 @@ from shepherd.sim.formats import (
 from shepherd.sim.generation import Generation
 from shepherd.sim.pd import KvTransferError, PdRole
 from shepherd.sim.provider import ProviderPersona
-from shepherd.sim.structured import structured_schema, structured_text
+from shepherd.sim.structured import structured_schema, structured_text, wants_fenced_json
 from shepherd.sim.text import prompt_text, request_seed, tokenize
 from shepherd.sim.tools import (
     ScriptedTurn,
@@ -324,7 +324,7 @@ class SimWorker:
                 gen = Generation(prompt, max_new, seed, finish, engine, self.config.gen_ms / 1000,
                                  prefilled=transferred is not None)
                 if schema is not None:
-                    gen.replace_text(structured_text(schema, seed))
+                    gen.replace_text(structured_text(schema, seed, fenced=wants_fenced_json(body)))
                 if transferred:  # report the prefill side's cache hits, as the KV arrived with them
                     gen.reported_cached = transferred[min(len(gens), len(transferred) - 1)]
                 gens.append(gen)

@@ -2,7 +2,9 @@
 document (matching the schema where one is given), as a real engine's guided decoding would.
 
 json_object names no schema; clients in JSON mode (instructor, langchain's json_mode) put it in the
-prompt, so the simulator looks there for a JSON Schema, as a model would read it."""
+prompt, so the simulator looks there for a JSON Schema, as a model would read it. A client with no
+response_format at all whose last user message asks for a ```json code block (instructor's MD_JSON
+mode) and whose prompt holds a schema gets the document in such a block."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def structured_schema(body: dict[str, Any]) -> dict[str, Any] | None:
     """The schema to answer with: {} for "any JSON object", None when the request wants plain text."""
     fmt = body.get("response_format")
     if not isinstance(fmt, dict):
-        return None
+        return _schema_in_prompt(body.get("messages")) if wants_fenced_json(body) else None
     if fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
@@ -28,12 +30,27 @@ def structured_schema(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def structured_text(schema: dict[str, Any], seed: int) -> str:
+def structured_text(schema: dict[str, Any], seed: int, fenced: bool = False) -> str:
     rng = random.Random(seed)
     value = _value(schema, schema, rng, 0)
     if not isinstance(value, dict):  # json_object mode promises an object
         value = {"answer": value} if schema == {} else value
-    return orjson.dumps(value).decode()
+    text = orjson.dumps(value).decode()
+    return f"```json\n{text}\n```" if fenced else text
+
+
+def wants_fenced_json(body: dict[str, Any]) -> bool:
+    """No response_format, and the last user message asks for a ```json code block."""
+    if body.get("response_format") is not None:
+        return False
+    messages = body.get("messages")
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return isinstance(content, str) and "```json" in content
+    return False
 
 
 def split_text(text: str, pieces: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""Stall and wedge detection (SMG's --worker-stall-secs and --worker-wedge-secs).
+"""Stall, wedge and stale detection (SMG's --worker-stall-secs, --worker-wedge-secs, --worker-stale-secs).
 
 Each worker registered by the manager carries a `Liveness`: when the gateway last heard anything
 from it (contact: a load poll, a health probe, a KV event, a response head or body bytes) and when
@@ -14,9 +14,13 @@ it last made progress (a streamed chunk, a completed answer, a load poll that re
   never show progress, and its next requests meet the stall check and the breaker). The bound is
   `wedge_secs`, stretched to the time the engine's not-yet-prefilled tokens (`waiting_uncached_tokens`
   of its last load report) need at an assumed PREFILL_TOKENS_PER_SEC, capped at MAX_WEDGE_SECS.
-  A worker falls into a wedge only with time, so `WedgeSweeper` judges every worker a few times per bound.
+  A worker falls into a wedge only with time, so `LivenessSweeper` judges every worker a few times per bound.
+* Stale: a worker whose KV-event stream has pushed load records, not heard from at all for
+  `stale_secs` (its stream went quiet and nothing else reached it either: no load poll answer, probe or
+  token). Excluded as unreachable until its next contact. A worker that never pushed a load record is
+  not judged by it: its silence may just be idleness between polls.
 
-Every change of either state moves the availability epoch (availability.py), which selection's
+Every change of any state moves the availability epoch (availability.py), which selection's
 cache of "all available" fleets depends on. 0 disables each check.
 """
 
@@ -64,18 +68,21 @@ DEEP = 4  # in flight at once with no progress: wedged without needing growth
 class Liveness:
     """One worker's contact and progress times, and whether it is stalled or wedged."""
 
-    __slots__ = ("stall_secs", "wedge_secs", "last_contact", "last_progress", "stalled", "wedged",
-                 "_load_then", "_waiting_then", "_count", "on_stall")
+    __slots__ = ("stall_secs", "wedge_secs", "stale_secs", "last_contact", "last_progress", "stalled", "wedged",
+                 "stale", "pushes_load", "_load_then", "_waiting_then", "_count", "on_stall")
 
     def __init__(self, stall_secs: float, wedge_secs: float, count: Callable[[str], None] | None = None,
-                 now: float | None = None) -> None:
+                 now: float | None = None, stale_secs: float = 0.0) -> None:
         now = time.monotonic() if now is None else now
         self.stall_secs = stall_secs
         self.wedge_secs = wedge_secs
+        self.stale_secs = stale_secs
         self.last_contact = now  # registration: the manager just spoke to it
         self.last_progress = now  # or the moment it last went from idle to busy
         self.stalled = False
         self.wedged = False
+        self.stale = False
+        self.pushes_load = False  # its KV-event stream has carried a load record: judged stale by silence
         self._load_then = 0  # in flight, and engine waiting queue, at last_progress: "growing" is above these
         self._waiting_then = 0
         self._count = count  # exclusions, by reason ("stall", "wedge"), for the metric
@@ -83,13 +90,19 @@ class Liveness:
 
     @property
     def admits(self) -> bool:
-        return not (self.stalled or self.wedged)
+        return not (self.stalled or self.wedged or self.stale)
 
     def contact(self, now: float | None = None) -> None:
         self.last_contact = time.monotonic() if now is None else now
-        if self.stalled:
-            self.stalled = False
+        if self.stalled or self.stale:
+            self.stalled = self.stale = False
             availability.changed()
+
+    def load_pushed(self, now: float | None = None) -> None:
+        """The worker's KV-event stream carried a load record: contact, and from now on it is judged stale
+        when silent for stale_secs."""
+        self.pushes_load = True
+        self.contact(now)
 
     def progress(self, worker: Worker, now: float | None = None) -> None:
         """A token, a chunk or a whole answer: contact, and the wedge clock starts over."""
@@ -118,10 +131,23 @@ class Liveness:
                 self.on_stall(worker)
 
     def judge(self, worker: Worker, now: float | None = None) -> None:
-        """Whether the worker is wedged now (the sweeper calls this)."""
-        if self.wedge_secs <= 0:
-            return
+        """Whether the worker is stale or wedged now (the sweeper calls this)."""
         now = time.monotonic() if now is None else now
+        self._judge_stale(worker, now)
+        if self.wedge_secs > 0:
+            self._judge_wedge(worker, now)
+
+    def _judge_stale(self, worker: Worker, now: float) -> None:
+        if self.stale_secs <= 0 or not self.pushes_load or self.stale or now - self.last_contact < self.stale_secs:
+            return
+        self.stale = True
+        availability.changed()
+        log.warning("worker %s stale: its load reports stopped and nothing was heard from it for %.1fs; out of "
+                    "routing until it is heard from", worker.url, now - self.last_contact)
+        if self._count is not None:
+            self._count("stale")
+
+    def _judge_wedge(self, worker: Worker, now: float) -> None:
         load = worker.load
         if load <= 0:
             self._mark(worker, now)  # idle: nothing is owed, so no silence accrues
@@ -159,18 +185,19 @@ class Liveness:
         self._waiting_then = snapshot.waiting if snapshot is not None else 0
 
 
-def sweep_interval(wedge_secs: float) -> float:
-    """A few judgements per bound, so a wedge is seen at most a quarter bound late."""
-    return max(0.05, min(0.5, wedge_secs / 4))
+def sweep_interval(wedge_secs: float, stale_secs: float = 0.0) -> float:
+    """A few judgements per bound, so a wedge or staleness is seen at most a quarter bound late."""
+    bounds = [b for b in (wedge_secs, stale_secs) if b > 0] or [wedge_secs]
+    return max(0.05, min(0.5, min(bounds) / 4))
 
 
-class WedgeSweeper:
-    """Judges every worker's wedge state a few times per --worker-wedge-secs."""
+class LivenessSweeper:
+    """Judges every worker's wedge and stale state a few times per --worker-wedge-secs / --worker-stale-secs."""
 
-    def __init__(self, workers: Callable[[], Iterable[Worker]], wedge_secs: float) -> None:
+    def __init__(self, workers: Callable[[], Iterable[Worker]], wedge_secs: float, stale_secs: float = 0.0) -> None:
         self._workers = workers
-        self._loop = Periodic("wedge sweep", sweep_interval(wedge_secs), self.sweep_once, log)
-        self.enabled = wedge_secs > 0
+        self._loop = Periodic("liveness sweep", sweep_interval(wedge_secs, stale_secs), self.sweep_once, log)
+        self.enabled = wedge_secs > 0 or stale_secs > 0
 
     def start(self) -> None:
         if self.enabled:

@@ -95,9 +95,11 @@ class WorkerManager:
         """Stall/wedge tracking for a local engine; a provider is neither polled nor probed, so a
         stall could never be lifted, and it streams no engine load to judge a wedge by."""
         config = self._config
-        if provider is not None or (config.worker_stall_secs <= 0 and config.worker_wedge_secs <= 0):
+        if provider is not None or max(config.worker_stall_secs, config.worker_wedge_secs,
+                                       config.worker_stale_secs) <= 0:
             return None
-        liveness = Liveness(config.worker_stall_secs, config.worker_wedge_secs, self.on_exclusion)
+        liveness = Liveness(config.worker_stall_secs, config.worker_wedge_secs, self.on_exclusion,
+                            stale_secs=config.worker_stale_secs)
         liveness.on_stall = self.on_stall
         return liveness
 
@@ -209,6 +211,8 @@ class WorkerManager:
                 cost=spec.cost,
                 api_key=spec.api_key,
                 bootstrap_port=spec.bootstrap_port,
+                kv_connector=spec.kv_connector,
+                kv_engine_id=spec.kv_engine_id,
                 model_cards=tuple(model_cards),
                 status=WorkerStatus.READY,
                 breaker=None if self._config.breaker.disabled else CircuitBreaker(self._config.breaker),

@@ -11,6 +11,7 @@ from shepherd.workers.worker import WorkerType
 
 _RUNTIMES = ("sglang", "vllm", "trtllm", "generic", "external")
 WORKER_URL_SCHEMES = ("http://", "https://", "grpc://")
+_MAX_KV_NAME = 256  # kv_connector / kv_engine_id: they travel into request bodies
 
 
 class SpecError(ValueError):
@@ -29,6 +30,10 @@ class WorkerSpec:
     api_key: str | None = None
     provider: str | None = None  # external workers only
     bootstrap_port: int | None = None  # PD prefill workers (SGLang): the KV hand-over port
+    # vLLM PD over HTTP (SMG's registration fields): the prefill's KV connector (MooncakeConnector,
+    # NixlConnector, ...) and, for Mooncake, the engine_id of its --kv-transfer-config.
+    kv_connector: str | None = None
+    kv_engine_id: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> WorkerSpec:
@@ -62,6 +67,12 @@ class WorkerSpec:
             if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
                 raise SpecError("'bootstrap_port' must be a port number or null")
             spec.bootstrap_port = port
+        for name in ("kv_connector", "kv_engine_id"):
+            value = data.get(name)
+            if value is not None:
+                if not isinstance(value, str) or not 0 < len(value) <= _MAX_KV_NAME or not value.isprintable():
+                    raise SpecError(f"'{name}' must be a non-empty string of at most {_MAX_KV_NAME} characters")
+                setattr(spec, name, value)
         spec.apply_update(data, allow_unknown=True)
         return spec
 

@@ -73,6 +73,8 @@ class Worker:
     dp_rank: int | None = None
     dp_size: int = 1
     bootstrap_port: int | None = None  # PD prefill workers: where decode workers fetch the KV (SGLang)
+    kv_connector: str | None = None  # vLLM PD prefill workers: their KV connector (routers/http/kv_connector.py)
+    kv_engine_id: str | None = None  # ... and, for Mooncake, the engine id the hand-over names
 
     status: WorkerStatus = WorkerStatus.READY
     load: int = 0  # requests this gateway has in flight on the worker
@@ -143,8 +145,11 @@ class Worker:
             "processed": self.processed,
             **({"dp_rank": self.dp_rank, "dp_size": self.dp_size} if self.dp_rank is not None else {}),
             **({"bootstrap_port": self.bootstrap_port} if self.worker_type is WorkerType.PREFILL else {}),
+            **({"kv_connector": self.kv_connector} if self.kv_connector is not None else {}),
+            **({"kv_engine_id": self.kv_engine_id} if self.kv_engine_id is not None else {}),
             **({"circuit_breaker": self.breaker.info()} if self.breaker is not None else {}),
-            **({"stalled": self.liveness.stalled, "wedged": self.liveness.wedged} if self.liveness is not None else {}),
+            **({"stalled": self.liveness.stalled, "wedged": self.liveness.wedged, "stale": self.liveness.stale}
+               if self.liveness is not None else {}),
             **({"translated_apis": sorted(self.missing_apis)} if self.missing_apis else {}),
             **({"engine_load": {k: getattr(self.snapshot, k) for k in LoadSnapshot.__slots__}}
                if self.snapshot is not None else {}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -178,6 +179,62 @@ def test_vllm_style_prefill_then_decode(cluster: tuple[Sim, Sim]) -> None:
         assert transfers(decode) == 1
         assert gw.metric("smg_pd_kv_transfer_duration_seconds_count", backend_type="pd", model="mock-model") == 1
         assert gw.metric("smg_pd_kv_transfer_failures_total", backend_type="pd") == 0
+        # A prefill registered without a connector is taken for NIXL (see routers/http/kv_connector.py).
+        assert gw.metric("smg_pd_kv_connector_mode_total", mode="nixl") == 1
+        assert gw.metric("smg_pd_kv_connector_mode_total", mode="mooncake") == 0
+    finally:
+        gw.stop()
+
+
+def _registered_pair(gw: Gateway, prefill: dict, decode_url: str) -> None:
+    with httpx.Client(base_url=gw.url, timeout=10) as http:
+        assert http.post("/workers", json={"worker_type": "prefill", **prefill}).status_code == 202
+        assert http.post("/workers", json={"url": decode_url, "worker_type": "decode"}).status_code == 202
+        wait_until(lambda: http.get("/readiness").status_code == 200, 10, message="the registered pair")
+
+
+def test_vllm_mooncake_hand_over_is_minted_by_the_gateway(cluster: tuple[Sim, Sim]) -> None:
+    prefill, decode = cluster
+    bootstrap = prefill.bootstrap_ports[0]  # type: ignore[attr-defined]
+    gw = Gateway([], "--pd-disaggregation", "--pd-transfer", "vllm", "--retry-max-retries", "1",
+                 expect_workers=0)
+    try:
+        # SMG's registration of a Mooncake prefill: connector, the engine id of its kv_transfer_config
+        # (the simulator's is sim-<host>-<bootstrap port>) and its bootstrap port.
+        _registered_pair(gw, {"url": prefill.urls[0], "kv_connector": "MooncakeConnector",
+                              "kv_engine_id": f"sim-127.0.0.1-{bootstrap}", "bootstrap_port": bootstrap},
+                         decode.urls[0])
+        listed = {w["worker_type"]: w for w in httpx.get(gw.url + "/workers", timeout=5).json()["workers"]}
+        assert listed["prefill"]["kv_connector"] == "MooncakeConnector"
+        reply = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30)
+        assert reply.status_code == 200 and len(reply.json()["choices"][0]["message"]["content"].split()) == 6
+        prefill_params = orjson.loads(prefill.requests(0)[-1]["body"])["kv_transfer_params"]
+        transfer_id = prefill_params["transfer_id"]
+        assert prefill_params == {"do_remote_decode": True, "do_remote_prefill": False, "transfer_id": transfer_id}
+        assert transfer_id.startswith("xfer-") and uuid.UUID(transfer_id.removeprefix("xfer-")).version == 7
+        assert orjson.loads(decode.requests(0)[-1]["body"])["kv_transfer_params"] == {
+            "do_remote_decode": False, "do_remote_prefill": True, "transfer_id": transfer_id,
+            "remote_engine_id": f"sim-127.0.0.1-{bootstrap}", "remote_bootstrap_addr": f"http://127.0.0.1:{bootstrap}"}
+        assert transfers(decode) == 1  # the decode fetched the KV the prefill pushed under the minted id
+        assert gw.metric("smg_pd_kv_connector_mode_total", mode="mooncake") == 1
+        assert gw.metric("smg_pd_kv_connector_mode_total", mode="nixl") == 0
+        assert gw.metric("smg_pd_kv_transfer_failures_total", backend_type="pd") == 0
+    finally:
+        gw.stop()
+
+
+def test_vllm_mooncake_with_the_wrong_engine_id_is_a_failed_hand_over(cluster: tuple[Sim, Sim]) -> None:
+    prefill, decode = cluster
+    bootstrap = prefill.bootstrap_ports[0]  # type: ignore[attr-defined]
+    gw = Gateway([], "--pd-disaggregation", "--pd-transfer", "vllm", "--retry-max-retries", "1",
+                 expect_workers=0)
+    try:
+        _registered_pair(gw, {"url": prefill.urls[0], "kv_connector": "MooncakeConnector",
+                              "kv_engine_id": "another-engine", "bootstrap_port": bootstrap}, decode.urls[0])
+        reply = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30)
+        assert reply.status_code >= 500  # the decode found the KV held by an engine it was not told of
+        assert gw.metric("smg_pd_kv_transfer_failures_total", backend_type="pd") >= 1
+        assert gw.metric("smg_pd_kv_connector_mode_total", mode="mooncake") >= 1
     finally:
         gw.stop()
 

@@ -1,5 +1,6 @@
 """Drop-in fidelity with SMG, end to end: the routes clients call, SMG's metric families, a worker deleted
-while still being probed, and structured output / logprobs from the simulator through the gateway."""
+while still being probed, and structured output / logprobs from the simulator through the gateway (the
+structured-output client libraries against the demo: test_structured_output_clients.py)."""
 
 from __future__ import annotations
 
@@ -133,13 +134,3 @@ def test_json_schema_and_json_object_answers_are_valid_json(cluster: tuple[Sim, 
     text = "".join(c.choices[0].delta.content or "" for c in guided if c.choices)
     City.model_validate_json(text)
 
-
-def test_langchain_with_structured_output(cluster: tuple[Sim, Gateway]) -> None:
-    from langchain_openai import ChatOpenAI
-
-    _, gw = cluster
-    model = ChatOpenAI(model="mock-model", base_url=gw.url + "/v1", api_key="unused", max_retries=0)
-    for method in ("json_schema", "json_mode"):
-        city = model.with_structured_output(City, method=method).invoke(
-            f"Describe a city as JSON matching {json.dumps(City.model_json_schema())}")
-        assert isinstance(city, City), method

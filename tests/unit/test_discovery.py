@@ -81,8 +81,10 @@ def test_worker_file_formats() -> None:
         ("http://10.0.0.1:8000", "http://10.0.0.1:8000", "k"), ("b", "http://h:1", "k")]
     assert listed[1].spec.priority == 3 and listed[1].spec.model_cards == [{"id": "m"}]
     versioned = parse_worker_file('{"version": 1, "workers": [{"url": "[fd00::1]:80", "worker_type": "prefill", '
-                                  '"bootstrap_port": 8998}]}', pd_disaggregation=True, api_key=None)
+                                  '"bootstrap_port": 8998, "kv_connector": "MooncakeConnector", '
+                                  '"kv_engine_id": "e1"}]}', pd_disaggregation=True, api_key=None)
     assert versioned[0].spec.url == "http://[fd00::1]:80" and versioned[0].spec.bootstrap_port == 8998
+    assert (versioned[0].spec.kv_connector, versioned[0].spec.kv_engine_id) == ("MooncakeConnector", "e1")
     assert parse_worker_file("", pd_disaggregation=False, api_key=None) == []
 
 

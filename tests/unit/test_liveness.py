@@ -3,6 +3,7 @@ every change moves the availability epoch selection's cache depends on."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.selection import Selector
 from shepherd.transport.errors import UpstreamError, UpstreamTimeout
 from shepherd.workers import availability
-from shepherd.workers.liveness import MAX_WEDGE_SECS, PREFILL_TOKENS_PER_SEC, Liveness, WedgeSweeper
+from shepherd.workers.liveness import MAX_WEDGE_SECS, PREFILL_TOKENS_PER_SEC, Liveness, LivenessSweeper
 from shepherd.workers.load_monitor import LoadMonitor
 from shepherd.workers.manager import WorkerManager
 from shepherd.workers.registry import WorkerRegistry
@@ -38,7 +39,10 @@ def _config(*flags: str):  # type: ignore[no-untyped-def]
 
 def test_the_flags_default_as_smg_and_reject_negatives() -> None:
     defaults = _config()
-    assert (defaults.worker_stall_secs, defaults.worker_wedge_secs) == (2.0, 3.0)
+    assert (defaults.worker_stall_secs, defaults.worker_wedge_secs, defaults.worker_stale_secs) == (2.0, 3.0, 15.0)
+    assert _config("--worker-stale-secs", "0").worker_stale_secs == 0.0
+    with pytest.raises(ConfigError, match="--worker-stale-secs"):
+        _config("--worker-stale-secs", "-1").validate()
     off = _config("--worker-stall-secs", "0", "--worker-wedge-secs", "0.5")
     assert (off.worker_stall_secs, off.worker_wedge_secs) == (0.0, 0.5)
     with pytest.raises(ConfigError, match="--worker-stall-secs"):
@@ -313,9 +317,9 @@ async def test_the_sweeper_judges_every_tracked_worker() -> None:
     tracked, untracked = _worker("w0"), Worker("w1", "http://w1", ("m",))
     _busy(tracked, 4, now=-100.0)  # long silent: the sweeper's clock is the real one
     untracked.load = 4
-    await WedgeSweeper(lambda: [tracked, untracked], 3.0).sweep_once()
+    await LivenessSweeper(lambda: [tracked, untracked], 3.0).sweep_once()
     assert _live(tracked).wedged and untracked.is_available
-    assert not WedgeSweeper(list, 0.0).enabled
+    assert not LivenessSweeper(list, 0.0).enabled
 
 
 def test_the_manager_tracks_local_engines_only_and_counts_their_exclusions() -> None:
@@ -328,5 +332,92 @@ def test_the_manager_tracks_local_engines_only_and_counts_their_exclusions() -> 
     worker = Worker("w0", "http://w0", ("m",), liveness=live)
     live.transport_failed(worker, now=live.last_contact + 5)
     assert counted == ["stall"]
-    off = WorkerManager(GatewayConfig(worker_stall_secs=0, worker_wedge_secs=0), WorkerRegistry(), None)  # type: ignore[arg-type]
+    off = WorkerManager(GatewayConfig(worker_stall_secs=0, worker_wedge_secs=0, worker_stale_secs=0),  # type: ignore[arg-type]
+                        WorkerRegistry(), None)
     assert off._liveness(None) is None
+
+
+def _pushing(stale: float = 15.0, counted: list[str] | None = None) -> Worker:
+    worker = Worker("g0", "grpc://g0", ("m",), connection_mode="grpc",
+                    liveness=Liveness(0.0, 0.0, counted.append if counted is not None else None, now=0.0,
+                                      stale_secs=stale))
+    return worker
+
+
+def test_a_worker_whose_load_reports_stop_goes_stale_until_heard_from() -> None:
+    counted: list[str] = []
+    worker = _pushing(counted=counted)
+    live = _live(worker)
+    live.load_pushed(now=1.0)  # its KV-event stream carried a load record
+    live.judge(worker, now=15.9)
+    assert worker.is_available
+    before = availability.epoch()
+    live.judge(worker, now=16.0)  # 15 s of silence: no record, poll answer, probe or token
+    assert not worker.is_available and live.stale and counted == ["stale"] and availability.epoch() != before
+    assert worker.info()["stale"] is True
+    live.judge(worker, now=40.0)
+    assert counted == ["stale"]  # judged once per episode
+    live.contact(now=41.0)  # any contact (a poll answer, a probe) re-admits it
+    assert worker.is_available and not live.stale
+
+
+def test_a_worker_that_never_pushed_a_load_record_is_not_judged_stale() -> None:
+    worker = _pushing()
+    live = _live(worker)
+    live.contact(now=1.0)  # polls and probes only
+    live.judge(worker, now=1000.0)
+    assert worker.is_available and not live.stale
+    off = _pushing(stale=0.0)
+    _live(off).load_pushed(now=1.0)
+    _live(off).judge(off, now=1000.0)
+    assert off.is_available  # 0: off
+
+
+async def test_the_sweeper_runs_for_staleness_alone() -> None:
+    sweeper = LivenessSweeper(lambda: [], 0.0, 15.0)
+    assert sweeper.enabled
+    worker = _pushing()
+    _live(worker).load_pushed(now=-100.0)  # the sweeper's clock is the real one
+    await LivenessSweeper(lambda: [worker], 0.0, 15.0).sweep_once()
+    assert _live(worker).stale
+
+
+class _Call:
+    """A SubscribeKvEvents call: the given batches, then the stream stays open."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self._batches = batches
+
+    def __aiter__(self) -> _Call:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._batches:
+            return self._batches.pop(0)
+        await asyncio.Event().wait()  # open, quiet
+
+    def cancel(self) -> None:
+        pass
+
+
+async def test_a_kv_event_batch_with_a_load_record_makes_the_worker_judged_by_staleness() -> None:
+    from smg_grpc_proto.generated import common_pb2
+
+    from shepherd.kv.index import KvIndex
+    from shepherd.kv.subscriber import KvEventSubscriptions
+    from shepherd.workers.registry import RegistryEvent
+
+    quiet, pushing = _pushing(), Worker("g1", "grpc://g1", ("m",), connection_mode="grpc",
+                                        liveness=Liveness(0.0, 0.0, now=0.0, stale_secs=15.0))
+    batches = {"grpc://g0": [common_pb2.KvEventBatch(sequence_number=0)],
+               "grpc://g1": [common_pb2.KvEventBatch(sequence_number=0,
+                                                     load=common_pb2.EngineLoad(running_requests=1))]}
+    stubs = {url: type("Stub", (), {"SubscribeKvEvents": lambda self, request, calls=calls: _Call(calls)})()
+             for url, calls in batches.items()}
+    subscriptions = KvEventSubscriptions(KvIndex(16), lambda url: type("Client", (), {"stub": stubs[url]})())
+    for worker in (quiet, pushing):
+        subscriptions.on_registry_event(RegistryEvent.ADDED, worker)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await subscriptions.stop()
+    assert not _live(quiet).pushes_load and _live(pushing).pushes_load

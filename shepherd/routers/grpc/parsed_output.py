@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shepherd.parsers.profiles import ParserProfiles
 from shepherd.parsers.reasoning import ReasoningDelta, ReasoningParser, create_reasoning_parser
 from shepherd.parsers.tool import ContentDelta, ToolCallArgs, ToolCallStart, ToolParser, create_tool_parser
 from shepherd.parsers.tool.registry import resolve_tool_parser
@@ -96,20 +97,24 @@ class ParsedOutput:
 class ParserOutputFactory:
     """Builds each choice's output: parsers where the model and request call for them, plain text otherwise."""
 
-    def __init__(self, tool_call_parser: str | None, reasoning_parser: str | None) -> None:
+    def __init__(self, tool_call_parser: str | None, reasoning_parser: str | None,
+                 profiles: ParserProfiles | None = None) -> None:
         self._tool_call_parser = tool_call_parser
         self._reasoning_parser = reasoning_parser
+        self._profiles = profiles or ParserProfiles()
         self._plain = PlainOutput()
 
     def needs_special_tokens(self, context: ChatOutputContext) -> bool:
         """Tool-call markers can be special tokens: keep them in the decoded text when tools are in play."""
-        return bool(context.tools) and resolve_tool_parser(self._tool_call_parser, context.model) is not None
+        model = self._profiles.detection_name(context.model)
+        return bool(context.tools) and resolve_tool_parser(self._tool_call_parser, model) is not None
 
     def __call__(self, context: ChatOutputContext) -> ChoiceOutput:
         kwargs = context.body.get("chat_template_kwargs")
-        reasoning = create_reasoning_parser(self._reasoning_parser, model=context.model,
+        model = self._profiles.detection_name(context.model)
+        reasoning = create_reasoning_parser(self._reasoning_parser, model=model,
                                             chat_template_kwargs=kwargs if isinstance(kwargs, dict) else None)
-        tools = create_tool_parser(self._tool_call_parser, model=context.model, tools=list(context.tools),
+        tools = create_tool_parser(self._tool_call_parser, model=model, tools=list(context.tools),
                                    tool_choice=context.tool_choice) if context.tools else None
         if reasoning is None and tools is None:
             return self._plain

@@ -9,7 +9,8 @@ decode's.
 
 vLLM style (sequential, for vLLM prefill workers or `--pd-transfer vllm`): the prefill runs first with
 one output token and `kv_transfer_params` asking for a remote decode; the decode then runs with the
-`kv_transfer_params` the prefill returned.
+`kv_transfer_params` the prefill returned (NIXL), or ones the gateway minted (Mooncake): see
+kv_connector.py.
 
 PD admission (pd_admission.py) may hold a request before the pair is dispatched: for a prefill slot on
 its prefill worker (held until the prefill has answered) and for room in the decode engine's running
@@ -45,6 +46,7 @@ from shepherd.routers.common.headers import client_response_headers, routed_head
 from shepherd.routers.common.relay import failure, no_answer, read_answer, relay_stream, relay_whole
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
 from shepherd.routers.common.selection import Selector, overload_guard, routing_request
+from shepherd.routers.http.kv_connector import handoff_for
 from shepherd.routers.http.pd_admission import PdAdmission
 from shepherd.transport.base import Transport
 from shepherd.transport.errors import UpstreamError
@@ -191,6 +193,10 @@ class PdRouter:
                                    prefilling: Slot) -> web.StreamResponse:
         decode_body = dict(body)
         legs: list[Attempt] = []
+        handoff = handoff_for(prefill)
+        metrics = execution.lifecycle.metrics
+        if metrics is not None:
+            metrics.pd_kv_connector_mode(handoff.mode).inc()
         if (body.get("n") or 1) != 1:
             prefilling.release()  # no prefill leg: the decode recomputes the prompt
         try:
@@ -199,17 +205,19 @@ class PdRouter:
                 prefill_leg = execution.attempt(prefill)
                 legs.append(prefill_leg)
                 prefill_leg.start(self._transport, "POST", path, self._headers(execution, prefill),
-                                  orjson.dumps(_prefill_only(path, body)), execution.remaining())
+                                  orjson.dumps(_prefill_only(path, body, handoff.prefill_params())),
+                                  execution.remaining())
                 answer = await self._read_leg(execution, prefill_leg, "prefill", final)
                 prefilling.release()
                 self._observe(execution, "pd_prefill_duration", prefill, dispatched)
                 try:
-                    params = orjson.loads(answer).get("kv_transfer_params")
+                    returned = orjson.loads(answer).get("kv_transfer_params")
                 except (orjson.JSONDecodeError, AttributeError):
-                    params = None
+                    returned = None
+                params = handoff.decode_params(returned)
                 if params:
                     decode_body["kv_transfer_params"] = params
-                else:  # the decode will recompute the prompt: the hand-over did not happen
+                elif handoff.needs_returned_params:  # NIXL: the decode will recompute the prompt
                     self._count(execution, "pd_kv_transfer_failures", prefill)
             prefilled = time.perf_counter()
             decode_leg = execution.attempt(decode)
@@ -361,8 +369,8 @@ def _batch_size(path: str, body: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _prefill_only(path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """vLLM's prefill request: one output token, no streaming, asking for a remote decode."""
+def _prefill_only(path: str, body: Mapping[str, Any], kv_params: dict[str, Any] | None) -> dict[str, Any]:
+    """vLLM's prefill request: one output token, no streaming, tagged for the KV connector's hand-over."""
     prefill = {k: v for k, v in body.items() if k not in ("stream_options", "min_tokens")}
     prefill["stream"] = False
     if "n" in prefill:
@@ -374,7 +382,8 @@ def _prefill_only(path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         prefill.pop("max_tokens", None)
     else:
         prefill["max_tokens"] = 1
-    prefill["kv_transfer_params"] = {"do_remote_decode": True, "do_remote_prefill": False}
+    if kv_params is not None:
+        prefill["kv_transfer_params"] = kv_params
     return prefill
 
 
