@@ -870,6 +870,11 @@ def _add_mock_worker_args(parser: argparse.ArgumentParser) -> None:
                       help="gRPC: answer SubscribeKvEvents with UNIMPLEMENTED, like an engine without events")
     cost.add_argument("--kv-event-replay", type=int, default=sim.kv_event_replay,
                       help="KV-event batches kept for a subscriber resuming after a gap (default: %(default)s)")
+    cost.add_argument("--kv-events-endpoints", nargs="+", default=[], metavar="ENDPOINT",
+                      help="HTTP: publish each worker's KV events on this ZMQ PUB endpoint, one per --ports entry "
+                           "(e.g. tcp://127.0.0.1:5557), as vLLM's and SGLang's ZmqEventPublisher do")
+    cost.add_argument("--kv-events-replay-endpoints", nargs="+", default=[], metavar="ENDPOINT",
+                      help="HTTP: each worker's ZMQ ROUTER replay endpoint (with --kv-events-endpoints)")
     grpc = parser.add_argument_group("gRPC engines (SGLang's or vLLM's gRPC service, per --runtime)")
     grpc.add_argument("--grpc", action="store_true", help="serve gRPC instead of HTTP")
     grpc.add_argument("--control-ports", type=int, nargs="+", default=[],
@@ -918,7 +923,16 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
                                  control_ports=list(args.control_ports))
         _run(run_grpc_cluster(config, options, args.host, ports))
         return 0
-    _run(run_cluster(config, args.host, ports, faults, args.bootstrap_ports))
+    replays = list(args.kv_events_replay_endpoints)
+    if replays and len(replays) != len(args.kv_events_endpoints):
+        print("shepherd: --kv-events-replay-endpoints needs one endpoint per --kv-events-endpoints entry",
+              file=sys.stderr)
+        return 2
+    kv_events = [(e, replays[i] if replays else None) for i, e in enumerate(args.kv_events_endpoints)]
+    if kv_events and len(kv_events) != len(ports):
+        print("shepherd: --kv-events-endpoints needs one endpoint per port", file=sys.stderr)
+        return 2
+    _run(run_cluster(config, args.host, ports, faults, args.bootstrap_ports, kv_events))
     return 0
 
 

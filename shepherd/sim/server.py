@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -36,6 +36,7 @@ from shepherd.sim.formats import (
     ResponsesFormat,
 )
 from shepherd.sim.generation import Generation
+from shepherd.sim.kv_events import KvFaultError, kv_event_faults
 from shepherd.sim.pd import KvTransferError, PdRole
 from shepherd.sim.provider import ProviderPersona
 from shepherd.sim.structured import structured_schema, structured_text
@@ -48,6 +49,9 @@ from shepherd.sim.tools import (
     openai_stream,
     script_turn,
 )
+
+if TYPE_CHECKING:
+    from shepherd.sim.zmq_events import ZmqKvPublisher
 
 log = logging.getLogger("shepherd.sim")
 
@@ -124,6 +128,7 @@ class SimWorker:
         self._served = 0
         self.served_models = [config.model, *config.extra_models]
         self.persona = ProviderPersona(config.provider, config.api_key) if config.provider else None
+        self.kv_publisher: ZmqKvPublisher | None = None  # set by SimCluster when KV events go out over ZMQ
         self.app = self._build_app()
 
     # -- app ----------------------------------------------------------------------------------
@@ -178,10 +183,14 @@ class SimWorker:
         routes.add_post("/sim/faults", self.sim_faults)
         routes.add_get("/sim/requests", self.sim_requests)
         routes.add_post("/sim/reset", self.sim_reset)
+        routes.add_get("/sim/kv_events", self.sim_kv_events)
+        routes.add_post("/sim/kv_events", self.sim_kv_events)
         routes.add_get("/sim/models", self.sim_models)
         routes.add_post("/sim/models", self.sim_models)
 
     async def close(self) -> None:
+        if self.kv_publisher is not None:
+            await self.kv_publisher.stop()
         if self.pd is not None:
             await self.pd.close()
         for engine in self.engines:
@@ -640,6 +649,25 @@ class SimWorker:
 
     async def sim_requests(self, request: web.Request) -> web.Response:
         return _json(list(self.stats.recent))
+
+    async def sim_kv_events(self, request: web.Request) -> web.Response:
+        """KV-event faults (kv_events.kv_event_faults), plus `replay`: false makes the ZMQ replay socket
+        ignore requests (an engine whose replay endpoint is gone), true brings it back."""
+        engine, publisher = self.engine, self.kv_publisher
+        if engine is None:
+            return _error(400, "the canned engine has no KV cache")
+        try:
+            changes = orjson.loads(await request.read()) if request.method == "POST" else None
+            if isinstance(changes, dict) and "replay" in changes:
+                if publisher is None or not isinstance(changes["replay"], bool):
+                    raise KvFaultError("replay (a boolean) needs a ZMQ publisher with a replay endpoint")
+                publisher.replay_enabled = changes.pop("replay")
+            body = kv_event_faults(engine.events, engine.cached_blocks(), changes)
+        except (orjson.JSONDecodeError, KvFaultError) as exc:
+            return _error(400, str(exc))
+        if publisher is not None:
+            body.update(zmq_sent=publisher.sent, zmq_replays=publisher.replays, replay=publisher.replay_enabled)
+        return _json(body)
 
     async def sim_reset(self, request: web.Request) -> web.Response:
         self.faults = Faults()
