@@ -233,6 +233,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          help="precise_cache: index the gRPC engines' KV-cache events (SubscribeKvEvents) by block "
                               "position and prefix, or none (no subscriptions; the approximate tree only); SMG's "
                               "'chain' layout is refused")
+    routing.add_argument("--kv-events-endpoint", nargs="+", action="append", default=[],
+                         metavar=("WORKER_URL", "ENDPOINT"),
+                         help="precise_cache: the HTTP worker's engine publishes KV events on this ZMQ endpoint "
+                              "(vLLM's/SGLang's --kv-events-config endpoint, e.g. tcp://host:5557), optionally "
+                              "followed by its replay endpoint; repeat per worker. Same as the worker labels "
+                              "kv_events_endpoint / kv_events_replay_endpoint")
     routing.add_argument("--block-size", type=int, default=options.block_size,
                          help="KV cache block size for event-driven routing, when an engine's events do not "
                               "say (default: %(default)s)")
@@ -692,6 +698,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         host=args.host,
         port=args.port,
         worker_urls=tuple(args.worker_urls),
+        kv_events_endpoints=tuple(_kv_events_entry(entry) for entry in args.kv_events_endpoint),
         policy=args.policy,
         policy_options=_policy_options(args),
         load_monitor_interval_secs=args.load_monitor_interval,
@@ -800,6 +807,12 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         mesh=_mesh_config(args),
         process=ProcessConfig(workers=args.workers),
     )
+
+
+def _kv_events_entry(entry: list[str]) -> tuple[str, str, str | None]:
+    if len(entry) not in (2, 3):
+        raise ConfigError("--kv-events-endpoint takes WORKER_URL ENDPOINT [REPLAY_ENDPOINT]")
+    return entry[0], entry[1], entry[2] if len(entry) == 3 else None
 
 
 def _prefill_entry(entry: list[str]) -> tuple[str, int | None]:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 
+from shepherd.kv.endpoints import endpoint_problem
+
 ROUTED_WORKER_HEADER_MODES = ("id", "url", "none")
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "x-trace-id", "request-id")
 
@@ -553,6 +555,9 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
     worker_urls: tuple[str, ...] = ()
+    # (HTTP worker URL, its engine's ZMQ KV-event PUB endpoint, its replay endpoint or None): set as the
+    # worker's kv_events_endpoint / kv_events_replay_endpoint labels (kv/zmq_follow.py)
+    kv_events_endpoints: tuple[tuple[str, str, str | None], ...] = ()
     policy: str = "cache_aware"  # SMG's default
     policy_options: PolicyOptions = field(default_factory=PolicyOptions)
 
@@ -747,6 +752,14 @@ class GatewayConfig:
                 raise ConfigError(f"worker URL {url!r} must start with http://, https:// or grpc://")
             if url.startswith("grpc://") and not is_grpc_target(url):
                 raise ConfigError(f"gRPC worker URL {url!r} must be grpc://host:port")
+        for url, *endpoints in self.kv_events_endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--kv-events-endpoint {url}: ZMQ KV events are for HTTP workers (gRPC workers "
+                                  "stream theirs with SubscribeKvEvents)")
+            for endpoint in filter(None, endpoints):
+                problem = endpoint_problem(endpoint)
+                if problem is not None:
+                    raise ConfigError(f"--kv-events-endpoint {url}: {problem}")
         if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_entries <= 0:
             raise ConfigError("--tokenizer-cache-l0-max-entries must be positive when L0 is enabled")
         if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_memory <= 0:

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from smg_grpc_proto.generated import common_pb2
 
+from shepherd.kv.endpoints import endpoints_from_labels, endpoints_problem
 from shepherd.kv.index import KvIndex
 from shepherd.kv.stream import EventStream, KvBatch, KvEvent, Resubscribe
 from shepherd.workers.registry import RegistryEvent
@@ -86,12 +87,10 @@ class KvEventSubscriptions:
             return self._follow_grpc
         if worker.connection_mode != "http":
             return None
-        from shepherd.kv.zmq_follow import endpoint_problem, endpoints_of  # pyzmq only when used
-
-        endpoints = endpoints_of(worker)
+        endpoints = endpoints_from_labels(worker.labels)
         if endpoints is None:
             return None
-        problem = next(filter(None, map(endpoint_problem, filter(None, (endpoints.events, endpoints.replay)))), None)
+        problem = endpoints_problem(endpoints)
         if problem is not None:
             log.warning("%s: %s; routing to it uses the approximate tree", worker.url, problem)
             self.without_events.add(worker.id)
@@ -102,11 +101,11 @@ class KvEventSubscriptions:
         import zmq
         import zmq.asyncio
 
-        from shepherd.kv.zmq_follow import ZmqFollower, endpoints_of
+        from shepherd.kv.zmq_follow import ZmqFollower  # pyzmq only when an HTTP worker declares a publisher
 
         if self._zmq is None:
             self._zmq = zmq.asyncio.Context()
-        endpoints = endpoints_of(worker)
+        endpoints = endpoints_from_labels(worker.labels)
         assert endpoints is not None
         delay = self._initial
         while True:

@@ -4,9 +4,11 @@ was missed. The sequence rules are `EventStream`'s, the same as for gRPC streams
 
 * on connecting, the replay socket is asked for everything it still has (from 0), so the index
   starts from the engine's buffered history rather than from nothing;
-* a gap in the live sequence asks the replay socket for the missing batches; if it no longer has
-  them, does not answer within REPLAY_TIMEOUT_SECS, or the worker declared none, the worker's blocks
-  are cleared and it is routed by the approximate tree until new batches come in;
+* a gap in the live sequence asks the replay socket for the missing batches (the worker is routed
+  by the approximate tree meanwhile); if it no longer has them, does not answer within
+  REPLAY_TIMEOUT_SECS, or the worker declared none, the worker's blocks are cleared and the batch
+  that showed the gap starts the index afresh: it may under-report what the engine holds from then
+  on, never claim a block the engine dropped;
 * a live sequence number at or below the previous live one means the publisher restarted (a PUB
   socket never repeats): the worker starts over.
 """
@@ -15,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
 
+from shepherd.kv.endpoints import ZmqEndpoints
 from shepherd.kv.stream import EventStream, Resubscribe
 from shepherd.kv.zmq_wire import END_SEQ, MAX_PAYLOAD_BYTES, WireError, decode_batch, parse_seq, seq_bytes
 from shepherd.workers.worker import Worker
@@ -28,36 +30,6 @@ log = logging.getLogger("shepherd.kv")
 
 REPLAY_TIMEOUT_SECS = 2.0  # per answer frame from the replay socket
 MAX_REPLAY_BATCHES = 100_000  # vLLM buffers 10,000 steps by default
-
-ENDPOINT_LABEL = "kv_events_endpoint"
-REPLAY_LABEL = "kv_events_replay_endpoint"
-TOPIC_LABEL = "kv_events_topic"
-MAX_ENDPOINT_CHARS = 256
-
-
-@dataclass(frozen=True)
-class ZmqEndpoints:
-    events: str
-    replay: str | None = None
-    topic: str = ""
-
-
-def endpoints_of(worker: Worker) -> ZmqEndpoints | None:
-    """The worker's publisher as its labels declare it (None: it declared none)."""
-    events = worker.labels.get(ENDPOINT_LABEL)
-    if not events:
-        return None
-    return ZmqEndpoints(events, worker.labels.get(REPLAY_LABEL) or None, worker.labels.get(TOPIC_LABEL, ""))
-
-
-def endpoint_problem(endpoint: str) -> str | None:
-    """Why `endpoint` cannot be subscribed to (None: it can)."""
-    if len(endpoint) > MAX_ENDPOINT_CHARS:
-        return f"a KV-event endpoint is at most {MAX_ENDPOINT_CHARS} characters"
-    if not endpoint.startswith(("tcp://", "ipc://")) or "*" in endpoint:
-        return f"KV-event endpoint {endpoint!r} must be tcp://HOST:PORT or ipc://PATH (the engine binds, we connect)"
-    return None
-
 
 class ZmqFollower:
     def __init__(self, worker: Worker, stream: EventStream, endpoints: ZmqEndpoints,
@@ -109,6 +81,8 @@ class ZmqFollower:
         except Resubscribe as again:
             if again.start:
                 await self._replay(again.start)
+            if self.stream.last is None:  # the missing batches are gone: this one starts the stream afresh
+                self.stream.apply(batch)
 
     async def _replay(self, start: int) -> None:
         """Fetch the batches from `start` from the replay socket and apply them in order."""
