@@ -14,9 +14,17 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 
-from shepherd.kv.endpoints import endpoint_problem
-
 ROUTED_WORKER_HEADER_MODES = ("id", "url", "none")
+MAX_KV_EVENT_ENDPOINT_CHARS = 256
+
+
+def kv_event_endpoint_problem(endpoint: str) -> str | None:
+    """Why a ZMQ KV-event endpoint cannot be connected to (None: it can); see kv/endpoints.py."""
+    if len(endpoint) > MAX_KV_EVENT_ENDPOINT_CHARS:
+        return f"a KV-event endpoint is at most {MAX_KV_EVENT_ENDPOINT_CHARS} characters"
+    if not endpoint.startswith(("tcp://", "ipc://")) or "*" in endpoint:
+        return f"KV-event endpoint {endpoint!r} must be tcp://HOST:PORT or ipc://PATH (the engine binds, we connect)"
+    return None
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "x-trace-id", "request-id")
 
 
@@ -757,7 +765,7 @@ class GatewayConfig:
                 raise ConfigError(f"--kv-events-endpoint {url}: ZMQ KV events are for HTTP workers (gRPC workers "
                                   "stream theirs with SubscribeKvEvents)")
             for endpoint in filter(None, endpoints):
-                problem = endpoint_problem(endpoint)
+                problem = kv_event_endpoint_problem(endpoint)
                 if problem is not None:
                     raise ConfigError(f"--kv-events-endpoint {url}: {problem}")
         if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_entries <= 0:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shepherd.config import kv_event_endpoint_problem as endpoint_problem
+
 ENDPOINT_LABEL = "kv_events_endpoint"
 REPLAY_LABEL = "kv_events_replay_endpoint"
 TOPIC_LABEL = "kv_events_topic"
-MAX_ENDPOINT_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,6 @@ def endpoints_from_labels(labels: Mapping[str, str]) -> ZmqEndpoints | None:
     if not events:
         return None
     return ZmqEndpoints(events, labels.get(REPLAY_LABEL) or None, labels.get(TOPIC_LABEL, ""))
-
-
-def endpoint_problem(endpoint: str) -> str | None:
-    """Why `endpoint` cannot be connected to (None: it can)."""
-    if len(endpoint) > MAX_ENDPOINT_CHARS:
-        return f"a KV-event endpoint is at most {MAX_ENDPOINT_CHARS} characters"
-    if not endpoint.startswith(("tcp://", "ipc://")) or "*" in endpoint:
-        return f"KV-event endpoint {endpoint!r} must be tcp://HOST:PORT or ipc://PATH (the engine binds, we connect)"
-    return None
 
 
 def endpoints_problem(endpoints: ZmqEndpoints) -> str | None:
