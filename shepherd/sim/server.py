@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from shepherd.errors import GatewayError
+from shepherd.routers.grpc.prepare import render_chat
 from shepherd.sim.engine import Engine, EngineParams
 from shepherd.sim.faults import FaultError, Faults, Stats
 from shepherd.sim.formats import (
@@ -52,6 +54,7 @@ from shepherd.sim.tools import (
 
 if TYPE_CHECKING:
     from shepherd.sim.zmq_events import ZmqKvPublisher
+    from shepherd.tokenizer.registry import TokenizerEntry
 
 log = logging.getLogger("shepherd.sim")
 
@@ -77,6 +80,10 @@ class SimConfig:
     messages_api: bool = True  # serve /v1/messages (+ count_tokens); false: a 404 there, like an older engine
     kv_events: bool = True  # gRPC: serve SubscribeKvEvents (off: the engine has no event stream)
     kv_event_replay: int = 4096  # batches kept for subscribers resuming after a gap
+    # HTTP: tokenize chat and completion prompts with this tokenizer (its chat template rendered first), as
+    # a real engine does, so that a gateway with the same tokenizer can match prompts to the KV events;
+    # None: one id per word (shepherd.sim.text)
+    tokenizer_path: str | None = None
     params: EngineParams = field(default_factory=EngineParams)
 
 
@@ -129,6 +136,7 @@ class SimWorker:
         self.served_models = [config.model, *config.extra_models]
         self.persona = ProviderPersona(config.provider, config.api_key) if config.provider else None
         self.kv_publisher: ZmqKvPublisher | None = None  # set by SimCluster when KV events go out over ZMQ
+        self.tokenizer: TokenizerEntry | None = None  # set by SimCluster from config.tokenizer_path
         self.app = self._build_app()
 
     # -- app ----------------------------------------------------------------------------------
@@ -288,6 +296,14 @@ class SimWorker:
             text = body.get("text")
             if isinstance(text, list):
                 return [tokenize(str(t)) for t in text], True
+        entry = self.tokenizer
+        if entry is not None and isinstance(fmt, ChatFormat) and isinstance(body.get("messages"), list):
+            try:
+                return [entry.encode(render_chat(body, entry, self.config.model).text, False)], False
+            except GatewayError:
+                pass  # a chat the template cannot render: counted by words, as without a tokenizer
+        if entry is not None and isinstance(fmt, CompletionFormat):
+            return [entry.encode(prompt_text(body), True)], False
         return [tokenize(prompt_text(body))], False
 
     async def _generate(self, request: web.Request, body: dict[str, Any], fmt: Format) -> web.StreamResponse:

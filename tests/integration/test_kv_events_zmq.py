@@ -14,6 +14,7 @@ import pytest
 from shepherd.testing import Gateway, Sim, free_ports, wait_until
 
 BS = 16
+MODEL = "mock-model"
 
 
 def ids(seed: int, count: int) -> list[int]:
@@ -157,3 +158,43 @@ def test_http_workers_without_a_publisher_are_routed_by_the_approximate_tree() -
             gw.stop()
     finally:
         quiet.stop()
+
+
+def chat(url: str, content: str) -> tuple[str, int]:
+    body = {"model": MODEL, "messages": [{"role": "system", "content": "You answer briefly."},
+                                         {"role": "user", "content": content}], "max_tokens": 2}
+    response = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    return (response.headers.get("x-smg-routed-worker-id", url),
+            int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0))
+
+
+def test_chat_prompts_are_rendered_and_tokenized_as_the_engine_does_to_match_its_events() -> None:
+    from shepherd.sim.grpc.main import default_tokenizer_path
+
+    tokenizer = default_tokenizer_path()
+    ports = free_ports(2)
+    events = [f"tcp://127.0.0.1:{p}" for p in ports]
+    engines = Sim(2, "--model", MODEL, "--output-tokens", "4", "--kv-capacity-tokens", "6000",
+                  "--tokenizer-path", tokenizer, "--kv-events-endpoints", *events)
+    try:
+        flags = [a for url, e in zip(engines.urls, events, strict=True) for a in ("--kv-events-endpoint", url, e)]
+        gw = Gateway(engines.urls, "--policy", "precise_cache", "--tokenizer-path", tokenizer, *flags,
+                     expect_workers=2)
+        try:
+            content = " ".join(f"word{i}" for i in ids(21, 500))
+            first, cached = chat(gw.url, content)
+            assert cached == 0
+            wait_until(lambda: kv(gw)[first]["blocks"] > 0 and kv(gw)[first]["live"], 10, message="the blocks")
+            second = other(engines, first)
+            httpx.post(first + "/flush_cache", timeout=5)  # `first` drops it; `second` gets it behind our back
+            chat(second, content)
+            wait_until(lambda: kv(gw)[first]["blocks"] == 0 and kv(gw)[second]["blocks"] > 0, 10,
+                       message="the flush and the new blocks")
+            routed, cached = chat(gw.url, content)
+            assert routed == second and cached > 0  # the ids the gateway rendered are the engine's
+        finally:
+            gw.stop()
+    finally:
+        engines.stop()
