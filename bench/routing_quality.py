@@ -16,6 +16,12 @@ workloads through the gateway:
 `--grpc` runs the engines as gRPC workers (the gateway tokenizes; engines publish KV events, which
 precise_cache and SMG's cache_aware both subscribe to).
 
+`--kv-events` (HTTP) has the engines tokenize with the Qwen3 tokenizer (chat template first) and publish
+their KV events over ZMQ as vLLM does (PUB + replay ROUTER); precise_cache subscribes to them and
+renders each chat into the same token ids (--tokenizer-path). The other routers, SMG's included, route
+the same engines as before (no events on the HTTP path). `--one-worker` adds a row with every request
+on one engine through round_robin: the hit rate of a routing that never splits a conversation.
+
 For each policy the report gives the prefix-cache hit rate (sum of `cached_tokens` over prompt tokens,
 as the engines report it), time to first token p50/p99, completed requests per second, and how the
 requests spread over the workers (min and max share; an even split is 1/N each), and the gateway's CPU
@@ -285,13 +291,33 @@ def main() -> None:
     parser.add_argument("--no-pd", action="store_true", help="skip the prefill/decode runs")
     parser.add_argument("--instances", type=int, nargs="*", default=[],
                         help="also cache_aware on this many instances behind HAProxy, with and without the mesh")
+    parser.add_argument("--kv-events", action="store_true",
+                        help="HTTP engines tokenize with Qwen3 and publish KV events over ZMQ; precise_cache uses them")
+    parser.add_argument("--one-worker", action="store_true",
+                        help="also a row with every request sent to one engine (a never-split reference)")
     parser.add_argument("--gateway-args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every Shepherd gateway (must come last)")
     args = parser.parse_args()
 
     kv = ["--kv-capacity-tokens", str(args.kv_capacity_tokens), "--record-requests", "0"]
+    precise_flags: list[str] = []  # what precise_cache needs on top (the HTTP engines' event endpoints)
+    http_flags: list[str] = []
+    if args.kv_events and not args.grpc:
+        from shepherd.sim.grpc.main import default_tokenizer_path
+
+        tokenizer = default_tokenizer_path()
+        ports = free_ports(2 * args.workers)
+        events = [f"tcp://127.0.0.1:{p}" for p in ports[:args.workers]]
+        replays = [f"tcp://127.0.0.1:{p}" for p in ports[args.workers:]]
+        http_flags = ["--tokenizer-path", tokenizer, "--kv-events-endpoints", *events,
+                      "--kv-events-replay-endpoints", *replays]
+        precise_flags = ["--tokenizer-path", tokenizer]
     sim: Sim | GrpcSim = (GrpcSim(args.workers, "--model", "mock-model", *kv, timeout=90) if args.grpc
-                          else Sim(args.workers, *kv))
+                          else Sim(args.workers, *kv, *http_flags))
+    if http_flags:
+        assert isinstance(sim, Sim)
+        for url, event, replay in zip(sim.urls, events, replays, strict=True):
+            precise_flags += ["--kv-events-endpoint", url, event, replay]
     targets_urls = sim.targets if isinstance(sim, GrpcSim) else sim.urls
     args.no_pd = args.no_pd or args.grpc
     # PD: half the workers prefill (with bootstrap ports), half decode; the prefill policy is what varies.
@@ -308,6 +334,8 @@ def main() -> None:
           f"{args.concurrency} concurrent clients, {args.seconds:.0f}s per run, {args.max_tokens} tokens per answer")
     rows = []
     targets = [(f"shepherd {p}", p, False) for p in args.policies]
+    if args.one_worker:
+        targets.append(("all on one engine", "one", False))
     use_smg = bool(smg_binary) and not args.no_smg
     if use_smg:
         targets.append(("smg cache_aware", "smg", False))
@@ -334,12 +362,16 @@ def main() -> None:
                 elif policy == "smg":
                     gateway = Smg(smg_binary, [] if pd else targets_urls, "cache_aware",  # type: ignore[arg-type]
                                                  extra_args=flags)
+                elif policy == "one":
+                    gateway = Gateway(targets_urls[:1], "--policy", "round_robin", "--log-level", "warn",
+                                      *args.gateway_args, expect_workers=1)
                 elif pd:
                     gateway = Gateway([], "--prefill-policy", policy, "--decode-policy", "round_robin",
                                       "--log-level", "warn", *flags, *args.gateway_args, expect_workers=2 * half)
                 else:
                     gateway = Gateway(targets_urls, "--policy", policy, "--log-level", "warn",
-                                      "--load-monitor-interval", "1", *args.gateway_args,
+                                      "--load-monitor-interval", "1",
+                                      *(precise_flags if policy == "precise_cache" else []), *args.gateway_args,
                                       expect_workers=len(targets_urls))
                 try:
                     pids = gateway_pids(gateway)
