@@ -311,7 +311,7 @@ def main() -> None:
         replays = [f"tcp://127.0.0.1:{p}" for p in ports[args.workers:]]
         http_flags = ["--tokenizer-path", tokenizer, "--kv-events-endpoints", *events,
                       "--kv-events-replay-endpoints", *replays]
-        precise_flags = ["--tokenizer-path", tokenizer]
+        precise_flags = ["--tokenizer-path", tokenizer, "--tokenizer-cache-enable-l1"]
     sim: Sim | GrpcSim = (GrpcSim(args.workers, "--model", "mock-model", *kv, timeout=90) if args.grpc
                           else Sim(args.workers, *kv, *http_flags))
     if http_flags:

@@ -43,11 +43,13 @@ class SimCluster:
     async def start(self) -> None:
         tokenizer = None
         if self.config.tokenizer_path:
-            from shepherd.tokenizer.registry import TokenizerEntry
-            from shepherd.tokenizer.tokenizer import Tokenizer
+            from shepherd.tokenizer.cache import CacheConfig
+            from shepherd.tokenizer.registry import TokenizerRegistry
 
-            loaded = await asyncio.to_thread(Tokenizer.from_path, self.config.tokenizer_path)
-            tokenizer = TokenizerEntry(self.config.model, loaded, None, "sim")
+            # The prefix cache (exact by construction) keeps a resent conversation from costing the
+            # simulator's one event loop a full encode per turn.
+            tokenizer = await TokenizerRegistry(CacheConfig(enable_l1=True)).load(
+                self.config.model, self.config.tokenizer_path, origin="sim")
         for index, port in enumerate(self.requested_ports):
             bootstrap = self.bootstrap_ports[index] if index < len(self.bootstrap_ports) else None
             worker = SimWorker(self.config, dataclasses.replace(self.faults), name=f"{self.host}:{port}",
