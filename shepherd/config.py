@@ -760,7 +760,11 @@ class GatewayConfig:
                 raise ConfigError(f"worker URL {url!r} must start with http://, https:// or grpc://")
             if url.startswith("grpc://") and not is_grpc_target(url):
                 raise ConfigError(f"gRPC worker URL {url!r} must be grpc://host:port")
+        startup = {*self.worker_urls, *(u for u, _ in self.prefill_urls)}
         for url, *endpoints in self.kv_events_endpoints:
+            if url not in startup:
+                raise ConfigError(f"--kv-events-endpoint {url}: not a --worker-urls or --prefill worker (workers "
+                                  "added later declare theirs with the kv_events_endpoint label)")
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"--kv-events-endpoint {url}: ZMQ KV events are for HTTP workers (gRPC workers "
                                   "stream theirs with SubscribeKvEvents)")

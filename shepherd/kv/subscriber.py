@@ -160,5 +160,5 @@ class KvEventSubscriptions:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._zmq is not None:
-            self._zmq.term()
+            self._zmq.destroy(linger=0)  # closes any socket left, so terminating cannot block
             self._zmq = None

@@ -15,7 +15,6 @@ was missed. The sequence rules are `EventStream`'s, the same as for gRPC streams
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import zmq
@@ -132,8 +131,3 @@ class ZmqFollower:
     def _contact(self) -> None:
         if self.worker.liveness is not None:
             self.worker.liveness.contact()  # the engine is alive: lifts a stall
-
-
-async def close_context(context: zmq.asyncio.Context) -> None:
-    with contextlib.suppress(zmq.ZMQError):
-        context.term()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from shepherd.cli import build_parser, config_from_args
+from shepherd.config import ConfigError, GatewayConfig
 from shepherd.kv.index import KvIndex
 from shepherd.kv.stream import EventStream
 from shepherd.kv.zmq_wire import WireError, decode_batch, encode_batch, parse_seq, seq_bytes
@@ -61,3 +63,19 @@ def test_sequence_numbers_are_8_byte_big_endian_and_minus_one_ends_a_replay() ->
     assert parse_seq(seq_bytes(-1)) == -1
     with pytest.raises(WireError):
         parse_seq(b"\x01")
+
+
+def _launch(*argv: str) -> GatewayConfig:
+    return config_from_args(build_parser().parse_args(["launch", *argv])).validate()
+
+
+def test_kv_events_endpoint_flags_are_checked() -> None:
+    config = _launch("--worker-urls", "http://e:1", "--kv-events-endpoint", "http://e:1", "tcp://e:5557",
+                     "tcp://e:5558")
+    assert config.kv_events_endpoints == (("http://e:1", "tcp://e:5557", "tcp://e:5558"),)
+    for bad in (["--kv-events-endpoint", "http://other:1", "tcp://e:5557"],  # not a startup worker
+                ["--kv-events-endpoint", "http://e:1", "tcp://*:5557"],  # the engine binds; we connect
+                ["--kv-events-endpoint", "http://e:1", "udp://e:5557"],
+                ["--kv-events-endpoint", "http://e:1"]):
+        with pytest.raises(ConfigError):
+            _launch("--worker-urls", "http://e:1", *bad)
