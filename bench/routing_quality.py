@@ -20,7 +20,9 @@ precise_cache and SMG's cache_aware both subscribe to).
 their KV events over ZMQ as vLLM does (PUB + replay ROUTER); precise_cache subscribes to them and
 renders each chat into the same token ids (--tokenizer-path). The other routers, SMG's included, route
 the same engines as before (no events on the HTTP path). `--one-worker` adds a row with every request
-on one engine through round_robin: the hit rate of a routing that never splits a conversation.
+on one more engine that has the whole fleet's KV capacity: no prefix is ever split or duplicated
+across engines, so its hit rate is the ceiling a router of the fleet can approach (its TTFT is not
+comparable: one engine does the work of all).
 
 For each policy the report gives the prefix-cache hit rate (sum of `cached_tokens` over prompt tokens,
 as the engines report it), time to first token p50/p99, completed requests per second, and how the
@@ -294,7 +296,7 @@ def main() -> None:
     parser.add_argument("--kv-events", action="store_true",
                         help="HTTP engines tokenize with Qwen3 and publish KV events over ZMQ; precise_cache uses them")
     parser.add_argument("--one-worker", action="store_true",
-                        help="also a row with every request sent to one engine (a never-split reference)")
+                        help="also a row with every request on one engine with the fleet's KV capacity (the ceiling)")
     parser.add_argument("--gateway-args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every Shepherd gateway (must come last)")
     args = parser.parse_args()
@@ -319,6 +321,10 @@ def main() -> None:
         for url, event, replay in zip(sim.urls, events, replays, strict=True):
             precise_flags += ["--kv-events-endpoint", url, event, replay]
     targets_urls = sim.targets if isinstance(sim, GrpcSim) else sim.urls
+    ceiling: Sim | None = None
+    if args.one_worker:
+        whole = ["--kv-capacity-tokens", str(args.kv_capacity_tokens * args.workers), "--record-requests", "0"]
+        ceiling = Sim(1, *whole, *http_flags[:2])  # the tokenizer, as the fleet's engines have it
     args.no_pd = args.no_pd or args.grpc
     # PD: half the workers prefill (with bootstrap ports), half decode; the prefill policy is what varies.
     half = max(1, args.workers // 2)
@@ -335,7 +341,7 @@ def main() -> None:
     rows = []
     targets = [(f"shepherd {p}", p, False) for p in args.policies]
     if args.one_worker:
-        targets.append(("all on one engine", "one", False))
+        targets.append((f"one engine, {args.workers}x cache", "one", False))
     use_smg = bool(smg_binary) and not args.no_smg
     if use_smg:
         targets.append(("smg cache_aware", "smg", False))
@@ -363,7 +369,9 @@ def main() -> None:
                     gateway = Smg(smg_binary, [] if pd else targets_urls, "cache_aware",  # type: ignore[arg-type]
                                                  extra_args=flags)
                 elif policy == "one":
-                    gateway = Gateway(targets_urls[:1], "--policy", "round_robin", "--log-level", "warn",
+                    assert ceiling is not None
+                    reset(ceiling)
+                    gateway = Gateway(ceiling.urls, "--policy", "round_robin", "--log-level", "warn",
                                       *args.gateway_args, expect_workers=1)
                 elif pd:
                     gateway = Gateway([], "--prefill-policy", policy, "--decode-policy", "round_robin",
@@ -383,12 +391,14 @@ def main() -> None:
                         report_precise(gateway.url)
                 finally:
                     gateway.stop()
-                low, high = spread(clusters[1] if pd else sim)
+                low, high = spread(clusters[1] if pd else ceiling if policy == "one" and ceiling else sim)
                 rows.append((workload, label, stats, low, high))
                 print(f"  done: {_row(workload, label, stats, low, high)}", flush=True)
     finally:
         for cluster in clusters:
             cluster.stop()
+        if ceiling is not None:
+            ceiling.stop()
         if redis is not None:
             redis.stop()
 
