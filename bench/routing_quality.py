@@ -237,9 +237,14 @@ def report_precise(url: str) -> None:
               f"{report['traded_hit_rate']:.1%} traded for queues; learned TTFT = "
               f"{model['base_secs'] * 1000:.1f} ms + prefill ahead / {model['prefill_tokens_per_sec']:,.0f} tok/s "
               f"({model['observations']:.0f} observations)")
+    urls = {w["id"]: w["url"] for w in httpx.get(url + "/workers", timeout=10).json()["workers"]}
     for worker, state in body["workers"].items():
-        print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']} gaps={state['gaps']} "
-              f"resyncs={state['resyncs']}")
+        held = ""
+        if urls.get(worker, "").startswith("http"):  # the engine's own count, to set the index against
+            engine = httpx.get(urls[worker] + "/sim/kv_events", timeout=10).json()["cached_blocks"]
+            held = f" (engine: {engine})"
+        print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']}{held} unnamed={state['unnamed']} "
+              f"gaps={state['gaps']} resyncs={state['resyncs']}")
 class Fleet:
     """`count` cache_aware gateways behind HAProxy, sharing state on Redis or not."""
 
