@@ -16,6 +16,14 @@ workloads through the gateway:
 `--grpc` runs the engines as gRPC workers (the gateway tokenizes; engines publish KV events, which
 precise_cache and SMG's cache_aware both subscribe to).
 
+`--kv-events` (HTTP) has the engines tokenize with the Qwen3 tokenizer (chat template first) and publish
+their KV events over ZMQ as vLLM does (PUB + replay ROUTER); precise_cache subscribes to them and
+renders each chat into the same token ids (--tokenizer-path). The other routers, SMG's included, route
+the same engines as before (no events on the HTTP path). `--one-worker` adds a row with every request
+on one more engine that has the whole fleet's KV capacity: no prefix is ever split or duplicated
+across engines, so its hit rate is the ceiling a router of the fleet can approach (its TTFT is not
+comparable: one engine does the work of all).
+
 For each policy the report gives the prefix-cache hit rate (sum of `cached_tokens` over prompt tokens,
 as the engines report it), time to first token p50/p99, completed requests per second, and how the
 requests spread over the workers (min and max share; an even split is 1/N each), and the gateway's CPU
@@ -229,9 +237,14 @@ def report_precise(url: str) -> None:
               f"{report['traded_hit_rate']:.1%} traded for queues; learned TTFT = "
               f"{model['base_secs'] * 1000:.1f} ms + prefill ahead / {model['prefill_tokens_per_sec']:,.0f} tok/s "
               f"({model['observations']:.0f} observations)")
+    urls = {w["id"]: w["url"] for w in httpx.get(url + "/workers", timeout=10).json()["workers"]}
     for worker, state in body["workers"].items():
-        print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']} gaps={state['gaps']} "
-              f"resyncs={state['resyncs']}")
+        held = ""
+        if urls.get(worker, "").startswith("http"):  # the engine's own count, to set the index against
+            engine = httpx.get(urls[worker] + "/sim/kv_events", timeout=10).json()["cached_blocks"]
+            held = f" (engine: {engine})"
+        print(f"    kv index {worker}: live={state['live']} blocks={state['blocks']}{held} unnamed={state['unnamed']} "
+              f"gaps={state['gaps']} resyncs={state['resyncs']}")
 class Fleet:
     """`count` cache_aware gateways behind HAProxy, sharing state on Redis or not."""
 
@@ -285,14 +298,38 @@ def main() -> None:
     parser.add_argument("--no-pd", action="store_true", help="skip the prefill/decode runs")
     parser.add_argument("--instances", type=int, nargs="*", default=[],
                         help="also cache_aware on this many instances behind HAProxy, with and without the mesh")
+    parser.add_argument("--kv-events", action="store_true",
+                        help="HTTP engines tokenize with Qwen3 and publish KV events over ZMQ; precise_cache uses them")
+    parser.add_argument("--one-worker", action="store_true",
+                        help="also a row with every request on one engine with the fleet's KV capacity (the ceiling)")
     parser.add_argument("--gateway-args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every Shepherd gateway (must come last)")
     args = parser.parse_args()
 
     kv = ["--kv-capacity-tokens", str(args.kv_capacity_tokens), "--record-requests", "0"]
+    precise_flags: list[str] = []  # what precise_cache needs on top (the HTTP engines' event endpoints)
+    http_flags: list[str] = []
+    if args.kv_events and not args.grpc:
+        from shepherd.sim.grpc.main import default_tokenizer_path
+
+        tokenizer = default_tokenizer_path()
+        ports = free_ports(2 * args.workers)
+        events = [f"tcp://127.0.0.1:{p}" for p in ports[:args.workers]]
+        replays = [f"tcp://127.0.0.1:{p}" for p in ports[args.workers:]]
+        http_flags = ["--tokenizer-path", tokenizer, "--kv-events-endpoints", *events,
+                      "--kv-events-replay-endpoints", *replays]
+        precise_flags = ["--tokenizer-path", tokenizer, "--tokenizer-cache-enable-l1"]
     sim: Sim | GrpcSim = (GrpcSim(args.workers, "--model", "mock-model", *kv, timeout=90) if args.grpc
-                          else Sim(args.workers, *kv))
+                          else Sim(args.workers, *kv, *http_flags))
+    if http_flags:
+        assert isinstance(sim, Sim)
+        for url, event, replay in zip(sim.urls, events, replays, strict=True):
+            precise_flags += ["--kv-events-endpoint", url, event, replay]
     targets_urls = sim.targets if isinstance(sim, GrpcSim) else sim.urls
+    ceiling: Sim | None = None
+    if args.one_worker:
+        whole = ["--kv-capacity-tokens", str(args.kv_capacity_tokens * args.workers), "--record-requests", "0"]
+        ceiling = Sim(1, *whole, *http_flags[:2])  # the tokenizer, as the fleet's engines have it
     args.no_pd = args.no_pd or args.grpc
     # PD: half the workers prefill (with bootstrap ports), half decode; the prefill policy is what varies.
     half = max(1, args.workers // 2)
@@ -308,6 +345,8 @@ def main() -> None:
           f"{args.concurrency} concurrent clients, {args.seconds:.0f}s per run, {args.max_tokens} tokens per answer")
     rows = []
     targets = [(f"shepherd {p}", p, False) for p in args.policies]
+    if args.one_worker:
+        targets.append((f"one engine, {args.workers}x cache", "one", False))
     use_smg = bool(smg_binary) and not args.no_smg
     if use_smg:
         targets.append(("smg cache_aware", "smg", False))
@@ -334,12 +373,18 @@ def main() -> None:
                 elif policy == "smg":
                     gateway = Smg(smg_binary, [] if pd else targets_urls, "cache_aware",  # type: ignore[arg-type]
                                                  extra_args=flags)
+                elif policy == "one":
+                    assert ceiling is not None
+                    reset(ceiling)
+                    gateway = Gateway(ceiling.urls, "--policy", "round_robin", "--log-level", "warn",
+                                      *args.gateway_args, expect_workers=1)
                 elif pd:
                     gateway = Gateway([], "--prefill-policy", policy, "--decode-policy", "round_robin",
                                       "--log-level", "warn", *flags, *args.gateway_args, expect_workers=2 * half)
                 else:
                     gateway = Gateway(targets_urls, "--policy", policy, "--log-level", "warn",
-                                      "--load-monitor-interval", "1", *args.gateway_args,
+                                      "--load-monitor-interval", "1",
+                                      *(precise_flags if policy == "precise_cache" else []), *args.gateway_args,
                                       expect_workers=len(targets_urls))
                 try:
                     pids = gateway_pids(gateway)
@@ -351,12 +396,14 @@ def main() -> None:
                         report_precise(gateway.url)
                 finally:
                     gateway.stop()
-                low, high = spread(clusters[1] if pd else sim)
+                low, high = spread(clusters[1] if pd else ceiling if policy == "one" and ceiling else sim)
                 rows.append((workload, label, stats, low, high))
                 print(f"  done: {_row(workload, label, stats, low, high)}", flush=True)
     finally:
         for cluster in clusters:
             cluster.stop()
+        if ceiling is not None:
+            ceiling.stop()
         if redis is not None:
             redis.stop()
 

@@ -29,6 +29,7 @@ from shepherd.context import AppContext
 from shepherd.exposure import bind_error, warn_if_open
 from shepherd.gc_freeze import freeze_startup_heap
 from shepherd.http_server import GatewayRunner
+from shepherd.kv.endpoints import ENDPOINT_LABEL, REPLAY_LABEL
 from shepherd.middleware.cors import Cors
 from shepherd.middleware.gateway import gateway_middleware
 from shepherd.middleware.plugins import plugin_middleware
@@ -156,9 +157,11 @@ class Gateway:
         warn_if_open(self.config, log)
         self.context.start()
         key = self.config.worker_api_key
-        specs = [WorkerSpec(url=normalize_url(url), api_key=key) for url in self.config.worker_urls]
+        specs = [WorkerSpec(url=normalize_url(url), api_key=key, labels=self._kv_event_labels(url))
+                 for url in self.config.worker_urls]
         specs += [WorkerSpec(url=normalize_url(url), api_key=key, bootstrap_port=bootstrap_port,
-                             worker_type=WorkerType.PREFILL) for url, bootstrap_port in self.config.prefill_urls]
+                             worker_type=WorkerType.PREFILL, labels=self._kv_event_labels(url))
+                  for url, bootstrap_port in self.config.prefill_urls]
         specs += [WorkerSpec(url=normalize_url(url), api_key=key, worker_type=WorkerType.DECODE)
                   for url in self.config.decode_urls]
         specs += [parse_external_provider(value).to_spec(os.environ) for value in self.config.external_providers]
@@ -183,6 +186,16 @@ class Gateway:
         except OSError as exc:
             self.probes = None
             raise bind_error("probe", host, port, exc) from None
+
+    def _kv_event_labels(self, url: str) -> dict[str, str]:
+        """The kv_events_* labels --kv-events-endpoint gives a startup worker (kv/endpoints.py)."""
+        for worker_url, endpoint, replay in self.config.kv_events_endpoints:
+            if normalize_url(worker_url) == normalize_url(url):
+                labels = {ENDPOINT_LABEL: endpoint}
+                if replay is not None:
+                    labels[REPLAY_LABEL] = replay
+                return labels
+        return {}
 
     def _announce_metrics_port(self) -> None:
         """Tell the supervisor where this child's metrics are (written whole, then renamed)."""

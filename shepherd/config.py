@@ -15,6 +15,16 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 
 ROUTED_WORKER_HEADER_MODES = ("id", "url", "none")
+MAX_KV_EVENT_ENDPOINT_CHARS = 256
+
+
+def kv_event_endpoint_problem(endpoint: str) -> str | None:
+    """Why a ZMQ KV-event endpoint cannot be connected to (None: it can); see kv/endpoints.py."""
+    if len(endpoint) > MAX_KV_EVENT_ENDPOINT_CHARS:
+        return f"a KV-event endpoint is at most {MAX_KV_EVENT_ENDPOINT_CHARS} characters"
+    if not endpoint.startswith(("tcp://", "ipc://")) or "*" in endpoint:
+        return f"KV-event endpoint {endpoint!r} must be tcp://HOST:PORT or ipc://PATH (the engine binds, we connect)"
+    return None
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "x-trace-id", "request-id")
 
 
@@ -553,6 +563,9 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
     worker_urls: tuple[str, ...] = ()
+    # (HTTP worker URL, its engine's ZMQ KV-event PUB endpoint, its replay endpoint or None): set as the
+    # worker's kv_events_endpoint / kv_events_replay_endpoint labels (kv/zmq_follow.py)
+    kv_events_endpoints: tuple[tuple[str, str, str | None], ...] = ()
     policy: str = "cache_aware"  # SMG's default
     policy_options: PolicyOptions = field(default_factory=PolicyOptions)
 
@@ -749,6 +762,18 @@ class GatewayConfig:
                 raise ConfigError(f"worker URL {url!r} must start with http://, https:// or grpc://")
             if url.startswith("grpc://") and not is_grpc_target(url):
                 raise ConfigError(f"gRPC worker URL {url!r} must be grpc://host:port")
+        startup = {*self.worker_urls, *(u for u, _ in self.prefill_urls)}
+        for url, *endpoints in self.kv_events_endpoints:
+            if url not in startup:
+                raise ConfigError(f"--kv-events-endpoint {url}: not a --worker-urls or --prefill worker (workers "
+                                  "added later declare theirs with the kv_events_endpoint label)")
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--kv-events-endpoint {url}: ZMQ KV events are for HTTP workers (gRPC workers "
+                                  "stream theirs with SubscribeKvEvents)")
+            for endpoint in filter(None, endpoints):
+                problem = kv_event_endpoint_problem(endpoint)
+                if problem is not None:
+                    raise ConfigError(f"--kv-events-endpoint {url}: {problem}")
         if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_entries <= 0:
             raise ConfigError("--tokenizer-cache-l0-max-entries must be positive when L0 is enabled")
         if self.tokenizer_cache_enable_l0 and self.tokenizer_cache_l0_max_memory <= 0:

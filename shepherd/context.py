@@ -227,6 +227,7 @@ class AppContext:
             context.kv_index = kv_index
             context.kv_events = KvEventSubscriptions(kv_index, context.grpc.pool.get)
             registry.subscribe(context.kv_events.on_registry_event)
+            http_router.routing_tokenizers = context.grpc.tokenizers
         if config.mcp_config_path:  # the mcp SDK is a heavy import: only gateways that use it pay for it
             from shepherd.mcp.config import load_mcp_config
             from shepherd.mcp.service import McpService

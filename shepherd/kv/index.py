@@ -21,10 +21,12 @@ from shepherd.kv.blocks import ROOT, block_name
 # what a buggy or hostile publisher can make it keep.
 MAX_BLOCKS_PER_WORKER = 1 << 22
 
+EngineHash = int | bytes  # vLLM's ExternalBlockHash is either; the simulator's and SGLang's are ints
+
 
 @dataclass
 class WorkerBlocks:
-    names: dict[int, int] = field(default_factory=dict)  # engine hash -> gateway name
+    names: dict[EngineHash, int] = field(default_factory=dict)  # engine hash -> gateway name
     copies: dict[int, int] = field(default_factory=dict)  # gateway name -> engine blocks holding it
     live: bool = False
     block_size: int | None = None  # as the engine's events report it
@@ -85,7 +87,7 @@ class KvIndex:
         if resync:
             state.resyncs += 1
 
-    def stored(self, worker_id: str, parent: int | None, blocks: Iterable[tuple[int, Sequence[int]]],
+    def stored(self, worker_id: str, parent: EngineHash | None, blocks: Iterable[tuple[EngineHash, Sequence[int]]],
                block_size: int | None = None) -> None:
         state = self._state(worker_id)
         if block_size:
@@ -112,7 +114,7 @@ class KvIndex:
             state.stored += 1
             parent_name = name
 
-    def removed(self, worker_id: str, engine_hashes: Iterable[int]) -> None:
+    def removed(self, worker_id: str, engine_hashes: Iterable[EngineHash]) -> None:
         state = self._state(worker_id)
         for engine_hash in engine_hashes:
             name = state.names.pop(engine_hash, None)
@@ -138,6 +140,9 @@ class KvIndex:
         self._workers.pop(worker_id, None)
 
     # -- what the policy reads ----------------------------------------------------------------
+
+    def any_live(self) -> bool:
+        return any(state.live for state in self._workers.values())
 
     def is_live(self, worker_id: str) -> bool:
         state = self._workers.get(worker_id)

@@ -1,17 +1,13 @@
-"""Feed the KV index from each gRPC worker's `SubscribeKvEvents` stream.
+"""Feed the KV index from each worker's KV-event publisher: the `SubscribeKvEvents` stream of a gRPC
+worker, the ZMQ publisher an HTTP worker declares (zmq_follow.py). The transports differ only in how
+they carry batches and fetch missed ones; the sequence rules are `EventStream`'s (stream.py).
 
-One task per gRPC worker. Sequence numbers keep the index honest:
-
-* a batch numbered last+1 is applied; one numbered at or below the last is a repeat (a load-only
-  heartbeat, a replay overlap) and only confirms the stream is in sync;
-* a snapshot chunk (the publisher's resync) clears the worker first and then applies;
-* a jump past last+1 means batches were lost: the worker leaves the index's trust (not live) and
-  the task re-subscribes from last+1, so the engine replays what was missed or sends a snapshot;
-  if it answers with neither, the worker's blocks are cleared and rebuilt from a fresh subscription.
-
-A broken stream marks the worker not live and reconnects with exponential backoff (with jitter), resuming
-from last+1. A worker whose engine answers UNIMPLEMENTED has no events: it stays out of the index and
-the policy uses its approximate tree for it.
+For gRPC, a gap re-subscribes from last+1, so the engine replays what was missed or sends a
+snapshot; if it answers with neither, the worker's blocks are cleared and rebuilt from a fresh
+subscription. A broken stream marks the worker not live and reconnects with exponential backoff
+(with jitter), resuming from last+1. A worker whose engine answers UNIMPLEMENTED, or an HTTP worker
+that declares no publisher, has no events: it stays out of the index and the policy uses its
+approximate tree for it.
 """
 
 from __future__ import annotations
@@ -26,89 +22,38 @@ from typing import Any
 import grpc
 from smg_grpc_proto.generated import common_pb2
 
+from shepherd.kv.endpoints import endpoints_from_labels, endpoints_problem
 from shepherd.kv.index import KvIndex
+from shepherd.kv.stream import EventStream, KvBatch, KvEvent, Resubscribe
 from shepherd.workers.registry import RegistryEvent
 from shepherd.workers.worker import Worker
 
 log = logging.getLogger("shepherd.kv")
 
 
-class _Resubscribe(Exception):
-    """Leave the current stream and subscribe again from `start`."""
-
-    def __init__(self, start: int) -> None:
-        self.start = start
-
-
-class EventStream:
-    """The cursor of one worker's stream and what each batch does to the index."""
-
-    def __init__(self, worker_id: str, index: KvIndex) -> None:
-        self.worker_id = worker_id
-        self.index = index
-        self.last: int | None = None  # the last sequence applied
-        self.resumed_from: int | None = None  # the start of the current subscription (None: fresh)
-        self.gaps = 0
-
-    def start_sequence(self) -> int:
-        return 0 if self.last is None else self.last + 1
-
-    def subscribed(self, start: int) -> None:
-        self.resumed_from = start or None
-
-    def apply(self, batch: Any) -> None:
-        index, worker_id = self.index, self.worker_id
-        seq = batch.sequence_number
-        if batch.HasField("load"):
-            index.set_load(worker_id, batch.load.waiting_uncached_tokens)
-        if batch.HasField("snapshot"):
-            if batch.snapshot.index == 0:
-                index.clear(worker_id)
-            self._apply_events(batch)
-            self.last = seq
-            index.set_live(worker_id, batch.snapshot.index + 1 >= batch.snapshot.count)
-            self.resumed_from = None
-            return
-        if self.last is not None and seq <= self.last:  # a repeat or heartbeat: in sync
-            index.set_live(worker_id, True)
-            self.resumed_from = None
-            return
-        if self.last is not None and seq != self.last + 1:
-            self.gaps += 1
-            index.gap(worker_id)
-            if self.resumed_from is not None:  # we asked for a replay and did not get it: start over
-                log.info("kv events of %s: no replay from %d (got %d); rebuilding", worker_id, self.last + 1, seq)
-                index.clear(worker_id)
-                self.last = None
-                raise _Resubscribe(0)
-            log.info("kv events of %s: batches %d..%d lost; resubscribing", worker_id, self.last + 1, seq - 1)
-            raise _Resubscribe(self.last + 1)
-        if self.last is None and self.resumed_from is None:
-            index.clear(worker_id)  # a fresh subscription without a snapshot: only what follows is known
-        self._apply_events(batch)
-        self.last = seq
-        self.resumed_from = None
-        index.set_live(worker_id, True)
-
-    def _apply_events(self, batch: Any) -> None:
-        index, worker_id = self.index, self.worker_id
-        for event in batch.events:
-            kind = event.WhichOneof("data")
-            if kind == "stored":
-                stored = event.stored
-                if stored.HasField("locality") and stored.locality == common_pb2.KV_CACHE_LOCALITY_REMOTE:
-                    continue  # a shared pool's blocks, not this worker's
-                parent = stored.parent_block_hash if stored.HasField("parent_block_hash") else None
-                size = stored.blocks[0].block_size if stored.blocks else 0
-                index.stored(worker_id, parent, ((b.block_hash, b.token_ids) for b in stored.blocks), size or None)
-            elif kind == "removed":
-                index.removed(worker_id, event.removed.block_hashes)
-            elif kind == "cleared":
-                index.clear(worker_id, resync=False)
+def grpc_batch(message: Any) -> KvBatch:
+    """A `KvEventBatch` message as the index's batch."""
+    events: list[KvEvent] = []
+    for event in message.events:
+        kind = event.WhichOneof("data")
+        if kind == "stored":
+            stored = event.stored
+            if stored.HasField("locality") and stored.locality == common_pb2.KV_CACHE_LOCALITY_REMOTE:
+                continue  # a shared pool's blocks, not this worker's
+            parent = stored.parent_block_hash if stored.HasField("parent_block_hash") else None
+            size = stored.blocks[0].block_size if stored.blocks else 0
+            events.append(("stored", parent, [(b.block_hash, b.token_ids) for b in stored.blocks], size or None))
+        elif kind == "removed":
+            events.append(("removed", event.removed.block_hashes))
+        elif kind == "cleared":
+            events.append(("cleared",))
+    snapshot = (message.snapshot.index, message.snapshot.count) if message.HasField("snapshot") else None
+    load = message.load.waiting_uncached_tokens if message.HasField("load") else None
+    return KvBatch(message.sequence_number, events, snapshot, load)
 
 
 class KvEventSubscriptions:
-    """Starts and stops one subscriber task per gRPC worker as workers come and go."""
+    """Starts and stops one subscriber task per worker with events as workers come and go."""
 
     def __init__(self, index: KvIndex, client_for: Callable[[str], Any], initial_backoff: float = 0.1,
                  max_backoff: float = 5.0, rng: random.Random | None = None) -> None:
@@ -120,13 +65,15 @@ class KvEventSubscriptions:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.streams: dict[str, EventStream] = {}
         self.without_events: set[str] = set()
+        self._zmq: Any = None  # the zmq.asyncio context, made when the first HTTP worker declares a publisher
 
     def on_registry_event(self, event: RegistryEvent, worker: Worker) -> None:
-        if worker.connection_mode != "grpc":
-            return
         if event is RegistryEvent.ADDED and worker.id not in self._tasks:
+            follow = self._transport(worker)
+            if follow is None:
+                return
             stream = self.streams[worker.id] = EventStream(worker.id, self.index)
-            self._tasks[worker.id] = asyncio.get_running_loop().create_task(self._follow(worker, stream))
+            self._tasks[worker.id] = asyncio.get_running_loop().create_task(follow(worker, stream))
         elif event is RegistryEvent.REMOVED:
             task = self._tasks.pop(worker.id, None)
             if task is not None:
@@ -135,7 +82,42 @@ class KvEventSubscriptions:
             self.without_events.discard(worker.id)
             self.index.forget(worker.id)
 
-    async def _follow(self, worker: Worker, stream: EventStream) -> None:
+    def _transport(self, worker: Worker) -> Callable[[Worker, EventStream], Any] | None:
+        if worker.connection_mode == "grpc":
+            return self._follow_grpc
+        if worker.connection_mode != "http":
+            return None
+        endpoints = endpoints_from_labels(worker.labels)
+        if endpoints is None:
+            return None
+        problem = endpoints_problem(endpoints)
+        if problem is not None:
+            log.warning("%s: %s; routing to it uses the approximate tree", worker.url, problem)
+            self.without_events.add(worker.id)
+            return None
+        return self._follow_zmq
+
+    async def _follow_zmq(self, worker: Worker, stream: EventStream) -> None:
+        import zmq
+        import zmq.asyncio
+
+        from shepherd.kv.zmq_follow import ZmqFollower  # pyzmq only when an HTTP worker declares a publisher
+
+        if self._zmq is None:
+            self._zmq = zmq.asyncio.Context()
+        endpoints = endpoints_from_labels(worker.labels)
+        assert endpoints is not None
+        delay = self._initial
+        while True:
+            try:
+                await ZmqFollower(worker, stream, endpoints, self._zmq).run()
+            except zmq.ZMQError as exc:
+                log.info("kv events of %s on %s failed (%s); reconnecting", worker.url, endpoints.events, exc)
+            self.index.set_live(worker.id, False)
+            await asyncio.sleep(delay * (1.0 + 0.2 * self._rng.uniform(-1.0, 1.0)))
+            delay = min(delay * 2.0, self._max)
+
+    async def _follow_grpc(self, worker: Worker, stream: EventStream) -> None:
         delay = self._initial
         start = 0
         while True:
@@ -146,7 +128,7 @@ class KvEventSubscriptions:
                     start_sequence_number=start))
                 try:
                     async for batch in call:
-                        stream.apply(batch)
+                        stream.apply(grpc_batch(batch))
                         delay = self._initial
                         if worker.liveness is not None:  # the engine is alive: lifts a stall
                             if batch.HasField("load"):
@@ -154,7 +136,7 @@ class KvEventSubscriptions:
                             else:
                                 worker.liveness.contact()
                     log.info("kv event stream of %s ended; reconnecting", worker.url)
-                except _Resubscribe as again:
+                except Resubscribe as again:
                     call.cancel()
                     start = again.start
                     continue
@@ -180,3 +162,6 @@ class KvEventSubscriptions:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._zmq is not None:
+            self._zmq.destroy(linger=0)  # closes any socket left, so terminating cannot block
+            self._zmq = None

@@ -102,6 +102,11 @@ class Policy(ABC):
     def on_worker_removed(self, worker: Worker) -> None:  # noqa: B027 - optional hook
         """Forget any state kept for `worker`."""
 
+    def wants_tokens(self) -> bool:
+        """Whether the prompt's token ids would change the pick, so that a path that does not tokenize
+        (HTTP) should render and tokenize the prompt for it, as the engine will."""
+        return False
+
     def maintain(self) -> None:  # noqa: B027 - optional hook
         """Periodic housekeeping (tree eviction, key expiry); called by the policy registry's timer."""
 

@@ -88,6 +88,9 @@ class PreciseCachePolicy(Policy):
 
     # -- the decision -------------------------------------------------------------------------
 
+    def wants_tokens(self) -> bool:
+        return self.index.any_live()  # only the engines' events are matched on token ids the gateway renders
+
     def select(self, workers: Sequence[Worker], request: RoutingRequest) -> Worker | None:
         now = self._clock()
         self._expire(now)

@@ -97,6 +97,10 @@ class KvEventLog:
             return Subscription(queue, [Batch(self.seq, [])])
         return Subscription(queue, [Batch(self.seq, [("cleared",), *snapshot()], snapshot=True)])
 
+    def history_from(self, start: int) -> list[Batch]:
+        """The batches still in the replay window numbered `start` or later (a ZMQ replay request)."""
+        return [batch for batch in self._history if batch.seq >= start]
+
     def unsubscribe(self, queue: asyncio.Queue[Batch | None]) -> None:
         self._subscribers.discard(queue)
 
@@ -113,3 +117,25 @@ class KvEventLog:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+
+class KvFaultError(ValueError):
+    """A /sim/kv_events body that asks for something the log cannot do."""
+
+
+def kv_event_faults(log: KvEventLog, cached_blocks: int, changes: object | None) -> dict[str, object]:
+    """Apply a /sim/kv_events body (`drop_batches`: lose the next N; `disconnect`: end every stream)
+    and report the log's state; None only reports."""
+    disconnected = 0
+    if changes is not None:
+        if not isinstance(changes, dict):
+            raise KvFaultError("the body must be a JSON object")
+        drop = changes.get("drop_batches", 0)
+        if not isinstance(drop, int) or isinstance(drop, bool) or drop < 0:
+            raise KvFaultError("drop_batches must be a non-negative integer")
+        log.drop_batches += drop
+        if changes.get("disconnect"):
+            disconnected = log.disconnect()
+    return {"sequence": log.seq, "subscribers": log.subscribers, "published": log.batches_published,
+            "dropped": log.batches_dropped, "pending_drops": log.drop_batches, "cached_blocks": cached_blocks,
+            "disconnected": disconnected}

@@ -19,11 +19,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
+from shepherd.errors import GatewayError
+from shepherd.routers.grpc.prepare import render_chat
 from shepherd.sim.engine import Engine, EngineParams
 from shepherd.sim.faults import FaultError, Faults, Stats
 from shepherd.sim.formats import (
@@ -36,6 +38,7 @@ from shepherd.sim.formats import (
     ResponsesFormat,
 )
 from shepherd.sim.generation import Generation
+from shepherd.sim.kv_events import KvFaultError, kv_event_faults
 from shepherd.sim.pd import KvTransferError, PdRole
 from shepherd.sim.provider import ProviderPersona
 from shepherd.sim.structured import structured_schema, structured_text, wants_fenced_json
@@ -48,6 +51,10 @@ from shepherd.sim.tools import (
     openai_stream,
     script_turn,
 )
+
+if TYPE_CHECKING:
+    from shepherd.sim.zmq_events import ZmqKvPublisher
+    from shepherd.tokenizer.registry import TokenizerEntry
 
 log = logging.getLogger("shepherd.sim")
 
@@ -73,6 +80,10 @@ class SimConfig:
     messages_api: bool = True  # serve /v1/messages (+ count_tokens); false: a 404 there, like an older engine
     kv_events: bool = True  # gRPC: serve SubscribeKvEvents (off: the engine has no event stream)
     kv_event_replay: int = 4096  # batches kept for subscribers resuming after a gap
+    # HTTP: tokenize chat and completion prompts with this tokenizer (its chat template rendered first), as
+    # a real engine does, so that a gateway with the same tokenizer can match prompts to the KV events;
+    # None: one id per word (shepherd.sim.text)
+    tokenizer_path: str | None = None
     params: EngineParams = field(default_factory=EngineParams)
 
 
@@ -124,6 +135,8 @@ class SimWorker:
         self._served = 0
         self.served_models = [config.model, *config.extra_models]
         self.persona = ProviderPersona(config.provider, config.api_key) if config.provider else None
+        self.kv_publisher: ZmqKvPublisher | None = None  # set by SimCluster when KV events go out over ZMQ
+        self.tokenizer: TokenizerEntry | None = None  # set by SimCluster from config.tokenizer_path
         self.app = self._build_app()
 
     # -- app ----------------------------------------------------------------------------------
@@ -178,10 +191,14 @@ class SimWorker:
         routes.add_post("/sim/faults", self.sim_faults)
         routes.add_get("/sim/requests", self.sim_requests)
         routes.add_post("/sim/reset", self.sim_reset)
+        routes.add_get("/sim/kv_events", self.sim_kv_events)
+        routes.add_post("/sim/kv_events", self.sim_kv_events)
         routes.add_get("/sim/models", self.sim_models)
         routes.add_post("/sim/models", self.sim_models)
 
     async def close(self) -> None:
+        if self.kv_publisher is not None:
+            await self.kv_publisher.stop()
         if self.pd is not None:
             await self.pd.close()
         for engine in self.engines:
@@ -279,6 +296,14 @@ class SimWorker:
             text = body.get("text")
             if isinstance(text, list):
                 return [tokenize(str(t)) for t in text], True
+        entry = self.tokenizer
+        if entry is not None and isinstance(fmt, ChatFormat) and isinstance(body.get("messages"), list):
+            try:
+                return [entry.encode(render_chat(body, entry, self.config.model).text, False)], False
+            except GatewayError:
+                pass  # a chat the template cannot render: counted by words, as without a tokenizer
+        if entry is not None and isinstance(fmt, CompletionFormat):
+            return [entry.encode(prompt_text(body), True)], False
         return [tokenize(prompt_text(body))], False
 
     async def _generate(self, request: web.Request, body: dict[str, Any], fmt: Format) -> web.StreamResponse:
@@ -640,6 +665,25 @@ class SimWorker:
 
     async def sim_requests(self, request: web.Request) -> web.Response:
         return _json(list(self.stats.recent))
+
+    async def sim_kv_events(self, request: web.Request) -> web.Response:
+        """KV-event faults (kv_events.kv_event_faults), plus `replay`: false makes the ZMQ replay socket
+        ignore requests (an engine whose replay endpoint is gone), true brings it back."""
+        engine, publisher = self.engine, self.kv_publisher
+        if engine is None:
+            return _error(400, "the canned engine has no KV cache")
+        try:
+            changes = orjson.loads(await request.read()) if request.method == "POST" else None
+            if isinstance(changes, dict) and "replay" in changes:
+                if publisher is None or not isinstance(changes["replay"], bool):
+                    raise KvFaultError("replay (a boolean) needs a ZMQ publisher with a replay endpoint")
+                publisher.replay_enabled = changes.pop("replay")
+            body = kv_event_faults(engine.events, engine.cached_blocks(), changes)
+        except (orjson.JSONDecodeError, KvFaultError) as exc:
+            return _error(400, str(exc))
+        if publisher is not None:
+            body.update(zmq_sent=publisher.sent, zmq_replays=publisher.replays, replay=publisher.replay_enabled)
+        return _json(body)
 
     async def sim_reset(self, request: web.Request) -> web.Response:
         self.faults = Faults()

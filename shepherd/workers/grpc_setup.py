@@ -18,6 +18,7 @@ import grpc
 import orjson
 
 from shepherd.config import GatewayConfig
+from shepherd.kv.endpoints import endpoints_from_labels
 from shepherd.tokenizer import bundle
 from shepherd.tokenizer.files import TokenizerLoadError
 from shepherd.tokenizer.registry import TokenizerEntry, TokenizerRegistry
@@ -51,6 +52,9 @@ class GrpcWorkerSetup:
         return metadata
 
     async def prepare(self, worker: Worker) -> None:
+        if worker.connection_mode == "http" and endpoints_from_labels(worker.labels) is not None:
+            await self._prepare_for_kv_events(worker)
+            return
         if worker.connection_mode != "grpc":
             return
         eos = _eos_ids(worker.labels.get("eos_token_ids", ""))
@@ -64,11 +68,23 @@ class GrpcWorkerSetup:
             self._pool.discard(worker.url)
             raise
 
-    async def _load(self, model: str, worker: Worker) -> TokenizerEntry:
+    async def _prepare_for_kv_events(self, worker: Worker) -> None:
+        """An HTTP worker that publishes KV events: its model's tokenizer from local files (the gateway
+        renders chat prompts into the ids the events describe). Without one the worker is still routed,
+        by the approximate tree."""
+        if self._config.disable_tokenizer_autoload:
+            return
+        for model in worker.model_ids:
+            async with self._locks.setdefault(model, asyncio.Lock()):
+                if self._tokenizers.get(model) is None:
+                    entry, problems = await self._load_from_paths(model, worker)
+                    if entry is None:
+                        log.warning("%s publishes KV events but model %s has no tokenizer here (%s): it is routed "
+                                    "by the approximate tree; pass --tokenizer-path", worker.url, model,
+                                    "; ".join(problems) or "no --tokenizer-path or --model-path")
+
+    async def _load_from_paths(self, model: str, worker: Worker) -> tuple[TokenizerEntry | None, list[str]]:
         config = self._config
-        if config.disable_tokenizer_autoload:
-            raise ProbeError(f"no tokenizer for model {model!r}: tokenizer autoload is off "
-                             "(--disable-tokenizer-autoload); register one with POST /v1/tokenizers")
         sources = [s for s in (config.tokenizer_path, config.model_path, worker.labels.get("tokenizer_path"),
                                worker.labels.get("model_path")) if s]
         problems: list[str] = []
@@ -79,6 +95,16 @@ class GrpcWorkerSetup:
                 problems.append(str(exc))
                 continue
             log.info("tokenizer for %s loaded from %s", model, source)
+            return entry, problems
+        return None, problems
+
+    async def _load(self, model: str, worker: Worker) -> TokenizerEntry:
+        config = self._config
+        if config.disable_tokenizer_autoload:
+            raise ProbeError(f"no tokenizer for model {model!r}: tokenizer autoload is off "
+                             "(--disable-tokenizer-autoload); register one with POST /v1/tokenizers")
+        entry, problems = await self._load_from_paths(model, worker)
+        if entry is not None:
             return entry
         client = self._pool.get(worker.url)
         if client is None:

@@ -11,7 +11,8 @@ from smg_grpc_proto.generated import common_pb2
 from shepherd.config import PolicyOptions
 from shepherd.kv.blocks import prompt_blocks
 from shepherd.kv.index import KvIndex
-from shepherd.kv.subscriber import EventStream, _Resubscribe
+from shepherd.kv.stream import EventStream, KvBatch, Resubscribe
+from shepherd.kv.subscriber import grpc_batch
 from shepherd.policies.base import RoutingRequest
 from shepherd.policies.precise_cache import PreciseCachePolicy
 from shepherd.policies.ttft_model import TtftModel
@@ -65,7 +66,8 @@ def test_removed_blocks_stop_matching_and_an_unknown_parent_is_not_guessed() -> 
     assert index.blocks("a") == 0 and index.matched_blocks(prompt_blocks(PROMPT, BS), ["a"]) == {"a": 0}
 
 
-def _batch(seq: int, stored: list[int] | None = None, snapshot: bool = False) -> common_pb2.KvEventBatch:
+def _batch(seq: int, stored: list[int] | None = None, snapshot: bool = False) -> KvBatch:
+    """A gRPC KvEventBatch as the gRPC subscriber decodes it."""
     events = []
     if stored is not None:
         blocks = [common_pb2.KvBlock(block_hash=seq * 1000 + i, token_ids=stored[i * BS:(i + 1) * BS], block_size=BS)
@@ -74,7 +76,7 @@ def _batch(seq: int, stored: list[int] | None = None, snapshot: bool = False) ->
     batch = common_pb2.KvEventBatch(sequence_number=seq, events=events)
     if snapshot:
         batch.snapshot.CopyFrom(common_pb2.KvSnapshotChunk(index=0, count=1))
-    return batch
+    return grpc_batch(batch)
 
 
 def test_a_sequence_gap_distrusts_the_worker_and_asks_for_a_replay() -> None:
@@ -84,11 +86,11 @@ def test_a_sequence_gap_distrusts_the_worker_and_asks_for_a_replay() -> None:
     stream.apply(_batch(5, PROMPT[:32], snapshot=True))
     stream.apply(_batch(6, PROMPT[32:64]))
     assert index.is_live("a") and stream.start_sequence() == 7
-    with pytest.raises(_Resubscribe) as again:
+    with pytest.raises(Resubscribe) as again:
         stream.apply(_batch(9, PROMPT[64:96]))
     assert again.value.start == 7 and not index.is_live("a")
     stream.subscribed(7)
-    with pytest.raises(_Resubscribe) as rebuild:  # the replay does not reach back: start over
+    with pytest.raises(Resubscribe) as rebuild:  # the replay does not reach back: start over
         stream.apply(_batch(10))
     assert rebuild.value.start == 0 and index.blocks("a") == 0
     stream.subscribed(0)

@@ -152,8 +152,17 @@ def _convert_message(message: Any, content_format: str) -> dict[str, Any]:
     return out
 
 
-async def prepare_chat(body: Mapping[str, Any], entry: TokenizerEntry, outputs: OutputFactory, model: str
-                       ) -> Prepared:
+@dataclass(slots=True)
+class ChatPrompt:
+    text: str  # the rendered chat template
+    tools: list[dict[str, Any]]
+    choice: Any
+    mode: str
+    kwargs: dict[str, Any]
+
+
+def render_chat(body: Mapping[str, Any], entry: TokenizerEntry, model: str) -> ChatPrompt:
+    """The prompt text an engine renders for a chat body with this tokenizer's template."""
     template = entry.tokenizer.chat_template
     if template is None:
         raise GatewayError(400, "chat_template_missing",
@@ -165,7 +174,6 @@ async def prepare_chat(body: Mapping[str, Any], entry: TokenizerEntry, outputs: 
     tools, choice = _tools_and_choice(body)
     tools = _filter_tools(tools, choice) if tools else tools
     mode = _choice_mode(choice)
-    sampling = chat_sampling(body)
 
     kwargs: dict[str, Any] = {}
     effort = body.get("reasoning_effort")
@@ -193,6 +201,22 @@ async def prepare_chat(body: Mapping[str, Any], entry: TokenizerEntry, outputs: 
         text = template.render(converted, tools=tools or None, add_generation_prompt=True, kwargs=kwargs) + suffix
     except ChatTemplateError as exc:
         raise invalid(str(exc), "messages") from None
+    return ChatPrompt(text, tools, choice, mode, kwargs)
+
+
+async def chat_prompt_ids(body: Mapping[str, Any], entry: TokenizerEntry, model: str) -> list[int]:
+    """The token ids an engine prefills for a chat body (what its KV-cache events describe)."""
+    return await entry.encode_async(render_chat(body, entry, model).text, False)
+
+
+async def prepare_chat(body: Mapping[str, Any], entry: TokenizerEntry, outputs: OutputFactory, model: str
+                       ) -> Prepared:
+    prompt = render_chat(body, entry, model)
+    template = entry.tokenizer.chat_template
+    assert template is not None
+    sampling = chat_sampling(body)
+    text, tools, choice, mode, kwargs = prompt.text, prompt.tools, prompt.choice, prompt.mode, prompt.kwargs
+    key = template.traits.thinking_key
 
     thinking = template.thinking_enabled(kwargs)
     sampling.require_reasoning = key is not None and thinking

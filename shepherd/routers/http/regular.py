@@ -24,6 +24,7 @@ from shepherd.routers.common.headers import client_response_headers, routed_head
 from shepherd.routers.common.relay import no_answer, read_answer, relay_stream, relay_whole, who
 from shepherd.routers.common.retry import RETRYABLE_STATUSES, RetryableFailure
 from shepherd.routers.common.selection import Selector, overload_guard, routing_request
+from shepherd.routers.grpc.prepare import chat_prompt_ids
 from shepherd.routers.http.messages import (
     ANTHROPIC_PATHS,
     COUNT_TOKENS_PATH,
@@ -33,12 +34,14 @@ from shepherd.routers.http.messages import (
     messages_via_chat,
     route_missing,
 )
+from shepherd.tokenizer.registry import TokenizerRegistry
 from shepherd.transport.base import Transport
 from shepherd.transport.errors import UpstreamError
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.worker import Worker
 
 LABELS = PathLabels("http", "regular", "http")
+CHAT_PATH = "/v1/chat/completions"
 
 
 class HttpRouter:
@@ -55,6 +58,9 @@ class HttpRouter:
         self._transport = transport
         self.selector = Selector(registry, policies, metrics, overload=overload_guard(config, metrics))
         self.lifecycle: Lifecycle[Worker] = Lifecycle.for_path(LABELS, config, metrics, tracing)
+        # Set when HTTP workers publish KV events: their model's tokenizer renders a chat prompt into the
+        # token ids the engine will prefill, for a policy that matches those against the engine's blocks.
+        self.routing_tokenizers: TokenizerRegistry | None = None
 
     async def route(
         self,
@@ -66,7 +72,8 @@ class HttpRouter:
     ) -> web.StreamResponse:
         """Forward the request to a worker chosen for its model, retrying elsewhere where safe."""
         model = body.get("model") if body else None
-        routing = routing_request(request, upstream_path, body, self._config.policy_options)
+        tokens = await self._routing_tokens(model, upstream_path, body)
+        routing = routing_request(request, upstream_path, body, self._config.policy_options, tokens=tokens)
         selector = self.selector
 
         def select(tried: frozenset[Worker]) -> Worker:
@@ -89,6 +96,20 @@ class HttpRouter:
             return response
 
         return await self.lifecycle.run(request, upstream_path, model, body, select, attempt, routing)
+
+    async def _routing_tokens(self, model: Any, path: str, body: Mapping[str, Any] | None) -> list[int] | None:
+        tokenizers = self.routing_tokenizers
+        if tokenizers is None or body is None or path != CHAT_PATH or not isinstance(model, str):
+            return None
+        if not self.selector.policies.for_model(model).wants_tokens():
+            return None
+        entry = tokenizers.get(model)
+        if entry is None:
+            return None
+        try:
+            return await chat_prompt_ids(body, entry, model)
+        except GatewayError:  # not a chat this template renders: the engine will say so; route without ids
+            return None
 
     async def _without_messages(self, execution: Execution[Any], worker: Worker, path: str,
                                 body: Mapping[str, Any] | None, final: bool) -> web.StreamResponse:

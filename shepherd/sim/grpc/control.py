@@ -10,6 +10,7 @@ from aiohttp import web
 from shepherd.sim.faults import FaultError
 from shepherd.sim.grpc.core import SimCore, load_row
 from shepherd.sim.grpc.info import SimInfo
+from shepherd.sim.kv_events import KvFaultError, kv_event_faults
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -48,24 +49,11 @@ def control_app(core: SimCore, info: SimInfo) -> web.Application:
         engine = core.engine
         if engine is None:
             return _json({"error": "the canned engine has no KV cache"}, 400)
-        log_ = engine.events
-        disconnected = 0
-        if request.method == "POST":
-            try:
-                changes = orjson.loads(await request.read())
-            except orjson.JSONDecodeError as exc:
-                return _json({"error": str(exc)}, 400)
-            if not isinstance(changes, dict):
-                return _json({"error": "the body must be a JSON object"}, 400)
-            drop = changes.get("drop_batches", 0)
-            if not isinstance(drop, int) or drop < 0:
-                return _json({"error": "drop_batches must be a non-negative integer"}, 400)
-            log_.drop_batches += drop
-            if changes.get("disconnect"):
-                disconnected = log_.disconnect()
-        return _json({"sequence": log_.seq, "subscribers": log_.subscribers, "published": log_.batches_published,
-                      "dropped": log_.batches_dropped, "pending_drops": log_.drop_batches,
-                      "cached_blocks": engine.cached_blocks(), "disconnected": disconnected})
+        try:
+            changes = orjson.loads(await request.read()) if request.method == "POST" else None
+            return _json(kv_event_faults(engine.events, engine.cached_blocks(), changes))
+        except (orjson.JSONDecodeError, KvFaultError) as exc:
+            return _json({"error": str(exc)}, 400)
 
     app = web.Application()
     app.router.add_get("/sim/kv_events", kv_events)
