@@ -211,12 +211,24 @@ class Engine:
         return sum(r.uncached_tokens for r in self._waiting)
 
     @property
-    def used_tokens(self) -> int:
+    def resident_tokens(self) -> int:
+        """KV the engine holds, its evictable prefix cache included (what admission and eviction see)."""
         if self.params.prefix_cache:
             size = self.params.block_size
             tails = sum((r.prompt_tokens + r.generated) % size for r in self._running)
             return len(self._blocks) * size + tails
         return sum(r.prompt_tokens + r.generated for r in self._running)
+
+    @property
+    def used_tokens(self) -> int:
+        """KV the running requests hold (a block shared by several counted once): what SGLang's
+        num_used_tokens and vLLM's kv_cache_usage report, both of which count cached blocks no
+        request holds as free, since they are evicted on demand."""
+        if not self.params.prefix_cache:
+            return self.resident_tokens
+        size = self.params.block_size
+        held = {key for r in self._running for key in r.keys}
+        return len(held) * size + sum((r.prompt_tokens + r.generated) % size for r in self._running)
 
     @property
     def token_usage(self) -> float:
@@ -292,7 +304,7 @@ class Engine:
 
     def _admit(self) -> None:
         params = self.params
-        used = self.used_tokens
+        used = self.resident_tokens
         while self._waiting and len(self._running) < params.max_running:
             request = self._waiting[0]
             if request.disconnected:
@@ -373,7 +385,7 @@ class Engine:
         if not params.prefix_cache:
             return
         capacity = params.kv_capacity_tokens
-        if self.used_tokens <= params.kv_high_watermark * capacity:
+        if self.resident_tokens <= params.kv_high_watermark * capacity:
             return
         target = params.kv_low_watermark * capacity
         size = params.block_size

@@ -107,7 +107,24 @@ async def test_eviction_keeps_usage_under_the_watermark() -> None:
     for i in range(20):
         engine.submit([i * 1000 + t for t in range(160)], 1, [1])
         _drain(engine)
-    assert engine.used_tokens <= 0.92 * 1600
+    assert engine.resident_tokens <= 0.92 * 1600
+
+
+async def test_reported_usage_leaves_out_the_cache_no_request_holds() -> None:
+    """As SGLang and vLLM report it: a cached block nobody holds is free (evicted on demand), so a full
+    but idle cache is not an engine under load; a running request's blocks count once, however shared."""
+    engine = _engine(kv_capacity_tokens=1600, block_size=16)
+    for i in range(8):
+        engine.submit([i * 1000 + t for t in range(160)], 1, [1])
+        _drain(engine)
+    assert engine.resident_tokens >= 8 * 160 * 0.9 and engine.used_tokens == 0 and engine.token_usage == 0
+    shared = list(range(50_000, 50_160))
+    for _ in range(2):
+        engine.submit(shared + [7], 100, list(range(100)))
+    engine._step()
+    engine._step()
+    assert engine.num_running == 2
+    assert 160 <= engine.used_tokens < 2 * 160  # the shared prompt's blocks once, the tails apiece
 
 
 def test_sim_text_is_deterministic_and_word_tokenized() -> None:
