@@ -53,8 +53,7 @@ class CacheAwarePolicy(Policy):
         key: str | tuple[int, ...] = tokens if tokens is not None else request.text
         tree = self.token_tree if tokens is not None else self.text_tree
         index = self._fleets.get(workers)
-        fallback = index.least_loaded() if index is not None else least_loaded(workers)
-        chosen = fallback
+        chosen: Worker | None = None  # None: the least-loaded worker (looked up only then)
         path = self._path
         path.clear()
         if len(workers) > 1 and key and not self._kv_pressure(workers):
@@ -66,11 +65,13 @@ class CacheAwarePolicy(Policy):
                     chosen = tied[0] if len(tied) == 1 else self._rng.choice(tied)
                     total = index.total_load if index is not None else sum(w.load for w in workers)
                     if self._should_spill(chosen, total / len(workers)):
-                        chosen = fallback
+                        chosen = None
                 else:
                     self.misses += 1
             else:
                 self.misses += 1
+        if chosen is None:
+            chosen = index.least_loaded() if index is not None else least_loaded(workers)
         if key:
             tree.insert(key, chosen.id, path)
             if self.observer is not None:

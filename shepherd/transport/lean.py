@@ -188,7 +188,12 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = True
         self._trailing = False  # bytes after the complete response are being discarded
         self._paused = False
+        # The exchange's deadline is enforced by one lazily re-armed timer: arming and cancelling a
+        # timer per request cost more than the rest of `send`. The timer stays armed across
+        # requests; when it fires before the current deadline it re-arms for it (see _on_timer).
+        self._deadline: float | None = None  # the current exchange's, None between exchanges
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires
         self.idle_since = time.monotonic()
         self.requests_served = 0
         self.closed = False
@@ -281,7 +286,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.response is not None and not self._trailing:
             self.response._finish()
-        self._cancel_timer()
+        self._deadline = None
 
     # -- request ------------------------------------------------------------------------------
 
@@ -299,20 +304,36 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = True
         self._trailing = False
-        if deadline is not None:
-            self._timer = loop.call_at(deadline, self._on_timeout)
+        self._deadline = deadline
+        if deadline is not None and (self._timer is None or self._timer_at > deadline):
+            self._arm(loop, deadline)
         if body and len(body) > 65536:
             self.transport.writelines((head, body))
         else:
             self.transport.write(head + body if body else head)
         return self._head
 
-    def _on_timeout(self) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.closed:  # armed for an exchange that has ended
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:  # armed for an earlier exchange: wait for this one's deadline
+            self._arm(loop, deadline)
+            return
+        self._deadline = None
         self._fail(UpstreamTimeout("the worker did not answer within the request timeout"))
         self.abort()
 
     def _cancel_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -324,7 +345,7 @@ class _Connection(asyncio.Protocol):
             self.response._fail(exc)
 
     def response_done(self, reusable: bool) -> None:
-        self._cancel_timer()
+        self._deadline = None  # the timer stays armed for the next exchange (or fires once, idle)
         self.requests_served += 1
         self.response = None
         self._head = None

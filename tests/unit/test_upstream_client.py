@@ -148,6 +148,30 @@ async def test_timeout_covers_the_body(pool: LeanTransport) -> None:
             await response.read()
 
 
+async def test_each_request_on_a_reused_connection_keeps_its_own_deadline(pool: LeanTransport) -> None:
+    # One timer serves a connection's exchanges: it must neither end a later exchange at an
+    # earlier one's deadline nor let a shorter later deadline pass.
+    async def fast_then_slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            await asyncio.sleep(0.4 if b"/slow" in head else 0)
+            writer.write(ok(b"done"))
+            await writer.drain()
+
+    async with serve(fast_then_slow) as (url, connections):
+        assert await (await pool.request("GET", url, "/fast", {}, None, 0.2)).read() == b"done"
+        # The first exchange's deadline passes while this one is in progress: it is not this one's.
+        assert await (await pool.request("GET", url, "/slow", {}, None, 2)).read() == b"done"
+        assert await (await pool.request("GET", url, "/fast", {}, None, 30)).read() == b"done"
+        assert len(connections) == 1
+        # Armed for 30 s, the connection's timer must still end this exchange at its own deadline.
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamTimeout):
+            await (await pool.request("GET", url, "/slow", {}, None, 0.2)).read()
+        assert asyncio.get_running_loop().time() - started < 0.35
+        assert len(connections) == 1
+
+
 async def test_early_close_aborts_the_connection(pool: LeanTransport) -> None:
     closed = asyncio.Event()
 
