@@ -149,6 +149,8 @@ class AppContext:
         tenant_limits = (load_tenant_limits(config.admission.tenant_rate_limit_config)
                          if config.admission.tenant_rate_limit_enabled and config.admission.tenant_rate_limit_config
                          else None)
+        if tenant_limits is not None and config.mesh.redis_url is None and config.process.workers > 1:
+            tenant_limits = tenant_limits.split(config.process.workers)  # no fleet: each process takes its share
         plan = (load_priority_plan(config.admission.priority_scheduler_config,
                                    config.admission.priority_scheduler_default_max_class)
                 if config.admission.priority_scheduler_enabled else None)
@@ -203,7 +205,8 @@ class AppContext:
             health=health,
             admission=AdmissionController(config.admission, *_admission_counters(metrics), fleet=fleet,
                                           tenant_limits=tenant_limits, plan=plan,
-                                          count_scheduled=_scheduler_counter(metrics)),
+                                          count_scheduled=_scheduler_counter(metrics),
+                                          fleet_limits=mesh.limiter if mesh is not None else None),
             http_router=http_router,
             router=router,
             refresher=refresher,

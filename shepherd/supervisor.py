@@ -230,15 +230,17 @@ def _split(limit: int, count: int) -> int:
 
 def child_config(config: GatewayConfig, info: ChildInfo) -> GatewayConfig:
     """The config of child `info.index`: the supervisor's port, and the whole gateway's admission
-    limits split among the processes. Rate limits are split too, unless the mesh holds them in Redis
-    for the whole fleet (then each process asks Redis, at the full rate)."""
+    limits split among the processes. Rate limits and the per-key concurrency limit are split too, unless
+    the mesh holds them in Redis for the whole fleet (then each process asks Redis, at the full limit).
+    (The tenant limits are split where they are loaded: context.py.)"""
     admission, count = config.admission, info.count
     fleet_rates = config.mesh.redis_url is not None
     admission = replace(
         admission,
         max_concurrent_requests=_split(admission.max_concurrent_requests, count),
         queue_size=_split(admission.queue_size, count),
-        per_key_max_concurrent_requests=_split(admission.per_key_max_concurrent_requests, count),
+        per_key_max_concurrent_requests=admission.per_key_max_concurrent_requests if fleet_rates else _split(
+            admission.per_key_max_concurrent_requests, count),
         rate_limit_tokens_per_second=admission.rate_limit_tokens_per_second / (1 if fleet_rates else count),
         per_key_rate_limit_tokens_per_second=admission.per_key_rate_limit_tokens_per_second / (
             1 if fleet_rates else count),

@@ -6,6 +6,7 @@
 | health verdicts   | `health`         | the instance that saw the transition  | one sync interval                 |
 | cache-aware trees | stream `tree`    | the instance that routed the request  | one sync interval; lossy          |
 | rate limits       | `rl:*` buckets   | Redis itself (Lua, Redis's clock)     | none: every admission asks        |
+| tenant/key limits | `tl:*` sets      | Redis (Lua); leases renewed by holder | none; a dead holder's leases: 30 s |
 | sticky keys, rings| (none)           | computed: the same workers give the same answer everywhere (hashing) |
 
 Without --mesh-redis-url, the processes of a `--workers N` gateway share only the worker registry,
@@ -58,7 +59,7 @@ class Mesh:
             assert isinstance(store, RedisStore)
             self.health = HealthSync(store, registry, self.instance)
             self.trees = TreeSync(store, policies, registry, self.instance)
-            self.limiter = FleetLimiter(store, status)
+            self.limiter = FleetLimiter(store, status, self.instance)
             registry.subscribe(self._watch_breakers)
         self._loop = Periodic("mesh sync", config.mesh.sync_interval_secs, self._round, log)
 
@@ -110,6 +111,9 @@ class Mesh:
             await self.health.sync()
         if self.trees is not None:
             await self.trees.sync()
+        if self.limiter is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.limiter.renew()
         if self.status.connected:
             self.status.synced()
             if not was_connected:  # back after an outage: read every namespace whole next round
@@ -127,4 +131,6 @@ class Mesh:
         await self._loop.stop()
         with contextlib.suppress(StoreUnavailable):
             await self.registry.flush()  # the last admin changes out before leaving, if the store answers
+        if self.limiter is not None:
+            await self.limiter.close()  # releases on their way to Redis
         await self.store.close()

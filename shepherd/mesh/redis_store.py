@@ -4,13 +4,15 @@ Keys, all under `shepherd:mesh:{name}:` so several gateways can share one Redis:
   `{ns}` hash of entries, `{ns}:v` its version (INCR on every write, atomically with it),
   `{ns}:gen` a random token set once: a new one means Redis lost the data (restarted empty);
   `tree` a capped stream of batched cache-aware routing events;
-  `rl:{bucket}` token buckets (hash: tokens, ts) updated by a Lua script on Redis's clock.
+  `rl:{bucket}` token buckets (hash: tokens, ts) updated by a Lua script on Redis's clock;
+  `tl:{set}:c|r|t` a limit set's leases (sorted set: member -> expiry), request and token buckets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,6 +20,7 @@ from redis.exceptions import RedisError
 
 from shepherd.mesh.status import MeshStatus
 from shepherd.mesh.store import SharedStore, StoreUnavailable
+from shepherd.middleware.admission import LimitSet
 
 _WRITE = """
 if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
@@ -44,6 +47,89 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
 return tostring(wait)
 """
 
+# Bucket refill, shared by the limit-set scripts (a bucket is a hash of tokens and ts; idle ones expire
+# once they would be full again).
+_REFILL = """
+local function refill(key, rate, now)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local capacity = rate * 60
+  local tokens = tonumber(state[1]) or capacity
+  local ts = tonumber(state[2]) or now
+  return math.min(capacity, tokens + math.max(0, now - ts) * rate)
+end
+local function store(key, tokens, rate, now)
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  local deficit = rate * 60 - tokens
+  redis.call('PEXPIRE', key, math.ceil(math.max(0, deficit) / rate * 1000) + 1000)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# Admit one request against limit sets (KEYS: leases, request bucket, token bucket of each set; ARGV: member,
+# lease secs, then max in flight, requests/s, tokens/s of each set; 0: no limit). Either every set admits it
+# (a lease in each, a request token from each) or none is touched and the answer says which set refused,
+# why and for how long.
+_ADMIT = _REFILL + """
+local member, lease = ARGV[1], tonumber(ARGV[2])
+local sets = #KEYS / 3
+local taken = {}
+for i = 1, sets do
+  local leases, requests, tokens = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local most, rrate, trate = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2])
+  if most > 0 then
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+    if redis.call('ZCARD', leases) >= most then return {i, 'concurrency', '1'} end
+  end
+  local left = nil
+  if rrate > 0 then
+    left = refill(requests, rrate, now)
+    if left < 1 then return {i, 'request', tostring((1 - left) / rrate)} end
+  end
+  if trate > 0 then
+    local balance = refill(tokens, trate, now)
+    if balance < 1 then return {i, 'token', tostring((1 - balance) / trate)} end
+  end
+  taken[i] = left
+end
+for i = 1, sets do
+  local most, rrate = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  if most > 0 then
+    redis.call('ZADD', KEYS[3 * i - 2], now + lease, member)
+    redis.call('PEXPIRE', KEYS[3 * i - 2], math.ceil(lease * 2000))
+  end
+  if rrate > 0 then store(KEYS[3 * i - 1], taken[i] - 1, rrate, now) end
+end
+return {0, '', '0'}
+"""
+
+# A request's end: its leases go (KEYS: the leases key of each set it holds one in), and what it used is
+# debited from token buckets (KEYS after those: token buckets; ARGV: member, tokens used, then each
+# bucket's tokens/s). A bucket may go into debt.
+_RELEASE = _REFILL + """
+local member, used = ARGV[1], tonumber(ARGV[2])
+local buckets = #ARGV - 2
+for i = 1, #KEYS - buckets do redis.call('ZREM', KEYS[i], member) end
+for i = 1, buckets do
+  local key, rate = KEYS[#KEYS - buckets + i], tonumber(ARGV[2 + i])
+  store(key, refill(key, rate, now) - used, rate, now)
+end
+return 1
+"""
+
+# Leases still held are pushed out (KEYS[i] holds ARGV[2 + i]; ARGV[1]: lease secs); a lease already gone
+# (expired while this instance could not reach Redis) is not brought back.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now + lease, ARGV[1 + i])
+  redis.call('PEXPIRE', KEYS[i], math.ceil(lease * 2000))
+end
+return 1
+"""
+
 STREAM_MAX_LEN = 4096  # batches kept for instances catching up
 
 
@@ -58,6 +144,9 @@ class RedisStore(SharedStore):
         self._status = status
         self._write_script = self._client.register_script(_WRITE)
         self._take_script = self._client.register_script(_TAKE)
+        self._admit_script = self._client.register_script(_ADMIT)
+        self._release_script = self._client.register_script(_RELEASE)
+        self._renew_script = self._client.register_script(_RENEW)
 
     async def _call(self, operation: Any) -> Any:
         try:
@@ -112,6 +201,35 @@ class RedisStore(SharedStore):
         """Seconds until a token (0: one was taken)."""
         return float(await self._call(self._take_script(keys=[self._prefix + "rl:" + bucket],
                                                         args=[repr(rate), repr(capacity)])))
+
+    def _set_keys(self, name: str) -> tuple[str, str, str]:
+        base = self._prefix + "tl:" + name
+        return base + ":c", base + ":r", base + ":t"
+
+    async def admit(self, sets: Sequence[LimitSet], member: str, lease_secs: float) -> tuple[int, str, float]:
+        """Admit a request against every set or none: (0, "", 0), else (1-based index of the set that
+        refused, "concurrency" | "request" | "token", seconds until it may have room)."""
+        keys: list[str] = []
+        args: list[str] = [member, repr(lease_secs)]
+        for limit in sets:
+            keys += self._set_keys(limit.name)
+            args += [str(limit.max_concurrent), repr(limit.requests_per_minute / 60),
+                     repr(limit.tokens_per_minute / 60)]
+        index, kind, wait = await self._call(self._admit_script(keys=keys, args=args))
+        return int(index), bytes(kind).decode(), float(wait)
+
+    async def release(self, sets: Sequence[LimitSet], member: str, tokens: int) -> None:
+        keys = [self._set_keys(limit.name)[0] for limit in sets if limit.max_concurrent > 0]
+        rates = [limit for limit in sets if limit.tokens_per_minute > 0 and tokens > 0]
+        keys += [self._set_keys(limit.name)[2] for limit in rates]
+        await self._call(self._release_script(
+            keys=keys, args=[member, str(tokens), *(repr(limit.tokens_per_minute / 60) for limit in rates)]))
+
+    async def renew(self, leases: Sequence[tuple[str, str]], lease_secs: float) -> None:
+        """Push out the leases (set name, member) still held here."""
+        if leases:
+            await self._call(self._renew_script(keys=[self._set_keys(name)[0] for name, _ in leases],
+                                                args=[repr(lease_secs), *(member for _, member in leases)]))
 
     async def close(self) -> None:
         await self._client.aclose()

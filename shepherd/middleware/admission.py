@@ -11,6 +11,9 @@
   same two limits, each key on its own, so one tenant cannot take the whole gateway.
 * Per tenant (`--tenant-rate-limit-enabled`): requests and tokens per minute and requests in flight,
   per tenant identity and model, from the YAML of middleware/tenant_limits.py.
+* With the mesh on Redis, the tenant limits and the per-key concurrency limit are the fleet's too
+  (FleetLimits: one Redis call admits a request against all of them, leases count what is in flight);
+  the local state decides only while Redis cannot answer.
 
 Every rate-limit decision and every rejection is reported to the optional counters
 (`smg_http_rate_limit_total`, `smg_admission_queue_rejected_total`).
@@ -23,8 +26,9 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from shepherd.config import AdmissionConfig
 from shepherd.errors import GatewayError
@@ -70,34 +74,81 @@ def _per_minute(limit: float) -> TokenBucket | None:
     return TokenBucket(limit / 60.0, limit) if limit > 0 else None
 
 
+@dataclass(frozen=True, slots=True)
+class LimitSet:
+    """Limits that hold for the whole fleet under one name (a hash: never a tenant's or a key's text)."""
+
+    name: str
+    max_concurrent: int = 0  # 0: no limit
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+
+
+class FleetLimits(Protocol):
+    """The fleet's view of the limit sets (the mesh, on Redis)."""
+
+    async def admit(self, sets: Sequence[LimitSet]) -> FleetVerdict | None:
+        """Admit a request against every set or none; None: the fleet cannot answer, decide locally."""
+
+    def release(self, lease: FleetLease, tokens: int) -> None:
+        """The admitted request ended having used `tokens` (hand back its leases, debit its tokens)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetLease:
+    sets: tuple[LimitSet, ...]
+    member: str  # this request's lease in each set that limits concurrency
+
+
+@dataclass(frozen=True, slots=True)
+class FleetVerdict:
+    lease: FleetLease | None  # admitted
+    refused: int = -1  # else the index of the set that refused,
+    reason: str = ""  # "concurrency" | "request" | "token",
+    wait: float = 0.0  # and the seconds until it may have room
+
+
+def _limit_refusal(what: str, limits: Limits, reason: str, wait: float) -> GatewayError:
+    if reason == "concurrency":
+        return tenant_limited(f"{what} has {limits.max_concurrent_requests} requests in flight", 1.0)
+    return tenant_limited(f"{what} is over its {reason}s-per-minute limit", wait)
+
+
+def _hashed(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 class _LimitState:
     """One tenant's (or one tenant-and-model's) buckets and in-flight count."""
 
-    __slots__ = ("limits", "in_flight", "requests", "tokens")
+    __slots__ = ("limits", "in_flight", "requests", "tokens", "fleet_set")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, fleet_name: str) -> None:
         self.limits = limits
         self.in_flight = 0
         self.requests = _per_minute(limits.requests_per_minute)
         self.tokens = _per_minute(limits.tokens_per_minute)
+        self.fleet_set = LimitSet(fleet_name, limits.max_concurrent_requests, limits.requests_per_minute,
+                                  limits.tokens_per_minute)
 
     def refusal(self, what: str) -> GatewayError | None:
         """Why a request may not start now (nothing taken), else None."""
         limits = self.limits
         if 0 < limits.max_concurrent_requests <= self.in_flight:
-            return tenant_limited(f"{what} has {limits.max_concurrent_requests} requests in flight", 1.0)
+            return _limit_refusal(what, limits, "concurrency", 1.0)
         for bucket, unit in ((self.requests, "request"), (self.tokens, "token")):
             wait = bucket.wait() if bucket is not None else 0.0
             if wait > 0:
-                return tenant_limited(f"{what} is over its {unit}s-per-minute limit", wait)
+                return _limit_refusal(what, limits, unit, wait)
         return None
 
 
 class _TenantState:
-    __slots__ = ("own", "models")
+    __slots__ = ("own", "models", "fleet_name")
 
-    def __init__(self, limits: Limits) -> None:
-        self.own = _LimitState(limits)
+    def __init__(self, limits: Limits, tenant: str) -> None:
+        self.fleet_name = "tenant:" + _hashed(tenant)
+        self.own = _LimitState(limits, self.fleet_name)
         self.models: dict[str, _LimitState] = {}  # bounded: one per model rule of the tenant's rule
 
     def idle(self) -> bool:
@@ -124,22 +175,24 @@ def _tracked(table: OrderedDict[str, _State], name: str, make: Callable[[], _Sta
 
 
 class _KeyState:
-    __slots__ = ("in_flight", "bucket", "name")
+    __slots__ = ("in_flight", "bucket", "name", "fleet_set")
 
-    def __init__(self, rate: float, name: str) -> None:
+    def __init__(self, rate: float, name: str, max_concurrent: int) -> None:
         self.name = name  # the fleet bucket's name: the key's hash, never the key
         self.in_flight = 0
         self.bucket = TokenBucket(rate) if rate > 0 else None
+        self.fleet_set = LimitSet("key:" + name, max_concurrent) if max_concurrent > 0 else None
 
 
 class Ticket:
     """Proof of admission; hand it back with `release()` exactly once."""
 
-    __slots__ = ("key", "holds_slot", "limits", "rank", "tenant", "task", "preempted")
+    __slots__ = ("key", "holds_slot", "limits", "rank", "tenant", "task", "preempted", "lease")
 
     def __init__(self, key: _KeyState | None, holds_slot: bool, limits: tuple[_LimitState, ...] = (), rank: int = 0,
-                 tenant: str | None = None) -> None:
+                 tenant: str | None = None, lease: FleetLease | None = None) -> None:
         self.key = key
+        self.lease = lease  # what the fleet holds for this request (the mesh's limits), if it was asked
         self.holds_slot = holds_slot
         self.limits = limits  # the tenant's limit states it counts against
         self.rank = rank
@@ -158,8 +211,10 @@ class AdmissionController:
     def __init__(self, config: AdmissionConfig, count_rate_limit: Counter | None = None,
                  count_rejected: Counter | None = None, fleet: FleetTokens | None = None,
                  tenant_limits: TenantLimitsConfig | None = None, plan: PriorityPlan | None = None,
-                 count_scheduled: Callable[[str, str | None, str], None] | None = None) -> None:
+                 count_scheduled: Callable[[str, str | None, str], None] | None = None,
+                 fleet_limits: FleetLimits | None = None) -> None:
         self._config = config
+        self._fleet_limits = fleet_limits
         self._tenant_limits = tenant_limits
         self._tenants: OrderedDict[str, _TenantState] = OrderedDict()
         self._fleet = fleet
@@ -195,20 +250,28 @@ class AdmissionController:
             await self._check_rate("global", self._bucket, "rate_limit_exceeded",
                                    "The gateway's request rate limit was reached")
         limits = self._tenant_states(tenant, model) if tenant is not None and self._tenant_limits else ()
-        for index, state in enumerate(limits):
-            refusal = state.refusal(f"Tenant {tenant}" if index == 0 else f"Tenant {tenant} on model {model}")
-            if refusal is not None:
-                self._reject("tenant")
-                raise refusal
         key = self._key_state(api_key) if self._per_key else None
-        if key is not None:
-            if key.bucket is not None:
-                await self._check_rate("key:" + key.name, key.bucket, "key_rate_limit_exceeded",
-                                       "This API key's request rate limit was reached")
-            if 0 < config.per_key_max_concurrent_requests <= key.in_flight:
+        if key is not None and key.bucket is not None:
+            await self._check_rate("key:" + key.name, key.bucket, "key_rate_limit_exceeded",
+                                   "This API key's request rate limit was reached")
+        fleet_sets = tuple(state.fleet_set for state in limits)
+        if key is not None and key.fleet_set is not None:
+            fleet_sets += (key.fleet_set,)
+        verdict = (await self._fleet_limits.admit(fleet_sets)
+                   if self._fleet_limits is not None and fleet_sets else None)
+        if verdict is not None and verdict.lease is None:
+            self._reject("key" if verdict.refused == len(limits) else "tenant")
+            raise self._refusal(tenant, model, limits, verdict.refused, verdict.reason, verdict.wait)
+        if verdict is None:  # no fleet (or it cannot answer): this process's own state decides
+            for index, state in enumerate(limits):
+                refusal = state.refusal(self._limit_name(tenant, model, index))
+                if refusal is not None:
+                    self._reject("tenant")
+                    raise refusal
+            if key is not None and 0 < config.per_key_max_concurrent_requests <= key.in_flight:
                 self._reject("key")
-                raise GatewayError(429, "key_concurrency_limit_exceeded",
-                                   "This API key has too many requests in flight", headers={"Retry-After": "1"})
+                raise self._refusal(tenant, model, limits, len(limits), "concurrency", 1.0)
+        if key is not None:
             key.in_flight += 1
         for state in limits:
             state.in_flight += 1
@@ -225,8 +288,11 @@ class AdmissionController:
                 key.in_flight -= 1
             for state in limits:
                 state.in_flight -= 1
+            if verdict is not None and verdict.lease is not None:
+                assert self._fleet_limits is not None
+                self._fleet_limits.release(verdict.lease, 0)
             raise
-        ticket = Ticket(key, self._limit > 0, limits, rank, tenant)
+        ticket = Ticket(key, self._limit > 0, limits, rank, tenant, verdict.lease if verdict is not None else None)
         if self._unstarted and ticket.holds_slot:
             ticket.task = asyncio.current_task()
             self._unstarted[rank][ticket] = None
@@ -247,6 +313,10 @@ class AdmissionController:
             if tokens and state.tokens is not None:
                 state.tokens.debit(tokens)
         ticket.limits = ()
+        if ticket.lease is not None:
+            assert self._fleet_limits is not None
+            self._fleet_limits.release(ticket.lease, tokens)
+            ticket.lease = None
         self.started(ticket)
         if ticket.holds_slot:
             self._slots.release()  # straight to the oldest waiter of the highest class, if any
@@ -310,12 +380,26 @@ class AdmissionController:
             self._reject("rate")
             raise GatewayError(429, code, message, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
+    @staticmethod
+    def _limit_name(tenant: str | None, model: str | None, index: int) -> str:
+        return f"Tenant {tenant}" if index == 0 else f"Tenant {tenant} on model {model}"
+
+    def _refusal(self, tenant: str | None, model: str | None, limits: tuple[_LimitState, ...], index: int,
+                 reason: str, wait: float) -> GatewayError:
+        """The answer to a request that set `index` of its limits (tenant, tenant on model, then key) refused."""
+        if index < len(limits):
+            return _limit_refusal(self._limit_name(tenant, model, index), limits[index].limits, reason, wait)
+        return GatewayError(429, "key_concurrency_limit_exceeded", "This API key has too many requests in flight",
+                            headers={"Retry-After": "1"})
+
     def _key_state(self, api_key: str | None) -> _KeyState | None:
         if not api_key:
             return None
         digest = hashlib.sha256(api_key.encode()).hexdigest()
-        rate = self._config.per_key_rate_limit_tokens_per_second
-        return _tracked(self._keys, digest, lambda: _KeyState(rate, digest), lambda state: state.in_flight == 0)
+        config = self._config
+        return _tracked(self._keys, digest, lambda: _KeyState(config.per_key_rate_limit_tokens_per_second, digest,
+                                                              config.per_key_max_concurrent_requests),
+                        lambda state: state.in_flight == 0)
 
     def _tenant_states(self, tenant: str, model: str | None) -> tuple[_LimitState, ...]:
         """The limit states a request of `tenant` for `model` counts against: the tenant's, and its model rule's."""
@@ -323,12 +407,12 @@ class AdmissionController:
         rule = self._tenant_limits.rule(tenant)
         if rule is None:
             return ()
-        state = _tracked(self._tenants, tenant, lambda: _TenantState(rule.limits), _TenantState.idle)
+        state = _tracked(self._tenants, tenant, lambda: _TenantState(rule.limits, tenant), _TenantState.idle)
         matched = rule.model_rule(model)
         if matched is None:
             return (state.own,)
         pattern, limits = matched
         model_state = state.models.get(pattern)
         if model_state is None:
-            model_state = state.models[pattern] = _LimitState(limits)
+            model_state = state.models[pattern] = _LimitState(limits, f"{state.fleet_name}:{_hashed(pattern)}")
         return state.own, model_state

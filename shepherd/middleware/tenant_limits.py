@@ -19,7 +19,11 @@ Each per-minute limit is a token bucket that holds a minute's worth and refills 
 takes one request token; its tokens (prompt + completion, as the worker's usage reports them) are
 debited when it finishes, so a tenant may go into debt by one request and is refused until the debt is
 paid back. A refusal is 429 `tenant_rate_limit_exceeded` with Retry-After: when the bucket has room again
-(1 s for the concurrency limit). The limits are per gateway process (with `--workers N`, each has its own).
+(1 s for the concurrency limit).
+
+The limits are the whole gateway's: with `--workers N` each process applies its share (rounded up), and
+with `--mesh-redis-url` they hold for the whole fleet, every instance and process together (Redis keeps
+the buckets and counts what is in flight: mesh/rate_limit.py).
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ class Limits:
     tokens_per_minute: float = 0.0
     max_concurrent_requests: int = 0
 
+    def split(self, count: int) -> Limits:
+        """What each of `count` processes applies (concurrency rounded up)."""
+        return Limits(self.requests_per_minute / count, self.tokens_per_minute / count,
+                      -(-self.max_concurrent_requests // count))
+
 
 @dataclass(frozen=True)
 class TenantRule:
@@ -64,6 +73,9 @@ class TenantRule:
                 best = (pattern, limits)
         return best
 
+    def split(self, count: int) -> TenantRule:
+        return TenantRule(self.limits.split(count), tuple((name, limits.split(count)) for name, limits in self.models))
+
 
 @dataclass(frozen=True)
 class TenantLimitsConfig:
@@ -72,6 +84,11 @@ class TenantLimitsConfig:
 
     def rule(self, tenant: str) -> TenantRule | None:
         return self.tenants.get(tenant, self.default)
+
+    def split(self, count: int) -> TenantLimitsConfig:
+        """The limits as each of `count` processes of one gateway applies them (no fleet state to share)."""
+        return TenantLimitsConfig({name: rule.split(count) for name, rule in self.tenants.items()},
+                                  self.default.split(count) if self.default is not None else None)
 
 
 def load_tenant_limits(path: str) -> TenantLimitsConfig:

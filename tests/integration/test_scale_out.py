@@ -163,6 +163,29 @@ def test_a_fleet_wide_rate_limit_holds_across_instances(redis: RedisServer, engi
             g.stop()
 
 
+def test_a_tenants_limits_hold_for_the_whole_fleet(redis: RedisServer, engines: list[Sim], tmp_path) -> None:
+    limits = tmp_path / "limits.yaml"
+    limits.write_text('tenants:\n  "header:acme": {requests_per_minute: 4}\n')
+    flags = ("--trust-tenant-header", "--tenant-rate-limit-enabled", "--tenant-rate-limit-config", str(limits))
+    gateways = _instances(redis, [engines[0].urls[0]], 2, *flags)
+    gateways.append(Gateway([], "--mesh-redis-url", redis.url, *MESH_FLAGS, "--workers", "2", *flags,
+                            expect_workers=1, start_timeout=60))
+    lb = HAProxy([g.port for g in gateways])
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda _: chat(lb.url, **{"x-smg-tenant-id": "acme"}).status_code, range(16)))
+        # Four processes in all, each of which would admit 4 on its own: the fleet admits 4 (plus what
+        # refills during the burst: one every 15 s).
+        assert set(statuses) <= {200, 429}
+        assert 4 <= statuses.count(200) <= 5, statuses
+        for g in gateways[:2]:
+            assert chat(g.url, **{"x-smg-tenant-id": "other"}).status_code == 200  # an unlimited tenant
+    finally:
+        lb.stop()
+        for g in gateways:
+            g.stop()
+
+
 def test_cache_aware_instances_learn_where_the_others_sent_a_prompt(redis: RedisServer,
                                                                     engines: list[Sim]) -> None:
     gateways = _instances(redis, [s.urls[0] for s in engines], 2, "--policy", "cache_aware")

@@ -69,18 +69,21 @@ def test_metrics_merge_sums_counters_and_merges_gauges_by_meaning() -> None:
 def test_admission_limits_are_for_the_whole_gateway() -> None:
     config = GatewayConfig(admission=AdmissionConfig(max_concurrent_requests=9, queue_size=100,
                                                      rate_limit_tokens_per_second=30,
-                                                     per_key_rate_limit_tokens_per_second=3),
+                                                     per_key_rate_limit_tokens_per_second=3,
+                                                     per_key_max_concurrent_requests=6),
                            process=ProcessConfig(workers=3))
     child = child_config(config, ChildInfo(1, 3, 31000, "/tmp/x"))
     assert child.admission.max_concurrent_requests == 3
     assert child.admission.queue_size == 34  # rounded up: never below the whole gateway's
     assert child.admission.rate_limit_tokens_per_second == 10
+    assert child.admission.per_key_max_concurrent_requests == 2
     assert child.process.child_index == 1 and child.process.local_channel_dir == "/tmp/x"
     # With the mesh, rates are fleet buckets in Redis: every process asks for the full rate.
     meshed = child_config(GatewayConfig(admission=config.admission, mesh=MeshConfig(redis_url="redis://h:1/0")),
                           ChildInfo(0, 3, 31000, "/tmp/x"))
     assert meshed.admission.rate_limit_tokens_per_second == 30
-    assert meshed.admission.max_concurrent_requests == 3
+    assert meshed.admission.max_concurrent_requests == 3  # this process's capacity
+    assert meshed.admission.per_key_max_concurrent_requests == 6  # the fleet's leases count it
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 from shepherd.config import AdmissionConfig, ConfigError
 from shepherd.errors import GatewayError
 from shepherd.middleware.admission import AdmissionController
-from shepherd.middleware.tenant_limits import TenantLimitsError, load_tenant_limits, parse_tenant_limits
+from shepherd.middleware.tenant_limits import Limits, TenantLimitsError, load_tenant_limits, parse_tenant_limits
 
 pytestmark = pytest.mark.unit
 
@@ -70,6 +70,15 @@ async def test_tokens_are_debited_when_the_request_finishes() -> None:
     assert "tokens-per-minute" in error.message and int(error.headers["Retry-After"]) >= 30
     ticket.limits = ()  # released once; a second release changes nothing
     admission.release(ticket, tokens=150)
+
+
+async def test_with_workers_each_process_takes_its_share() -> None:
+    split = LIMITS.split(2)
+    assert split.tenants["auth:a"].limits.requests_per_minute == 1
+    assert split.tenants["auth:a"].models[0] == ("big", Limits(requests_per_minute=0.5))
+    assert split.default is not None and split.default.limits.max_concurrent_requests == 1  # rounded up
+    share = parse_tenant_limits({"tenants": {"auth:c": {"max_concurrent_requests": 5}}}).split(2)
+    assert share.tenants["auth:c"].limits.max_concurrent_requests == 3
 
 
 def test_the_yaml_is_checked(tmp_path: Path) -> None:
