@@ -414,6 +414,24 @@ def main() -> None:
         print(_row(*row))
     print("(PD rows: worker share is over the prefill workers; hit rate is the prefill side's, as the decode "
           "workers report it)")
+    _print_fleet_ratios(rows)
+
+
+def _print_fleet_ratios(rows: list[tuple[str, str, Stats, float, float]]) -> None:
+    """Each multi-instance row against the single cache_aware instance of the same workload."""
+    single = {workload: stats for workload, label, stats, _, _ in rows if label == "shepherd cache_aware"}
+    fleet = [(workload, label, stats) for workload, label, stats, _, _ in rows if " x" in label]
+    if not fleet:
+        return
+    print("\nInstances behind HAProxy against one instance (target with the mesh: hit rate within 3 points, "
+          "TTFT p99 within 10%):")
+    for workload, label, stats in fleet:
+        one = single.get(workload)
+        if one is None or not one.ttft or not stats.ttft or not one.prompt_tokens or not stats.prompt_tokens:
+            continue
+        points = (stats.cached_tokens / stats.prompt_tokens - one.cached_tokens / one.prompt_tokens) * 100
+        ratio = stats.ttft[int(len(stats.ttft) * 0.99)] / one.ttft[int(len(one.ttft) * 0.99)]
+        print(f"  {workload:<17} {label:<36} hit rate {points:+.1f} points, TTFT p99 {ratio:.2f}x")
 
 
 if __name__ == "__main__":
