@@ -223,10 +223,13 @@ def test_launch_from_a_config_file_and_the_environment(tmp_path: Path) -> None:
 
 
 def test_demo_binds_loopback() -> None:
-    port, worker_port = free_ports(2)
+    port, worker_port, metrics_port = free_ports(3)
     log = tempfile.NamedTemporaryFile(prefix="shepherd-demo-", suffix=".log", delete=False)  # noqa: SIM115
+    # A free metrics port through the environment (as `shepherd launch` reads it): off the default 29000,
+    # which another test's gateway may hold.
     demo = subprocess.Popen([sys.executable, "-m", "shepherd", "demo", "--port", str(port), "--worker-port",
-                             str(worker_port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                             str(worker_port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "SHEPHERD_PROMETHEUS_PORT": str(metrics_port)})
     try:
         wait_until(lambda: "Shepherd is serving" in Path(log.name).read_text(), 60, 0.1, "the demo to start")
         output = Path(log.name).read_text()
