@@ -84,6 +84,8 @@ http {{
         location = /health {{ return 200 ''; }}
         location = /v1/models {{ return 200 {models}; }}
         location = /get_server_info {{ return 200 '{{"version": "nginx-bench"}}'; }}
+        # An OTLP/HTTP trace sink (an empty ExportTraceServiceResponse): spans are accepted and dropped.
+        location = /v1/traces {{ default_type application/x-protobuf; return 200 ''; }}
         location = /v1/chat/completions {{
             if ($http_x_bench_slow) {{ rewrite ^ /slow last; }}
             if ($http_x_bench_stream) {{ rewrite ^ /stream last; }}
