@@ -41,9 +41,21 @@ def encode_spec(worker_id: str, spec: WorkerSpec) -> bytes:
     return orjson.dumps({"id": worker_id, "spec": data})
 
 
+_SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(WorkerSpec))
+_unknown_fields_seen: set[str] = set()
+
+
 def decode_spec(value: bytes) -> tuple[str, WorkerSpec]:
+    """An entry as a peer wrote it. Fields this version does not know (a newer peer's, during a rolling
+    upgrade) are left out, so the worker is still served here with what this version understands."""
     data = orjson.loads(value)
     spec = dict(data["spec"])
+    unknown = set(spec) - _SPEC_FIELDS
+    if unknown:
+        for name in sorted(unknown - _unknown_fields_seen)[:8]:
+            _unknown_fields_seen.add(name)
+            log.warning("mesh: a peer's worker entries carry the field %r, unknown to this version; left out", name)
+        spec = {name: spec[name] for name in spec.keys() & _SPEC_FIELDS}
     spec["worker_type"] = WorkerType(spec["worker_type"])
     return str(data["id"]), WorkerSpec(**spec)
 

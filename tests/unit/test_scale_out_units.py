@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -124,6 +125,10 @@ class _Manager:
 def test_spec_round_trip() -> None:
     spec = WorkerSpec(url="http://w1", worker_type=WorkerType.DECODE, labels={"a": "b"}, priority=7)
     assert decode_spec(encode_spec("id-1", spec)) == ("id-1", spec)
+    # A newer peer's entry (a rolling upgrade): the fields this version knows are kept, the rest left out.
+    newer = orjson.loads(encode_spec("id-1", spec))
+    newer["spec"]["a_field_from_the_future"] = {"x": 1}
+    assert decode_spec(orjson.dumps(newer)) == ("id-1", spec)
 
 
 def test_file_channel_spreads_add_patch_and_remove(tmp_path: Path) -> None:
