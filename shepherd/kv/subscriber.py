@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from smg_grpc_proto.generated import common_pb2
 
-from shepherd.kv.endpoints import endpoints_from_labels, endpoints_problem
+from shepherd.kv.endpoints import ZmqEndpoints, endpoints_from_labels, endpoints_problem
 from shepherd.kv.index import KvIndex
 from shepherd.kv.stream import EventStream, KvBatch, KvEvent, Resubscribe
 from shepherd.workers.registry import RegistryEvent
@@ -66,21 +66,36 @@ class KvEventSubscriptions:
         self.streams: dict[str, EventStream] = {}
         self.without_events: set[str] = set()
         self._zmq: Any = None  # the zmq.asyncio context, made when the first HTTP worker declares a publisher
+        self._declared: dict[str, ZmqEndpoints | None] = {}  # HTTP worker id -> the publisher it is followed on
 
     def on_registry_event(self, event: RegistryEvent, worker: Worker) -> None:
         if event is RegistryEvent.ADDED and worker.id not in self._tasks:
-            follow = self._transport(worker)
-            if follow is None:
-                return
-            stream = self.streams[worker.id] = EventStream(worker.id, self.index)
-            self._tasks[worker.id] = asyncio.get_running_loop().create_task(follow(worker, stream))
+            self._start(worker)
+        elif event is RegistryEvent.UPDATED and worker.connection_mode == "http" and (
+                self._declared.get(worker.id) != endpoints_from_labels(worker.labels)):
+            # The labels now declare another publisher (or none, or one for the first time): follow that.
+            self._stop(worker.id)
+            self._start(worker)
         elif event is RegistryEvent.REMOVED:
-            task = self._tasks.pop(worker.id, None)
-            if task is not None:
-                task.cancel()
-            self.streams.pop(worker.id, None)
-            self.without_events.discard(worker.id)
-            self.index.forget(worker.id)
+            self._stop(worker.id)
+
+    def _start(self, worker: Worker) -> None:
+        if worker.connection_mode == "http":
+            self._declared[worker.id] = endpoints_from_labels(worker.labels)
+        follow = self._transport(worker)
+        if follow is None:
+            return
+        stream = self.streams[worker.id] = EventStream(worker.id, self.index)
+        self._tasks[worker.id] = asyncio.get_running_loop().create_task(follow(worker, stream))
+
+    def _stop(self, worker_id: str) -> None:
+        task = self._tasks.pop(worker_id, None)
+        if task is not None:
+            task.cancel()
+        self.streams.pop(worker_id, None)
+        self._declared.pop(worker_id, None)
+        self.without_events.discard(worker_id)
+        self.index.forget(worker_id)
 
     def _transport(self, worker: Worker) -> Callable[[Worker, EventStream], Any] | None:
         if worker.connection_mode == "grpc":

@@ -198,3 +198,21 @@ def test_chat_prompts_are_rendered_and_tokenized_as_the_engine_does_to_match_its
             gw.stop()
     finally:
         engines.stop()
+
+
+def test_a_publisher_declared_by_patching_the_labels_is_followed(sim: Sim, endpoints: list[tuple[str, str]]) -> None:
+    gw = Gateway(sim.urls, "--policy", "precise_cache", expect_workers=2)
+    try:
+        assert httpx.get(gw.url + "/kv_index", timeout=5).json()["workers"] == {}
+        workers = {w["url"]: w["id"] for w in httpx.get(gw.url + "/workers", timeout=5).json()["workers"]}
+        url, (events, replay) = sim.urls[0], endpoints[0]
+        labels = {"kv_events_endpoint": events, "kv_events_replay_endpoint": replay}
+        answer = httpx.patch(gw.url + f"/workers/{workers[url]}", json={"labels": labels}, timeout=5)
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: kv(gw).get(url, {}).get("live"), 20, message="the patched worker's events followed")
+        generate(url, ids(12, 300))  # straight to the engine: its events reach the index
+        wait_until(lambda: sum(w["blocks"] for w in kv(gw).values()) > 0, 20, message="blocks in the index")
+        httpx.patch(gw.url + f"/workers/{workers[url]}", json={"labels": {}}, timeout=5)
+        wait_until(lambda: kv(gw) == {}, 20, message="the publisher no longer followed once undeclared")
+    finally:
+        gw.stop()
