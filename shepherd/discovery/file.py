@@ -24,7 +24,7 @@ from shepherd.workers.worker import WorkerType
 log = logging.getLogger("shepherd.discovery")
 
 _ENTRY_FIELDS = frozenset({"id", "url", "worker_type", "bootstrap_port", "model_id", "models", "runtime_type",
-                           "labels", "priority", "cost", "kv_connector", "kv_engine_id"})
+                           "labels", "priority", "cost", "kv_connector", "kv_engine_id", "kv_role"})
 _MAX_FILE_BYTES = 16 * 1024 * 1024  # a discovery file larger than this is refused, not read into memory
 _STAT_POLL_SECS = 1.0  # how often the file's identity is checked for a change
 

@@ -11,13 +11,15 @@ from typing import Any
 
 from shepherd.config import DiscoveryConfig
 from shepherd.discovery.reconciler import DesiredWorker
-from shepherd.workers.spec import WorkerSpec
+from shepherd.workers.spec import WorkerSpec, is_kv_name
 from shepherd.workers.worker import WorkerType
 
 # Pod annotations (SMG's and SGLang's names, so manifests written for them keep working).
 PORTS_ANNOTATION = "smg.ai/worker-ports"  # "8000,8001": one worker per port
 BOOTSTRAP_ANNOTATION = "sglang.ai/bootstrap-port"  # prefill: one port for all, or a list aligned with the ports
 SCHEME_ANNOTATION = "shepherd.ai/worker-scheme"  # http (default), https or grpc
+KV_CONNECTOR_ANNOTATION = "smg.ai/kv-connector"  # vLLM PD: the prefill's KV connector (as SMG 1.13 reads it)
+KV_ENGINE_ID_ANNOTATION = "smg.ai/kv-engine-id"  # ... and its Mooncake engine id
 
 POD_NAME_LABEL = "shepherd.ai/pod-name"
 POD_UID_LABEL = "shepherd.ai/pod-uid"
@@ -104,9 +106,18 @@ def pod_workers(pod: dict[str, Any], rules: PodRules) -> list[DesiredWorker]:
     for port, bootstrap_port in zip(ports, bootstrap, strict=True):
         spec = WorkerSpec(url=f"{scheme}://{host}:{port}", worker_type=role, labels=dict(worker_labels),
                           api_key=rules.api_key, bootstrap_port=bootstrap_port,
-                          model_cards=[{"id": model}] if model else [])
+                          model_cards=[{"id": model}] if model else [],
+                          kv_connector=_kv_annotation(annotations, KV_CONNECTOR_ANNOTATION),
+                          kv_engine_id=_kv_annotation(annotations, KV_ENGINE_ID_ANNOTATION))
         workers.append(DesiredWorker(f"{pod_key(pod)}:{port}", spec))
     return workers
+
+
+def _kv_annotation(annotations: dict[str, str], name: str) -> str | None:
+    """A KV connector annotation's value; an unusable one (empty, too long, unprintable) counts as none."""
+    value = annotations.get(name)
+    value = value.strip() if isinstance(value, str) else value
+    return value if is_kv_name(value) else None
 
 
 def _ports(value: str | None) -> list[int]:

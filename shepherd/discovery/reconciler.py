@@ -51,7 +51,7 @@ class DesiredWorker:
         spec = self.spec
         body = orjson.dumps([spec.url, spec.worker_type.value, spec.runtime_type, spec.bootstrap_port,
                              spec.model_cards, spec.labels, spec.priority, spec.cost, self.source_id,
-                             spec.kv_connector, spec.kv_engine_id],
+                             spec.kv_connector, spec.kv_engine_id, spec.kv_role],
                             option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(body).hexdigest()[:16]
 

@@ -66,7 +66,7 @@ def spec_of(worker: Worker) -> WorkerSpec:
                       priority=worker.priority, cost=worker.cost, api_key=worker.api_key,
                       provider=worker.provider,
                       bootstrap_port=worker.bootstrap_port, kv_connector=worker.kv_connector,
-                      kv_engine_id=worker.kv_engine_id)
+                      kv_engine_id=worker.kv_engine_id, kv_role=worker.kv_role)
 
 
 class RegistrySync:

@@ -25,9 +25,13 @@ from shepherd.workers.liveness import Liveness
 from shepherd.workers.metadata import WorkerMetadata, probe_worker
 from shepherd.workers.registry import WorkerRegistry
 from shepherd.workers.spec import WorkerSpec
-from shepherd.workers.worker import Worker, WorkerStatus
+from shepherd.workers.worker import Worker, WorkerStatus, WorkerType
 
 log = logging.getLogger("shepherd.workers")
+
+# A prefill worker hands KV caches over, a decode worker receives them: a role saying otherwise is a
+# misconfigured engine (warned about; SMG only stores the role).
+_CONTRARY_KV_ROLES = {("kv_consumer", WorkerType.PREFILL), ("kv_producer", WorkerType.DECODE)}
 
 _DRAIN_POLL_SECS = 0.05
 _FAILED_JOBS_KEPT = 100  # failed adds stay visible for inspection, up to this many
@@ -192,6 +196,10 @@ class WorkerManager:
 
         model_cards = spec.model_cards or metadata.model_cards
         model_ids = tuple(str(card["id"]) for card in model_cards) or ("unknown",)
+        if (spec.kv_role, spec.worker_type) in _CONTRARY_KV_ROLES:
+            log.warning("worker %s is registered as %s with kv_role %s: its KV connector cannot %s KV caches; "
+                        "check its --kv-transfer-config", spec.url, spec.worker_type.value, spec.kv_role,
+                        "send" if spec.worker_type is WorkerType.PREFILL else "receive")
         labels = {**metadata.labels, **spec.labels}
         dp_size = _positive_int(labels.get("dp_size"), 1) if self._config.dp_aware else 1
         ranks: list[int | None] = list(range(dp_size)) if dp_size > 1 else [None]
@@ -213,6 +221,7 @@ class WorkerManager:
                 bootstrap_port=spec.bootstrap_port,
                 kv_connector=spec.kv_connector,
                 kv_engine_id=spec.kv_engine_id,
+                kv_role=spec.kv_role,
                 model_cards=tuple(model_cards),
                 status=WorkerStatus.READY,
                 breaker=None if self._config.breaker.disabled else CircuitBreaker(self._config.breaker),

@@ -11,11 +11,17 @@ from shepherd.workers.worker import WorkerType
 
 _RUNTIMES = ("sglang", "vllm", "trtllm", "generic", "external")
 WORKER_URL_SCHEMES = ("http://", "https://", "grpc://")
+KV_ROLES = ("kv_producer", "kv_consumer", "kv_both")  # vLLM's KVTransferConfig.kv_role
 _MAX_KV_NAME = 256  # kv_connector / kv_engine_id: they travel into request bodies
 
 
 class SpecError(ValueError):
     """The spec is malformed; the message is safe to show to the caller."""
+
+
+def is_kv_name(value: object) -> bool:
+    """Whether `value` may be a kv_connector or kv_engine_id (they travel into request bodies)."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_KV_NAME and value.isprintable()
 
 
 @dataclass
@@ -34,6 +40,7 @@ class WorkerSpec:
     # NixlConnector, ...) and, for Mooncake, the engine_id of its --kv-transfer-config.
     kv_connector: str | None = None
     kv_engine_id: str | None = None
+    kv_role: str | None = None  # its --kv-transfer-config role: kv_producer (prefill), kv_consumer (decode), kv_both
 
     @classmethod
     def from_json(cls, data: Any) -> WorkerSpec:
@@ -70,9 +77,14 @@ class WorkerSpec:
         for name in ("kv_connector", "kv_engine_id"):
             value = data.get(name)
             if value is not None:
-                if not isinstance(value, str) or not 0 < len(value) <= _MAX_KV_NAME or not value.isprintable():
+                if not is_kv_name(value):
                     raise SpecError(f"'{name}' must be a non-empty string of at most {_MAX_KV_NAME} characters")
                 setattr(spec, name, value)
+        role = data.get("kv_role")
+        if role is not None:
+            if role not in KV_ROLES:
+                raise SpecError(f"'kv_role' must be one of {', '.join(KV_ROLES)}")
+            spec.kv_role = role
         spec.apply_update(data, allow_unknown=True)
         return spec
 

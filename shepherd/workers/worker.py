@@ -75,6 +75,7 @@ class Worker:
     bootstrap_port: int | None = None  # PD prefill workers: where decode workers fetch the KV (SGLang)
     kv_connector: str | None = None  # vLLM PD prefill workers: their KV connector (routers/http/kv_connector.py)
     kv_engine_id: str | None = None  # ... and, for Mooncake, the engine id the hand-over names
+    kv_role: str | None = None  # ... and the role its connector was configured with (shown, checked at registration)
 
     status: WorkerStatus = WorkerStatus.READY
     load: int = 0  # requests this gateway has in flight on the worker
@@ -147,6 +148,7 @@ class Worker:
             **({"bootstrap_port": self.bootstrap_port} if self.worker_type is WorkerType.PREFILL else {}),
             **({"kv_connector": self.kv_connector} if self.kv_connector is not None else {}),
             **({"kv_engine_id": self.kv_engine_id} if self.kv_engine_id is not None else {}),
+            **({"kv_role": self.kv_role} if self.kv_role is not None else {}),
             **({"circuit_breaker": self.breaker.info()} if self.breaker is not None else {}),
             **({"stalled": self.liveness.stalled, "wedged": self.liveness.wedged, "stale": self.liveness.stale}
                if self.liveness is not None else {}),

@@ -63,8 +63,11 @@ def test_worker_spec_parsing() -> None:
     assert spec.worker_type is WorkerType.PREFILL and spec.labels == {"k": "1"} and spec.priority == 3
     for bad in ({}, {"url": 5}, {"url": "h:1"}, {"url": "http://h", "worker_type": "x"},
                 {"url": "http://h", "models": "a"}, {"url": "http://h", "priority": "high"},
-                {"url": "http://h", "runtime_type": "tgi"}):
+                {"url": "http://h", "runtime_type": "tgi"}, {"url": "http://h", "kv_role": "both"}):
         with pytest.raises(SpecError):
             WorkerSpec.from_json(bad)
     with pytest.raises(SpecError, match="cannot be updated"):
         spec.apply_update({"url": "http://other"})
+    vllm = WorkerSpec.from_json({"url": "http://h:1", "worker_type": "prefill", "kv_connector": "NixlConnector",
+                                 "kv_role": "kv_both"})
+    assert (vllm.kv_connector, vllm.kv_role) == ("NixlConnector", "kv_both")

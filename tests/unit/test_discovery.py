@@ -46,6 +46,11 @@ def test_pod_to_workers() -> None:
     assert desired_workers([pod(ip="fd00::5")], REGULAR)[0].spec.url == "http://[fd00::5]:8000"
     assert desired_workers([pod(labels={"app": "other"})], REGULAR) == []
     assert desired_workers([pod(uid="")], REGULAR) == []
+    [mooncake] = desired_workers([pod(annotations={"smg.ai/kv-connector": "MooncakeConnector",
+                                                   "smg.ai/kv-engine-id": " e7 "})], REGULAR)  # SMG 1.13's
+    assert (mooncake.spec.kv_connector, mooncake.spec.kv_engine_id) == ("MooncakeConnector", "e7")
+    [unusable] = desired_workers([pod(annotations={"smg.ai/kv-connector": "x" * 300})], REGULAR)
+    assert unusable.spec.kv_connector is None
 
 
 def test_pd_roles_bootstrap_ports_and_server_selector() -> None:
@@ -82,9 +87,11 @@ def test_worker_file_formats() -> None:
     assert listed[1].spec.priority == 3 and listed[1].spec.model_cards == [{"id": "m"}]
     versioned = parse_worker_file('{"version": 1, "workers": [{"url": "[fd00::1]:80", "worker_type": "prefill", '
                                   '"bootstrap_port": 8998, "kv_connector": "MooncakeConnector", '
-                                  '"kv_engine_id": "e1"}]}', pd_disaggregation=True, api_key=None)
+                                  '"kv_role": "kv_producer", "kv_engine_id": "e1"}]}', pd_disaggregation=True,
+                                  api_key=None)  # SMG's own example entry
     assert versioned[0].spec.url == "http://[fd00::1]:80" and versioned[0].spec.bootstrap_port == 8998
-    assert (versioned[0].spec.kv_connector, versioned[0].spec.kv_engine_id) == ("MooncakeConnector", "e1")
+    assert (versioned[0].spec.kv_connector, versioned[0].spec.kv_engine_id, versioned[0].spec.kv_role) == (
+        "MooncakeConnector", "e1", "kv_producer")
     assert parse_worker_file("", pd_disaggregation=False, api_key=None) == []
 
 
@@ -97,6 +104,7 @@ def test_worker_file_formats() -> None:
     ('[{"id": "a", "url": "http://h:1"}, {"id": "a", "url": "http://h:2"}]', False, "duplicate id"),
     ('[{"url": "http://h:1", "worker_type": "decode", "bootstrap_port": 1}]', True, "only allowed on prefill"),
     ('[{"url": "http://h:1"}]', True, "'worker_type' is required"),
+    ('[{"url": "http://h:1", "kv_role": "producer"}]', False, "'kv_role' must be one of"),
     ('[{"url": "http://h:1@2"}]', False, "@rank"),
     ('[{"url": "ftp://h:1"}]', False, "must start with"),
     ('[{"url": "https://api.openai.com/v1"}]', False, "external providers"),
