@@ -159,3 +159,21 @@ async def test_redis_down_means_the_local_limits_decide(request: pytest.FixtureR
     finally:
         await instance.close()
         server.stop()
+
+
+async def test_a_request_turned_away_for_capacity_hands_its_lease_back(redis: RedisServer,
+                                                                       request: pytest.FixtureRequest) -> None:
+    full = Instance(redis.url, request.node.name)
+    full.admission = AdmissionController(  # one slot, no queue: the second request there is refused
+        AdmissionConfig(max_concurrent_requests=1, queue_size=0, tenant_rate_limit_enabled=True,
+                        tenant_rate_limit_config="limits.yaml"), tenant_limits=LIMITS, fleet_limits=full.limiter)
+    other = Instance(redis.url, request.node.name)
+    held = await full.admission.acquire(None, "auth:busy")
+    with pytest.raises(GatewayError) as raised:
+        await full.admission.acquire(None, "auth:busy")  # admitted by the fleet, then no slot
+    assert raised.value.code == "admission_queue_full"
+    await _settle(full)
+    second = await other.admission.acquire(None, "auth:busy")  # 2 in flight only if the lease went back
+    for instance, ticket in ((full, held), (other, second)):
+        instance.admission.release(ticket)
+    await asyncio.gather(full.close(), other.close())
