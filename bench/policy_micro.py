@@ -46,7 +46,9 @@ WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu 
          "upsilon phi chi psi omega model engine cache prefix route gateway worker token batch").split()
 
 
-def make_workers(count: int, rng: random.Random) -> list[Worker]:
+def make_workers(count: int, rng: random.Random) -> tuple[Worker, ...]:
+    """A fleet as selection hands it to a policy: one tuple, the same object decision after decision
+    (a list would make each decision copy and compare the fleet to find its index)."""
     workers = []
     for i in range(count):
         worker = Worker(id=f"w{i}", url=f"http://10.0.{i // 250}.{i % 250}:8000", model_ids=("m",))
@@ -54,7 +56,7 @@ def make_workers(count: int, rng: random.Random) -> list[Worker]:
         worker.snapshot = LoadSnapshot(waiting=rng.randrange(8), waiting_uncached_tokens=rng.randrange(20000),
                                        gen_throughput=rng.uniform(500, 3000), token_usage=rng.random(), seq=1)
         workers.append(worker)
-    return workers
+    return tuple(workers)
 
 
 def make_prompts(count: int, rng: random.Random) -> list[str]:
@@ -78,7 +80,7 @@ class Run:
 INFLIGHT = 64  # requests the benchmark keeps in flight: each decision finishes the one 64 before
 
 
-def time_policy(name: str, workers: list[Worker], requests: list[RoutingRequest], warm: list[str],
+def time_policy(name: str, workers: tuple[Worker, ...], requests: list[RoutingRequest], warm: list[str],
                 clock_name: str = "cpu", scan: bool = False) -> Run:
     policy = create_policy(name, PolicyOptions())
     if scan:
