@@ -287,3 +287,33 @@ def test_a_queue_that_drains_within_a_step_does_not_trade_away_a_hit() -> None:
     engine_store(index, pool[0].id, PROMPT)
     index.set_load(pool[0].id, 400)  # more than the whole prompt, less than its prefill as weighed
     assert policy.select(pool, tokens_request(PROMPT)) is pool[0]
+
+
+def test_eviction_spares_the_blocks_of_running_requests() -> None:
+    """A long answer's prompt blocks are the least recently used while it decodes, but a real engine
+    holds them (vLLM's reference counts, SGLang's lock on the radix path): evicting them stored the
+    answer's blocks under a parent the engine no longer had, which the index cannot name, and every
+    later turn of that conversation was lost to the index."""
+    engine = Engine(EngineParams(kv_capacity_tokens=1280, block_size=BS))
+    subscription = engine.events.subscribe(0, engine.snapshot_events)
+    index = KvIndex(BS)
+    long_answer = engine.enqueue(list(range(320)), 64, list(range(5000, 5064)))
+    others = 0
+    while engine.has_work:
+        if others < 10 and engine.num_waiting == 0:  # churn: short requests with distinct prompts
+            others += 1
+            engine.enqueue([others * 10_000 + i for i in range(160)], 1, [1])
+        engine.step()
+        while not subscription.queue.empty():
+            batch = subscription.queue.get_nowait()
+            assert batch is not None
+            for event in batch.events:
+                if event[0] == "stored":
+                    index.stored("a", event[1], event[2], BS)
+                elif event[0] == "removed":
+                    index.removed("a", event[1])
+    assert long_answer.generated == 64 and others == 10
+    assert index.stats()["a"]["removed"] > 0  # the churn did evict
+    assert index.stats()["a"]["unnamed"] == 0
+    names = prompt_blocks(list(range(320)) + list(range(5000, 5064)), BS)
+    assert index.matched_blocks(names, ["a"]) == {"a": len(names)}  # the whole conversation is held
