@@ -97,7 +97,7 @@ class PreciseCachePolicy(Policy):
         tokens = request.tokens
         text = request.text if tokens is None else ""
         prompt = len(tokens) if tokens is not None else request.estimated_tokens
-        matched = self._matched(workers, tokens, text, prompt)
+        matched, names, size = self._matched(workers, tokens, text, prompt)
 
         eligible = self._not_overloaded(workers)
         best: Worker | None = None
@@ -116,17 +116,20 @@ class PreciseCachePolicy(Policy):
 
         chosen_matched = matched.get(best.id, 0)
         self.traded_tokens += max(matched.values(), default=0) - chosen_matched
-        self._record(best, request, tokens, text, prompt - chosen_matched, best_ahead, now)
+        self._record(best, request, tokens, text, names, size, prompt - chosen_matched, best_ahead, now)
         self.assigned[best.id] += 1
         self.prompt_tokens += prompt
         self.expected_cached_tokens += chosen_matched
         return best
 
     def _matched(self, workers: Sequence[Worker], tokens: tuple[int, ...] | None, text: str,
-                 prompt: int) -> dict[str, int]:
-        """Prompt tokens each worker is expected to hold already."""
+                 prompt: int) -> tuple[dict[str, int], list[int], int]:
+        """Prompt tokens each worker is expected to hold already, and the prompt's block names and the
+        block size they were cut at (no names when no worker is live)."""
         index = self.index
         matched: dict[str, int] = {}
+        names: list[int] = []
+        size = 0
         live = [w for w in workers if index.is_live(w.id)] if tokens is not None else []
         if live:
             assert tokens is not None
@@ -144,7 +147,7 @@ class PreciseCachePolicy(Policy):
                 for worker in others:
                     seen = depth.get(worker.id, 0)
                     matched[worker.id] = seen if tokens is not None else prompt * seen // len(key)
-        return matched
+        return matched, names, size
 
     def _held_blocks(self, worker_id: str, names: Sequence[int]) -> int:
         """Leading blocks the engine holds, or will once it admits what the gateway just sent it."""
@@ -177,14 +180,22 @@ class PreciseCachePolicy(Policy):
     # -- what happens after the decision ------------------------------------------------------
 
     def _record(self, worker: Worker, request: RoutingRequest, tokens: tuple[int, ...] | None, text: str,
-                uncached: int, ahead: int, now: float) -> None:
-        key: str | tuple[int, ...] = tokens if tokens is not None else text
-        if key:
-            (self.token_tree if tokens is not None else self.text_tree).insert(key, worker.id)
-        names: list[int] = []
-        if tokens is not None and self.index.is_live(worker.id):
-            names = prompt_blocks(tokens, self.index.block_size((worker.id,)))
+                names: list[int], names_size: int, uncached: int, ahead: int, now: float) -> None:
+        index = self.index
+        if tokens is not None and index.is_live(worker.id):
+            # The engine's events will say what it holds: the overlay covers the time until they do.
+            # Not in the tree: it is consulted for a worker only while its stream is not live, and
+            # then a prompt sent while it was live is no evidence (the break may have hidden its
+            # eviction). The insert of a long token key was also a fifth of the policy's CPU.
+            size = index.block_size((worker.id,))
+            if size != names_size:  # a fleet of mixed block sizes: cut again at this engine's
+                names = prompt_blocks(tokens, size)
             self._overlay.setdefault(worker.id, Counter()).update(names)
+        else:
+            names = []
+            key: str | tuple[int, ...] = tokens if tokens is not None else text
+            if key:
+                (self.token_tree if tokens is not None else self.text_tree).insert(key, worker.id)
         previous = request.observer
         if previous is not None:  # a retry: the earlier attempt will not report back
             previous(None)

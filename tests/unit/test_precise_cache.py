@@ -317,3 +317,19 @@ def test_eviction_spares_the_blocks_of_running_requests() -> None:
     assert index.stats()["a"]["unnamed"] == 0
     names = prompt_blocks(list(range(320)) + list(range(5000, 5064)), BS)
     assert index.matched_blocks(names, ["a"]) == {"a": len(names)}  # the whole conversation is held
+
+
+def test_a_prompt_sent_while_a_stream_was_live_is_no_evidence_once_it_breaks() -> None:
+    """What the gateway sent a live worker goes to the overlay, not the approximate tree: when the
+    stream breaks, the break may have hidden the eviction of exactly those blocks."""
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    first, second = workers(2)
+    index.set_live(first.id, True)
+    index.set_live(second.id, True)
+    second.load = 5
+    assert policy.select([first, second], tokens_request(PROMPT)) is first
+    policy.first_token(1, 0.05)
+    engine_store(index, second.id, PROMPT[:160])  # the other engine holds half the prompt
+    index.gap(first.id)  # its stream broke: whatever it stored or dropped since is unknown
+    assert policy.select([first, second], tokens_request(PROMPT)) is second
