@@ -173,7 +173,11 @@ class PreciseCachePolicy(Policy):
         options = self._options
         mean = sum(w.load for w in workers) / len(workers)
         margin = min(options.balance_abs_threshold, max(4.0, 2.0 * math.sqrt(mean)))
-        limit = max(mean * options.balance_rel_threshold, mean + margin)
+        # Both excesses stacked, not the larger: the cost model already weighs the queue a worker's
+        # load puts ahead of a request, so this only stops a pile-on it cannot see. At the spill
+        # gate's own limit (the larger of the two) it moved hot prefixes off their holder about as
+        # often as cache_aware spills, and each move is a full prefill that evicts other prefixes.
+        limit = mean * options.balance_rel_threshold + margin
         eligible = [w for w in workers if w.load <= limit]
         return eligible or workers
 
