@@ -333,3 +333,18 @@ def test_a_prompt_sent_while_a_stream_was_live_is_no_evidence_once_it_breaks() -
     engine_store(index, second.id, PROMPT[:160])  # the other engine holds half the prompt
     index.gap(first.id)  # its stream broke: whatever it stored or dropped since is unknown
     assert policy.select([first, second], tokens_request(PROMPT)) is second
+
+
+def test_a_holder_moderately_above_the_mean_keeps_its_prefix() -> None:
+    """Above the spill gate's limit (here 16.7) but below both excesses stacked (21.8): the cost
+    model, not the guard, decides, and a hit with a short queue beats a full prefill elsewhere."""
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    pool = workers(4)
+    holder = pool[0]
+    for worker in pool:
+        index.set_live(worker.id, True)
+        worker.load = 8
+    engine_store(index, holder.id, PROMPT)
+    holder.load = 17
+    assert policy.select(pool, tokens_request(PROMPT)) is holder
