@@ -14,13 +14,14 @@ larger: other gateways send to it too) plus this prompt's uncached part. What a 
   really holds, evictions included, plus the blocks of prompts the gateway has just sent it (until
   their first token, by then the engine's own events have reported them);
 * the approximate tree of what the gateway sent, for workers without events (HTTP workers, engines
-  that publish none, a stream being resynchronised), on token ids when known, else on characters.
+  that publish none, a stream being resynchronised), on token ids when known, else on characters;
+  only prompts sent to such workers go into it.
 
 The constants are learned online from the TTFTs the gateway observes (ttft_model.py). Guards: a
-worker carrying far more requests than the fleet's mean (the cache_aware spill gate's thresholds)
-is not a candidate while another is, so a hot prefix cannot pile everything onto its holder; an
-idle worker always costs little, so none starves. Ties go to the longer match, then the less loaded
-worker.
+worker carrying far more requests than the fleet's mean (rel x mean + margin, the cache_aware spill
+gate's two thresholds stacked) is not a candidate while another is, so a hot prefix cannot pile
+everything onto its holder; an idle worker always costs little, so none starves. Ties go to the
+longer match, then the less loaded worker.
 """
 
 from __future__ import annotations
