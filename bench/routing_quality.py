@@ -226,6 +226,19 @@ def spread(sim: Sim | GrpcSim) -> tuple[float, float]:
     return min(counts) / total, max(counts) / total
 
 
+def wait_index_live(url: str, workers: int, timeout: float = 60.0) -> float:
+    """Seconds until every worker's KV-event stream is live: its connect-time replay of the engine's
+    history (earlier rows' traffic included) has been read. Measured apart, before the row starts,
+    so that the row's figures and CPU are the routing's and not the catching up's."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        state = httpx.get(url + "/kv_index", timeout=10).json()["workers"]
+        if len(state) >= workers and all(w["live"] for w in state.values()):
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
 def report_precise(url: str) -> None:
     """What precise_cache learned and how it spread the load (its /kv_index admin report)."""
     body = httpx.get(url + "/kv_index", timeout=10).json()
@@ -387,6 +400,9 @@ def main() -> None:
                                       *(precise_flags if policy == "precise_cache" else []), *args.gateway_args,
                                       expect_workers=len(targets_urls))
                 try:
+                    if policy == "precise_cache" and not pd and (args.grpc or args.kv_events):
+                        waited = wait_index_live(gateway.url, len(targets_urls))
+                        print(f"    precise_cache: every worker's event stream live after {waited:.1f}s", flush=True)
                     pids = gateway_pids(gateway)
                     cpu_before = cpu_seconds(pids)
                     stats = asyncio.run(run_workload(gateway.url, workload, args.concurrency, args.seconds,

@@ -51,6 +51,9 @@ class EventStream:
         self.index = index
         self.last: int | None = None  # the last sequence applied
         self.resumed_from: int | None = None  # the start of the current fetch (None: fresh or in sync)
+        # A replay is being read: the batches describe the engine as it was, not as it is, so the
+        # worker is not trusted (live) until the replay has caught up with the live stream.
+        self.catching_up = False
         self.gaps = 0
 
     def start_sequence(self) -> int:
@@ -77,11 +80,11 @@ class EventStream:
                 index.clear(worker_id)
             self._apply_events(batch.events)
             self.last = seq
-            index.set_live(worker_id, chunk + 1 >= count)
+            index.set_live(worker_id, chunk + 1 >= count and not self.catching_up)
             self.resumed_from = None
             return
         if self.last is not None and seq <= self.last:  # a repeat or heartbeat: in sync
-            index.set_live(worker_id, True)
+            index.set_live(worker_id, not self.catching_up)
             self.resumed_from = None
             return
         if self.last is not None and seq != self.last + 1:
@@ -98,7 +101,13 @@ class EventStream:
         self._apply_events(batch.events)
         self.last = seq
         self.resumed_from = None
-        index.set_live(worker_id, True)
+        index.set_live(worker_id, not self.catching_up)
+
+    def caught_up(self) -> None:
+        """The replay is over: the index is as current as the live stream, trust it again."""
+        self.catching_up = False
+        if self.last is not None:
+            self.index.set_live(self.worker_id, True)
 
     def _apply_events(self, events: Sequence[KvEvent]) -> None:
         index, worker_id = self.index, self.worker_id

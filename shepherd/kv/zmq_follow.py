@@ -3,7 +3,9 @@ SGLang's `--kv-events-config`): a SUB socket for the live batches, the ROUTER re
 was missed. The sequence rules are `EventStream`'s, the same as for gRPC streams:
 
 * on connecting, the replay socket is asked for everything it still has (from 0), so the index
-  starts from the engine's buffered history rather than from nothing;
+  starts from the engine's buffered history rather than from nothing; the worker is not live (it is
+  routed by the approximate tree) until that replay, or any later one, has been read to its end:
+  a long history takes seconds to apply, and until then it says what the engine held, not holds;
 * a gap in the live sequence asks the replay socket for the missing batches (the worker is routed
   by the approximate tree meanwhile); if it no longer has them, does not answer within
   REPLAY_TIMEOUT_SECS, or the worker declared none, the worker's blocks are cleared and the batch
@@ -93,6 +95,7 @@ class ZmqFollower:
             return
         self.replays += 1
         stream.subscribed(start)
+        stream.catching_up = True
         dealer = self._context.socket(zmq.DEALER)  # ROUTER replies [identity, b"", seq, payload]
         dealer.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD_BYTES + 1024)
         dealer.connect(replay)
@@ -124,9 +127,11 @@ class ZmqFollower:
             log.warning("kv events of %s: replay answer unreadable (%s)", self.worker.url, exc)
         finally:
             dealer.close(linger=0)
+            stream.catching_up = False
         if start and stream.resumed_from is not None:  # asked for the missing batches and got none
             stream.start_over()
         stream.resumed_from = None
+        stream.caught_up()
 
     def _contact(self) -> None:
         if self.worker.liveness is not None:

@@ -14,13 +14,14 @@ larger: other gateways send to it too) plus this prompt's uncached part. What a 
   really holds, evictions included, plus the blocks of prompts the gateway has just sent it (until
   their first token, by then the engine's own events have reported them);
 * the approximate tree of what the gateway sent, for workers without events (HTTP workers, engines
-  that publish none, a stream being resynchronised), on token ids when known, else on characters.
+  that publish none, a stream being resynchronised), on token ids when known, else on characters;
+  only prompts sent to such workers go into it.
 
 The constants are learned online from the TTFTs the gateway observes (ttft_model.py). Guards: a
-worker carrying far more requests than the fleet's mean (the cache_aware spill gate's thresholds)
-is not a candidate while another is, so a hot prefix cannot pile everything onto its holder; an
-idle worker always costs little, so none starves. Ties go to the longer match, then the less loaded
-worker.
+worker carrying far more requests than the fleet's mean (rel x mean + margin, the cache_aware spill
+gate's two thresholds stacked) is not a candidate while another is, so a hot prefix cannot pile
+everything onto its holder; an idle worker always costs little, so none starves. Ties go to the
+longer match, then the less loaded worker.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class PreciseCachePolicy(Policy):
         tokens = request.tokens
         text = request.text if tokens is None else ""
         prompt = len(tokens) if tokens is not None else request.estimated_tokens
-        matched = self._matched(workers, tokens, text, prompt)
+        matched, names, size = self._matched(workers, tokens, text, prompt)
 
         eligible = self._not_overloaded(workers)
         best: Worker | None = None
@@ -116,17 +117,20 @@ class PreciseCachePolicy(Policy):
 
         chosen_matched = matched.get(best.id, 0)
         self.traded_tokens += max(matched.values(), default=0) - chosen_matched
-        self._record(best, request, tokens, text, prompt - chosen_matched, best_ahead, now)
+        self._record(best, request, tokens, text, names, size, prompt - chosen_matched, best_ahead, now)
         self.assigned[best.id] += 1
         self.prompt_tokens += prompt
         self.expected_cached_tokens += chosen_matched
         return best
 
     def _matched(self, workers: Sequence[Worker], tokens: tuple[int, ...] | None, text: str,
-                 prompt: int) -> dict[str, int]:
-        """Prompt tokens each worker is expected to hold already."""
+                 prompt: int) -> tuple[dict[str, int], list[int], int]:
+        """Prompt tokens each worker is expected to hold already, and the prompt's block names and the
+        block size they were cut at (no names when no worker is live)."""
         index = self.index
         matched: dict[str, int] = {}
+        names: list[int] = []
+        size = 0
         live = [w for w in workers if index.is_live(w.id)] if tokens is not None else []
         if live:
             assert tokens is not None
@@ -144,7 +148,7 @@ class PreciseCachePolicy(Policy):
                 for worker in others:
                     seen = depth.get(worker.id, 0)
                     matched[worker.id] = seen if tokens is not None else prompt * seen // len(key)
-        return matched
+        return matched, names, size
 
     def _held_blocks(self, worker_id: str, names: Sequence[int]) -> int:
         """Leading blocks the engine holds, or will once it admits what the gateway just sent it."""
@@ -170,21 +174,33 @@ class PreciseCachePolicy(Policy):
         options = self._options
         mean = sum(w.load for w in workers) / len(workers)
         margin = min(options.balance_abs_threshold, max(4.0, 2.0 * math.sqrt(mean)))
-        limit = max(mean * options.balance_rel_threshold, mean + margin)
+        # Both excesses stacked, not the larger: the cost model already weighs the queue a worker's
+        # load puts ahead of a request, so this only stops a pile-on it cannot see. At the spill
+        # gate's own limit (the larger of the two) it moved hot prefixes off their holder about as
+        # often as cache_aware spills, and each move is a full prefill that evicts other prefixes.
+        limit = mean * options.balance_rel_threshold + margin
         eligible = [w for w in workers if w.load <= limit]
         return eligible or workers
 
     # -- what happens after the decision ------------------------------------------------------
 
     def _record(self, worker: Worker, request: RoutingRequest, tokens: tuple[int, ...] | None, text: str,
-                uncached: int, ahead: int, now: float) -> None:
-        key: str | tuple[int, ...] = tokens if tokens is not None else text
-        if key:
-            (self.token_tree if tokens is not None else self.text_tree).insert(key, worker.id)
-        names: list[int] = []
-        if tokens is not None and self.index.is_live(worker.id):
-            names = prompt_blocks(tokens, self.index.block_size((worker.id,)))
+                names: list[int], names_size: int, uncached: int, ahead: int, now: float) -> None:
+        index = self.index
+        if tokens is not None and index.is_live(worker.id):
+            # The engine's events will say what it holds: the overlay covers the time until they do.
+            # Not in the tree: it is consulted for a worker only while its stream is not live, and
+            # then a prompt sent while it was live is no evidence (the break may have hidden its
+            # eviction). The insert of a long token key was also a fifth of the policy's CPU.
+            size = index.block_size((worker.id,))
+            if size != names_size:  # a fleet of mixed block sizes: cut again at this engine's
+                names = prompt_blocks(tokens, size)
             self._overlay.setdefault(worker.id, Counter()).update(names)
+        else:
+            names = []
+            key: str | tuple[int, ...] = tokens if tokens is not None else text
+            if key:
+                (self.token_tree if tokens is not None else self.text_tree).insert(key, worker.id)
         previous = request.observer
         if previous is not None:  # a retry: the earlier attempt will not report back
             previous(None)

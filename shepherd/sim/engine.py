@@ -11,7 +11,9 @@ The cost model follows the reference's description of an SGLang/vLLM-like engine
   so a cached block means the entire prefix up to it was seen; the cache is LRU-evicted between
   a high and a low watermark of the KV capacity. A prompt's blocks are touched last-block-first, so
   its first block is the most recently used and eviction takes the tails of prefixes before their
-  heads (as vLLM frees a request's blocks in reverse order), never orphaning a cached child;
+  heads (as vLLM frees a request's blocks in reverse order), never orphaning a cached child; the
+  blocks of running requests are never evicted (they are in use), so a block is only ever stored
+  under a parent the engine holds;
 * every change to the block cache (stored with parent and token ids, removed, cleared) is
   published as a KV event, batched per step (`kv_events.KvEventLog`).
 
@@ -387,9 +389,17 @@ class Engine:
         capacity = params.kv_capacity_tokens
         if self.resident_tokens <= params.kv_high_watermark * capacity:
             return
-        target = params.kv_low_watermark * capacity
-        size = params.block_size
+        blocks = self._blocks
+        excess = len(blocks) - int(params.kv_low_watermark * capacity) // params.block_size
+        # The running requests' blocks are in use: a real engine cannot drop them (vLLM counts
+        # references, SGLang locks the radix path), only the cache no request holds.
+        held = {key for r in self._running for key in r.keys}
         dropped: list[int] = []
-        while self._blocks and len(self._blocks) * size > target:
-            dropped.append(self._blocks.popitem(last=False)[0])
+        for key in blocks:  # oldest first
+            if len(dropped) >= excess:
+                break
+            if key not in held:
+                dropped.append(key)
+        for key in dropped:
+            del blocks[key]
         self.events.removed(dropped)

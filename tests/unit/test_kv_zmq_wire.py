@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import pytest
 
@@ -79,3 +81,56 @@ def test_kv_events_endpoint_flags_are_checked() -> None:
                 ["--kv-events-endpoint", "http://e:1"]):
         with pytest.raises(ConfigError):
             _launch("--worker-urls", "http://e:1", *bad)
+
+
+async def test_a_worker_is_not_trusted_until_its_replay_has_been_read_to_the_end() -> None:
+    """The connect-time replay is the engine's history: up to thousands of batches, seconds to apply.
+    Part-way through, the index says what the engine held back then, so routing by it would send
+    requests to blocks evicted since; the worker stays on the approximate tree until the end."""
+    import asyncio
+
+    import zmq
+    import zmq.asyncio
+
+    from shepherd.kv.endpoints import ZmqEndpoints
+    from shepherd.kv.zmq_follow import ZmqFollower
+    from shepherd.kv.zmq_wire import END_SEQ
+    from shepherd.testing import free_ports
+    from shepherd.workers.worker import Worker
+
+    context = zmq.asyncio.Context()
+    pub_port, replay_port = free_ports(2)
+    pub, router = context.socket(zmq.PUB), context.socket(zmq.ROUTER)
+    pub.bind(f"tcp://127.0.0.1:{pub_port}")
+    router.bind(f"tcp://127.0.0.1:{replay_port}")
+    index = KvIndex(BS)
+    worker = Worker(id="w", url="http://w", model_ids=("m",))
+    follower = ZmqFollower(worker, EventStream("w", index),
+                           ZmqEndpoints(f"tcp://127.0.0.1:{pub_port}", f"tcp://127.0.0.1:{replay_port}"), context)
+    task = asyncio.create_task(follower.run())
+
+    async def until(condition: object) -> None:
+        for _ in range(500):
+            if condition():  # type: ignore[operator]
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached")
+
+    try:
+        identity, _, start = await asyncio.wait_for(router.recv_multipart(), 10)
+        assert parse_seq(start) == 0
+        for seq, parent, block in ((1, None, 11), (2, 11, 12)):
+            tokens = tuple(TOKENS[(seq - 1) * BS:seq * BS])
+            payload = encode_batch([("stored", parent, ((block, tokens),))], BS)
+            await router.send_multipart([identity, b"", seq_bytes(seq), payload])
+        await until(lambda: index.blocks("w") == 2)
+        assert not index.is_live("w")  # applied, but the replay has not said it is over
+        await router.send_multipart([identity, b"", seq_bytes(END_SEQ), b""])
+        await until(lambda: index.is_live("w"))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        pub.close(linger=0)
+        router.close(linger=0)
+        context.term()

@@ -287,3 +287,64 @@ def test_a_queue_that_drains_within_a_step_does_not_trade_away_a_hit() -> None:
     engine_store(index, pool[0].id, PROMPT)
     index.set_load(pool[0].id, 400)  # more than the whole prompt, less than its prefill as weighed
     assert policy.select(pool, tokens_request(PROMPT)) is pool[0]
+
+
+def test_eviction_spares_the_blocks_of_running_requests() -> None:
+    """A long answer's prompt blocks are the least recently used while it decodes, but a real engine
+    holds them (vLLM's reference counts, SGLang's lock on the radix path): evicting them stored the
+    answer's blocks under a parent the engine no longer had, which the index cannot name, and every
+    later turn of that conversation was lost to the index."""
+    engine = Engine(EngineParams(kv_capacity_tokens=1280, block_size=BS))
+    subscription = engine.events.subscribe(0, engine.snapshot_events)
+    index = KvIndex(BS)
+    long_answer = engine.enqueue(list(range(320)), 64, list(range(5000, 5064)))
+    others = 0
+    while engine.has_work:
+        if others < 10 and engine.num_waiting == 0:  # churn: short requests with distinct prompts
+            others += 1
+            engine.enqueue([others * 10_000 + i for i in range(160)], 1, [1])
+        engine.step()
+        while not subscription.queue.empty():
+            batch = subscription.queue.get_nowait()
+            assert batch is not None
+            for event in batch.events:
+                if event[0] == "stored":
+                    index.stored("a", event[1], event[2], BS)
+                elif event[0] == "removed":
+                    index.removed("a", event[1])
+    assert long_answer.generated == 64 and others == 10
+    assert index.stats()["a"]["removed"] > 0  # the churn did evict
+    assert index.stats()["a"]["unnamed"] == 0
+    names = prompt_blocks(list(range(320)) + list(range(5000, 5064)), BS)
+    assert index.matched_blocks(names, ["a"]) == {"a": len(names)}  # the whole conversation is held
+
+
+def test_a_prompt_sent_while_a_stream_was_live_is_no_evidence_once_it_breaks() -> None:
+    """What the gateway sent a live worker goes to the overlay, not the approximate tree: when the
+    stream breaks, the break may have hidden the eviction of exactly those blocks."""
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    first, second = workers(2)
+    index.set_live(first.id, True)
+    index.set_live(second.id, True)
+    second.load = 5
+    assert policy.select([first, second], tokens_request(PROMPT)) is first
+    policy.first_token(1, 0.05)
+    engine_store(index, second.id, PROMPT[:160])  # the other engine holds half the prompt
+    index.gap(first.id)  # its stream broke: whatever it stored or dropped since is unknown
+    assert policy.select([first, second], tokens_request(PROMPT)) is second
+
+
+def test_a_holder_moderately_above_the_mean_keeps_its_prefix() -> None:
+    """Above the spill gate's limit (here 16.7) but below both excesses stacked (21.8): the cost
+    model, not the guard, decides, and a hit with a short queue beats a full prefill elsewhere."""
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    pool = workers(4)
+    holder = pool[0]
+    for worker in pool:
+        index.set_live(worker.id, True)
+        worker.load = 8
+    engine_store(index, holder.id, PROMPT)
+    holder.load = 17
+    assert policy.select(pool, tokens_request(PROMPT)) is holder
