@@ -29,7 +29,7 @@ from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import SpanKind, Tracing
 from shepherd.policies.base import RoutingRequest
-from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
+from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WORKER, peek
 from shepherd.routers.common.attempt import Attempt, give_verdict
 from shepherd.routers.common.retry import Backoff, RetryableFailure
 from shepherd.workers.overload import OverloadShed
@@ -104,9 +104,9 @@ class Lifecycle(Generic[C]):
         now = time.perf_counter()
         labels = (self.labels.router_type, self.labels.backend_type, metrics.model_label(model), endpoint)
         metrics.generation_duration(*labels).observe(now - started)
-        first = request.get(FIRST_CHUNK)  # set by streamed answers; a whole answer's first byte is its end
+        first = peek(request, FIRST_CHUNK)  # set by streamed answers; a whole answer's first byte is its end
         metrics.ttft(*labels).observe((first if first is not None else now) - started)
-        usage = request.get(USAGE)
+        usage = peek(request, USAGE)
         if not usage:
             return
         prompt, completion = int(usage[0] or 0), int(usage[1] or 0)
@@ -164,7 +164,7 @@ class Execution(Generic[C]):
 
     def first_byte(self) -> None:
         """The answer's first bytes are on their way to the client (time to first token, once)."""
-        if FIRST_CHUNK not in self.request:
+        if peek(self.request, FIRST_CHUNK) is None:
             now = self.request[FIRST_CHUNK] = time.perf_counter()
             self._observe(now - self._attempt_started)
 
