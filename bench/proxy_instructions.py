@@ -1,13 +1,14 @@
 """Instructions the gateway executes per proxied request, counted by callgrind: a figure without noise.
 
-    python -m bench.proxy_instructions [--requests 2000] [--rounds 3] [--concurrency 32]
-                                       [--baseline-checkout DIR] [--shepherd-flag=--x ...] [--stream]
+    python -m bench.proxy_instructions [--requests 2000] [--rounds 3] [--concurrency 32] [--stream]
+                                       [--backend nginx|sim] [--baseline-checkout DIR] [--shepherd-flag=--x ...]
 
 CPU seconds per request (bench/proxy_overhead.py) move by 10-30% from run to run on a shared
 machine; a change worth 5% is lost in that. Here each gateway runs under `valgrind --tool=callgrind`
 with instrumentation off while it starts (so start-up is quick), then on; for each batch of
-`--requests` requests (non-streaming chat, or `--stream`, at `--concurrency`, to the nginx backend)
-the counters are zeroed before and dumped after, and the batch's instructions (user space only:
+`--requests` requests (non-streaming chat, or `--stream`, at `--concurrency`, to the nginx backend,
+or with `--backend sim` to the simulator, which sends a stream's events one by one where nginx
+sends them in one write) the counters are zeroed before and dumped after, and the batch's instructions (user space only:
 the interpreter, C extensions, libc; syscalls' kernel work is not counted) are divided by the
 requests it completed. Targets interleave batch by batch; the median per target is printed, and
 the ratio shepherd/baseline with its min-max over rounds. Callgrind makes the gateway some 50x
@@ -31,7 +32,7 @@ import aiohttp
 
 from bench.nginx import Nginx
 from bench.proxy_overhead import CHAT, STREAM
-from shepherd.testing import Gateway
+from shepherd.testing import Gateway, Sim
 
 
 class Counted:
@@ -101,6 +102,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--stream", action="store_true", help="streamed chat answers (64 SSE events)")
+    parser.add_argument("--backend", choices=("nginx", "sim"), default="nginx",
+                        help="nginx sends a stream's 64 events in one write; the simulator (`shepherd mock-worker`, "
+                             "its default cost model) sends them one by one, as an engine does")
     parser.add_argument("--shepherd-flag", action="append", default=[],
                         help="an extra `shepherd launch` flag for both targets (repeatable)")
     parser.add_argument("--baseline-checkout", help="also count the Shepherd of this checkout, as `baseline`")
@@ -109,7 +113,8 @@ def main() -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (Debian package `valgrind`)")
 
-    backend = Nginx(stream_events=64)
+    backend: Nginx | Sim = Nginx(stream_events=64) if args.backend == "nginx" else Sim(1)
+    backend_url = backend.url if isinstance(backend, Nginx) else backend.urls[0]
     flags = ["--policy", "round_robin", "--log-level", "warn", *args.shepherd_flag]
     body = json.dumps(STREAM if args.stream else CHAT).encode()
     url_path = "/v1/chat/completions"
@@ -117,13 +122,14 @@ def main() -> None:
     targets: list[Counted] = []
     counts: dict[str, list[float]] = {}
     try:
-        targets.append(Counted("shepherd", [backend.url], flags, None, out_dir))
+        targets.append(Counted("shepherd", [backend_url], flags, None, out_dir))
         if args.baseline_checkout:
-            targets.append(Counted("baseline", [backend.url], flags, args.baseline_checkout, out_dir))
+            targets.append(Counted("baseline", [backend_url], flags, args.baseline_checkout, out_dir))
         for target in targets:  # warm-up: connections, caches, lazily built objects
             asyncio.run(_batch(target.gateway.url + url_path, body, 200, args.concurrency))
+        kind = "streamed" if args.stream else "non-streaming"
         print(f"callgrind, {args.rounds} rounds x {args.requests} requests at concurrency {args.concurrency}, "
-              f"{'streamed' if args.stream else 'non-streaming'} chat, nginx backend; flags: {' '.join(flags)}")
+              f"{kind} chat, {args.backend} backend; flags: {' '.join(flags)}")
         for _ in range(args.rounds):
             for target in targets:
                 target.zero()

@@ -95,21 +95,27 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     chunk = b"\n\n"
     metrics = execution.lifecycle.metrics
     model = metrics.model_label(execution.model) if metrics is not None else ""
+    # The per-chunk series, looked up once: this loop runs for every event of every stream.
+    inter_chunk = metrics.inter_chunk(request.path, model).observe if metrics is not None else None
+    progressed = attempt.progressed
+    write = response.write
     dispatched = time.perf_counter()
     previous = 0.0
     chunks = upstream.iter_chunks() if transform is None else whole_events(upstream.iter_chunks(), transform)
     try:
         async for chunk in chunks:
-            execution.first_byte()
-            attempt.progressed()
-            if metrics is not None:
+            progressed()
+            if previous:
                 now = time.perf_counter()
-                if previous:
-                    metrics.inter_chunk(request.path, model).observe(now - previous)
-                else:
+                if inter_chunk is not None:
+                    inter_chunk(now - previous)
+            else:  # the first chunk
+                execution.first_byte()
+                now = time.perf_counter()
+                if metrics is not None:
                     metrics.ttfb(request.path, model, attempt.worker.url).observe(now - dispatched)
-                previous = now
-            await response.write(chunk)
+            previous = now
+            await write(chunk)
         attempt.outcome.complete = True
         if b'"usage"' in chunk and _wants_usage(request):
             request[USAGE] = _stream_usage(chunk)
