@@ -91,11 +91,12 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
         status = response.status
         elapsed = time.perf_counter() - started
         if metrics is not None:
-            route = _route(request)
-            metrics.http_requests(request.method, route).inc()
-            metrics.http_duration(request.method, route).observe(elapsed)
-            metrics.http_responses(route, str(status),
-                                   metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, ""))).inc()
+            requests, duration, responses = metrics.http_bundle(
+                request.method, _route(request), status,
+                metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, "")))
+            requests.inc()
+            duration.observe(elapsed)
+            responses.inc()
             if TENANT in request:
                 metrics.tenant_requests(metrics.tenant_label(request[TENANT]), str(status)).inc()
         if span is not None:

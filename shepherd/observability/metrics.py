@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, genera
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shepherd.observability.series import CounterSeries, HistogramSeries
+from shepherd.observability.series import CounterChild, CounterSeries, HistogramChild, HistogramSeries
 from shepherd.workers.worker import Worker
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 90, 120, 180,
@@ -72,6 +72,14 @@ class Metrics:
         # Collectors besides the request path's series (their state is read when a scrape writes the text).
         self.registry = CollectorRegistry(auto_describe=True)
         self._series: list[CounterSeries | HistogramSeries] = []  # in the order they are exposed
+        # The children every proxied request records together, by the labels they share: one lookup
+        # instead of one per series. Keys are label values (bounded as the series' own are); a bundle
+        # holds only children the request records, so no series appears before it has a value.
+        self._http_bundles: dict[tuple[str, str, int, str], tuple[CounterChild, HistogramChild, CounterChild]] = {}
+        self._routed_bundles: dict[tuple[Any, ...], tuple[CounterChild, HistogramChild]] = {}
+        self._generation_bundles: dict[tuple[str, ...], tuple[HistogramChild, HistogramChild]] = {}
+        self._token_bundles: dict[tuple[str, ...], tuple[CounterChild, CounterChild]] = {}
+        self._attempt_bundles: dict[tuple[str, str, str, str], tuple[CounterChild, CounterChild]] = {}
         self.http_requests = self._counter(
             "smg_http_requests_total", "HTTP requests received", ["method", "path"])
         self.http_duration = self._histogram(
@@ -194,6 +202,54 @@ class Metrics:
         """Expose the gateway's live state (workers, admission, cache trees) at scrape time."""
         self._serves = state.serves
         self._state = _StateCollector(state)
+
+    def http_bundle(self, method: str, route: str, status: int,
+                    error_code: str) -> tuple[CounterChild, HistogramChild, CounterChild]:
+        """(requests, duration, responses) of one request to `route`; `error_code` already bounded."""
+        key = (method, route, status, error_code)
+        found = self._http_bundles.get(key)
+        if found is None:
+            found = self._http_bundles[key] = (self.http_requests(method, route), self.http_duration(method, route),
+                                               self.http_responses(route, str(status), error_code))
+        return found
+
+    def routed_bundle(self, path: tuple[str, str, str], model_label: str, endpoint: str,
+                      streaming: str) -> tuple[CounterChild, HistogramChild]:
+        """(router requests, router duration) of a successful routed request."""
+        key = (path, model_label, endpoint, streaming)
+        found = self._routed_bundles.get(key)
+        if found is None:
+            found = self._routed_bundles[key] = (self.router_requests(*path, model_label, endpoint, streaming),
+                                                 self.router_duration(*path, model_label, endpoint))
+        return found
+
+    def generation_bundle(self, router_type: str, backend_type: str, model_label: str,
+                          endpoint: str) -> tuple[HistogramChild, HistogramChild]:
+        """(generation duration, ttft) of a successful request."""
+        key = (router_type, backend_type, model_label, endpoint)
+        found = self._generation_bundles.get(key)
+        if found is None:
+            found = self._generation_bundles[key] = (self.generation_duration(*key), self.ttft(*key))
+        return found
+
+    def token_bundle(self, router_type: str, backend_type: str, model_label: str,
+                     endpoint: str) -> tuple[CounterChild, CounterChild]:
+        """(input tokens, output tokens) of a successful request whose usage is known."""
+        key = (router_type, backend_type, model_label, endpoint)
+        found = self._token_bundles.get(key)
+        if found is None:
+            found = self._token_bundles[key] = (self.tokens(*key, "input"), self.tokens(*key, "output"))
+        return found
+
+    def attempt_bundle(self, router_type: str, worker: str, model_label: str,
+                       status: str) -> tuple[CounterChild, CounterChild]:
+        """(upstream responses, worker requests) of one attempt."""
+        key = (router_type, worker, model_label, status)
+        found = self._attempt_bundles.get(key)
+        if found is None:
+            found = self._attempt_bundles[key] = (self.upstream_responses(router_type, status, ""),
+                                                  self.worker_requests(worker, model_label, status))
+        return found
 
     def model_label(self, model: str | None) -> str:
         """The `model` label value: bounded by the registry, whatever names clients send."""

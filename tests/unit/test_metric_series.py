@@ -85,3 +85,19 @@ async def test_a_gateway_scrape_lists_every_series_with_its_labels_and_buckets()
         assert f'smg_http_request_duration_seconds_bucket{{le="{le}",method="POST",path="/v1/chat/completions"}} ' \
             f'{expected}' in text
     assert '# HELP smg_mcp_tool_call_duration_seconds Time of one MCP tool call' in text  # no child yet: still listed
+
+
+async def test_bundles_record_into_the_same_children_and_create_no_series_before_it_has_a_value() -> None:
+    metrics = Metrics()
+    requests, duration, responses = metrics.http_bundle("POST", "/v1/chat/completions", 200, "")
+    assert requests is metrics.http_requests("POST", "/v1/chat/completions")
+    assert responses is metrics.http_responses("/v1/chat/completions", "200", "")
+    assert metrics.http_bundle("POST", "/v1/chat/completions", 200, "")[1] is duration
+    labels = ("http", "regular", "m", "/v1/chat/completions")
+    metrics.generation_bundle(*labels)[0].observe(0.1)  # a success without usage: no token or tpot series
+    metrics.routed_bundle(("http", "regular", "http"), "m", "/v1/chat/completions", "false")[0].inc()
+    text = (await metrics.exposition()).decode()
+    assert "smg_router_generation_duration_seconds_count" in text and "smg_router_tokens_total{" not in text
+    assert "smg_router_tpot_seconds_count" not in text and "smg_router_requests_total{" in text
+    metrics.token_bundle(*labels)[1].inc(7)
+    assert metrics.tokens(*labels, "output").value == 7
