@@ -77,8 +77,10 @@ class Counted:
         self.gateway.stop(timeout=60)
 
 
-async def _batch(url: str, body: bytes, requests: int, concurrency: int) -> int:
-    """`requests` POSTs, `concurrency` at a time; returns how many got a 200."""
+async def _batch(url: str, body: bytes, requests: int, concurrency: int, stream: bool = False) -> int:
+    """`requests` POSTs, `concurrency` at a time; returns how many got a 200. nginx answers a stream
+    only to requests that ask with its header (bench/nginx.py)."""
+    headers = {"Content-Type": "application/json", **({"X-Bench-Stream": "1"} if stream else {})}
     done = 0
     left = requests
 
@@ -86,7 +88,7 @@ async def _batch(url: str, body: bytes, requests: int, concurrency: int) -> int:
         nonlocal done, left
         while left > 0:
             left -= 1
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 done += response.status == 200
 
@@ -126,7 +128,7 @@ def main() -> None:
         if args.baseline_checkout:
             targets.append(Counted("baseline", [backend_url], flags, args.baseline_checkout, out_dir))
         for target in targets:  # warm-up: connections, caches, lazily built objects
-            asyncio.run(_batch(target.gateway.url + url_path, body, 200, args.concurrency))
+            asyncio.run(_batch(target.gateway.url + url_path, body, 200, args.concurrency, args.stream))
         kind = "streamed" if args.stream else "non-streaming"
         print(f"callgrind, {args.rounds} rounds x {args.requests} requests at concurrency {args.concurrency}, "
               f"{kind} chat, {args.backend} backend; flags: {' '.join(flags)}")
@@ -134,7 +136,7 @@ def main() -> None:
             for target in targets:
                 target.zero()
                 ok = asyncio.run(_batch(target.gateway.url + url_path, body, args.requests,
-                                        args.concurrency))
+                                        args.concurrency, args.stream))
                 per_request = target.instructions() / max(ok, 1)
                 counts.setdefault(target.name, []).append(per_request)
                 print(f"  {target.name:9} {per_request:12,.0f} instructions/request ({ok} answered)", flush=True)

@@ -172,13 +172,18 @@ def _usage(payload: bytes) -> tuple[int, int, int] | None:
 
 
 def _stream_usage(last_chunk: bytes) -> tuple[int, int, int] | None:
-    """Usage from the final usage event of a stream, if the last chunk carries one."""
-    for line in reversed(last_chunk.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
+    """Usage from the final usage event of a stream, if the last chunk carries one. Lines are read
+    from the end (the usage event is near it) without splitting the whole chunk, which can hold
+    every event of an answer that arrived at once."""
+    end = len(last_chunk)
+    while end > 0:
+        start = last_chunk.rfind(b"\n", 0, end) + 1
+        if last_chunk.startswith(b"data: {", start) and last_chunk.find(b'"usage"', start, end) >= 0:
             try:
-                return _token_pair(orjson.loads(line[6:]).get("usage"))
+                return _token_pair(orjson.loads(last_chunk[start + 6:end]).get("usage"))
             except (orjson.JSONDecodeError, AttributeError):
                 return None
+        end = start - 1
     return None
 
 
