@@ -27,7 +27,7 @@ from shepherd.assembly import checked
 from shepherd.config import ConfigError, GatewayConfig
 from shepherd.context import AppContext
 from shepherd.exposure import bind_error, warn_if_open
-from shepherd.gc_freeze import freeze_startup_heap
+from shepherd.gc_freeze import freeze_startup_heap, raise_young_threshold
 from shepherd.http_server import GatewayRunner
 from shepherd.kv.endpoints import ENDPOINT_LABEL, REPLAY_LABEL
 from shepherd.middleware.cors import Cors
@@ -273,6 +273,7 @@ async def serve(config: GatewayConfig) -> None:
         raise
     if config.gc_freeze:
         log.debug("froze %d startup objects out of the garbage collector's reach", freeze_startup_heap())
+    raise_young_threshold()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,11 +5,19 @@ hundreds of thousands of them (modules, functions, the app, registries) that liv
 process. `gc.freeze()` moves them to the permanent generation, so a full collection walks only
 objects created afterwards. The collection just before it drops startup garbage, which would
 otherwise be kept forever.
+
+The youngest generation is collected after YOUNG_THRESHOLD allocations instead of Python's 700.
+Garbage without cycles is freed by reference counting, not by a collection, so what a young
+collection walks is mostly what is alive and young: the state of the requests in flight (at
+concurrency 32, thousands of objects). At 700 the gateway walked that every couple of requests;
+each collection costs about the same at the higher threshold, and there are some 30 times fewer.
 """
 
 from __future__ import annotations
 
 import gc
+
+YOUNG_THRESHOLD = 20_000
 
 
 def freeze_startup_heap() -> int:
@@ -17,3 +25,9 @@ def freeze_startup_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def raise_young_threshold() -> None:
+    """Collect the youngest generation after YOUNG_THRESHOLD allocations (the older ones as before)."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, oldest)

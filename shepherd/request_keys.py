@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -20,3 +20,12 @@ RAW_BODY: web.RequestKey[bytes] = web.RequestKey("shepherd_raw_body", bytes)  # 
 LINEAGE: web.RequestKey[str] = web.RequestKey("shepherd_lineage", str)
 TENANT: web.RequestKey[str] = web.RequestKey("shepherd_tenant", str)  # serving routes: the caller's tenant identity
 TICKET: web.RequestKey[Any] = web.RequestKey("shepherd_ticket", object)  # its admission ticket, once admitted
+
+T = TypeVar("T")
+
+
+def peek(request: web.BaseRequest, key: web.RequestKey[T]) -> T | None:
+    """`request.get(key)` at a dict's cost. aiohttp's Request is a MutableMapping whose get() raises
+    and catches KeyError for a key it lacks (0.6 us, against 0.04 us here); the request path looks
+    up several keys that most requests never set."""
+    return request._state.get(key)  # type: ignore[return-value]

@@ -11,7 +11,7 @@ from aiohttp import web
 from shepherd.api.keys import CONTEXT
 from shepherd.errors import GatewayError
 from shepherd.middleware.body_budget import BodyBudget
-from shepherd.request_keys import BODY_BYTES, RAW_BODY
+from shepherd.request_keys import BODY_BYTES, RAW_BODY, peek
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -21,7 +21,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     says it is over `limit`. The bytes stay reserved until the request is done (the gateway middleware
     gives them back). A body read before (by a plugin hook) is not read again: every reader gets the
     same bytes."""
-    cached = request.get(RAW_BODY)
+    cached = peek(request, RAW_BODY)
     if cached is not None:
         return cached
     length = request.content_length
@@ -89,7 +89,7 @@ def _reserve(request: web.Request, budget: BodyBudget, size: int) -> None:
         raise GatewayError(503, "request_bodies_over_budget",
                            "The gateway holds too many request bodies at once; retry shortly",
                            headers={"Retry-After": "1", "Connection": "close"})
-    request[BODY_BYTES] = request.get(BODY_BYTES, 0) + size
+    request[BODY_BYTES] = (peek(request, BODY_BYTES) or 0) + size
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -4,9 +4,8 @@ place for every inference route (the proxied APIs and the Responses API), told o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -14,17 +13,33 @@ from aiohttp import web
 from shepherd.api.admit import Ticket
 from shepherd.context import AppContext
 from shepherd.errors import GatewayError
-from shepherd.request_keys import FIRST_CHUNK, USAGE, WORKER
+from shepherd.request_keys import FIRST_CHUNK, USAGE, WORKER, peek
 
 
 class Outcome:
-    def __init__(self, context: AppContext, request: web.Request, api: str, body: Mapping[str, Any]) -> None:
+    """Used as the `with` block around the request's work: tells the outcome when the block ends
+    (a class rather than a contextlib generator: it is entered on every inference request)."""
+
+    def __init__(self, context: AppContext, request: web.Request, api: str, body: Mapping[str, Any],
+                 ticket: Ticket | None = None) -> None:
         self.context, self.request, self.api = context, request, api
         self.body = body  # what the prompt is read from (the Responses API gives the model's whole prompt)
         self.status = 500
         self.deferred = False  # handed to work that outlives the request (a background response): it tells
+        self._ticket = ticket
         self._arrived, self._started = time.time(), time.perf_counter()
         self._told = False
+
+    def __enter__(self) -> Outcome:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, trace: Any) -> None:
+        if isinstance(exc, GatewayError):
+            self.status = exc.status
+        elif isinstance(exc, asyncio.CancelledError):  # the client went away first, or the scheduler preempted it
+            self.status = 503 if self._ticket is not None and self._ticket.preempted else 499
+        if not self.deferred:
+            self.tell()
 
     def tell(self, status: int | None = None) -> None:
         if self._told:
@@ -33,10 +48,10 @@ class Outcome:
         status = self.status if status is None else status
         request, context = self.request, self.context
         duration = time.perf_counter() - self._started
-        first_chunk = request.get(FIRST_CHUNK)
+        first_chunk = peek(request, FIRST_CHUNK)
         ttft = first_chunk - self._started if first_chunk is not None else None
-        usage = request.get(USAGE)
-        worker = request.get(WORKER)
+        usage = peek(request, USAGE)
+        worker = peek(request, WORKER)
         model = self.body.get("model")
         context.live_stats.observe(worker, model if isinstance(model, str) else None, status,
                                    ttft if ttft is not None else duration,
@@ -46,19 +61,8 @@ class Outcome:
                                     status=status, worker=worker, usage=usage, ttft=ttft, duration=duration)
 
 
-@contextlib.contextmanager
 def observed(context: AppContext, request: web.Request, api: str, body: Mapping[str, Any],
-             ticket: Ticket | None) -> Iterator[Outcome]:
-    """Tell the request's outcome when the block ends (set `outcome.status` from the answer)."""
-    outcome = Outcome(context, request, api, body)
-    try:
-        yield outcome
-    except GatewayError as exc:
-        outcome.status = exc.status
-        raise
-    except asyncio.CancelledError:  # the client went away first, or the scheduler preempted it
-        outcome.status = 503 if ticket is not None and ticket.preempted else 499
-        raise
-    finally:
-        if not outcome.deferred:
-            outcome.tell()
+             ticket: Ticket | None) -> Outcome:
+    """`with observed(...) as outcome:` tells the request's outcome when the block ends (set
+    `outcome.status` from the answer)."""
+    return Outcome(context, request, api, body, ticket)

@@ -18,7 +18,7 @@ from shepherd.headers import REQUEST_ID_HEADER
 from shepherd.middleware.auth import is_serving, reject_duplicate_credentials
 from shepherd.middleware.priority import preempted
 from shepherd.middleware.request_id import resolve_request_id
-from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, TENANT, TICKET, USAGE, WORKER
+from shepherd.request_keys import BODY_BYTES, MODEL, REQUEST_ID, SPAN, TENANT, TICKET, USAGE, WORKER, peek
 
 log = logging.getLogger("shepherd.api")
 access_log = logging.getLogger("shepherd.access")
@@ -83,7 +83,7 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
                                       flavor=flavor_for_path(path))
         finally:
             context.in_flight -= 1
-            held = request.get(BODY_BYTES)
+            held = peek(request, BODY_BYTES)
             if held:
                 context.bodies.give_back(held)
         if not response.prepared:
@@ -91,11 +91,12 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
         status = response.status
         elapsed = time.perf_counter() - started
         if metrics is not None:
-            route = _route(request)
-            metrics.http_requests(request.method, route).inc()
-            metrics.http_duration(request.method, route).observe(elapsed)
-            metrics.http_responses(route, str(status),
-                                   metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, ""))).inc()
+            requests, duration, responses = metrics.http_bundle(
+                request.method, _route(request), status,
+                metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, "")))
+            requests.inc()
+            duration.observe(elapsed)
+            responses.inc()
             if TENANT in request:
                 metrics.tenant_requests(metrics.tenant_label(request[TENANT]), str(status)).inc()
         if span is not None:

@@ -3,8 +3,8 @@
 Two kinds of series:
 
 * events counted on the request path (requests, latencies, time to first byte, retries, policy
-  decisions, breaker transitions, admission rejections): label children are cached per label tuple,
-  so recording one costs a dict lookup and an increment;
+  decisions, breaker transitions, admission rejections): plain per-process counters and buckets
+  (series.py), so recording one costs a dict lookup and an add;
 * state read at scrape time (in-flight per worker, health, breaker state, engine load, pool size,
   queue depth, cache-tree size and hit ratio): a collector walks the registry when Prometheus asks,
   which costs the request path nothing.
@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shepherd.observability.series import CounterChild, CounterSeries, HistogramChild, HistogramSeries
 from shepherd.workers.worker import Worker
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 90, 120, 180,
@@ -57,22 +58,6 @@ class BoundedLabel:
         return "other"
 
 
-class _Cached:
-    """A labelled metric whose children are kept in a dict, so recording skips label validation."""
-
-    __slots__ = ("_metric", "_children")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *labels: str) -> Any:
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._metric.labels(*labels)
-        return child
-
-
 class Metrics:
     def __init__(self, duration_buckets: Sequence[float] = DURATION_BUCKETS, tenant_labels: int = 32,
                  tenants: Iterable[str] = ()) -> None:
@@ -84,126 +69,187 @@ class Metrics:
         # The `tenant` label value: the configured tenants, then the first others seen, up to
         # --priority-scheduler-tenant-metric-top-n; the rest share "other".
         self.tenant_label = BoundedLabel(tenant_labels, tenants)
+        # Collectors besides the request path's series (their state is read when a scrape writes the text).
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.http_requests = _Cached(Counter(
-            "smg_http_requests_total", "HTTP requests received", ["method", "path"], registry=r))
-        self.http_duration = _Cached(Histogram(
+        self._series: list[CounterSeries | HistogramSeries] = []  # in the order they are exposed
+        # The children every proxied request records together, by the labels they share: one lookup
+        # instead of one per series. Keys are label values (bounded as the series' own are); a bundle
+        # holds only children the request records, so no series appears before it has a value.
+        self._http_bundles: dict[tuple[str, str, int, str], tuple[CounterChild, HistogramChild, CounterChild]] = {}
+        self._routed_bundles: dict[tuple[Any, ...], tuple[CounterChild, HistogramChild]] = {}
+        self._generation_bundles: dict[tuple[str, ...], tuple[HistogramChild, HistogramChild]] = {}
+        self._token_bundles: dict[tuple[str, ...], tuple[CounterChild, CounterChild]] = {}
+        self._attempt_bundles: dict[tuple[str, str, str, str], tuple[CounterChild, CounterChild]] = {}
+        self.http_requests = self._counter(
+            "smg_http_requests_total", "HTTP requests received", ["method", "path"])
+        self.http_duration = self._histogram(
             "smg_http_request_duration_seconds", "HTTP request duration", ["method", "path"],
-            buckets=durations, registry=r))
-        self.http_responses = _Cached(Counter(
-            "smg_http_responses_total", "HTTP responses sent", ["path", "status_code", "error_code"], registry=r))
-        self.router_requests = _Cached(Counter(
+            buckets=durations)
+        self.http_responses = self._counter(
+            "smg_http_responses_total", "HTTP responses sent", ["path", "status_code", "error_code"])
+        self.router_requests = self._counter(
             "smg_router_requests_total", "Requests routed to a worker",
-            ["router_type", "backend_type", "connection_mode", "model", "endpoint", "streaming"], registry=r))
-        self.router_duration = _Cached(Histogram(
+            ["router_type", "backend_type", "connection_mode", "model", "endpoint", "streaming"])
+        self.router_duration = self._histogram(
             "smg_router_request_duration_seconds", "Routed request duration (successful requests)",
-            ["router_type", "backend_type", "connection_mode", "model", "endpoint"], buckets=durations,
-            registry=r))
+            ["router_type", "backend_type", "connection_mode", "model", "endpoint"], buckets=durations)
         generation = ["router_type", "backend_type", "model", "endpoint"]
-        self.ttft = _Cached(Histogram(
+        self.ttft = self._histogram(
             "smg_router_ttft_seconds", "Time to first token (first byte of a successful answer)", generation,
-            buckets=durations, registry=r))
-        self.tpot = _Cached(Histogram(
+            buckets=durations)
+        self.tpot = self._histogram(
             "smg_router_tpot_seconds", "Time per output token after the first", generation,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5),
-            registry=r))
-        self.tokens = _Cached(Counter(
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5))
+        self.tokens = self._counter(
             "smg_router_tokens", "Tokens of successful requests, as the worker's usage reports them",
-            [*generation, "token_type"], registry=r))
-        self.generation_duration = _Cached(Histogram(
+            [*generation, "token_type"])
+        self.generation_duration = self._histogram(
             "smg_router_generation_duration_seconds", "Arrival to last byte of a successful request", generation,
-            buckets=durations, registry=r))
-        self.router_errors = _Cached(Counter(
+            buckets=durations)
+        self.router_errors = self._counter(
             "smg_router_request_errors_total", "Routed requests that ended in an error",
-            ["router_type", "backend_type", "connection_mode", "model", "endpoint", "error_type"], registry=r))
-        self.upstream_responses = _Cached(Counter(
+            ["router_type", "backend_type", "connection_mode", "model", "endpoint", "error_type"])
+        self.upstream_responses = self._counter(
             "smg_router_upstream_responses_total", "Worker responses per attempt",
-            ["router_type", "status_code", "error_code"], registry=r))
+            ["router_type", "status_code", "error_code"])
         pd = ["backend_type", "model", "runtime"]  # runtime: the prefill worker's (sglang, vllm, ...)
-        self.pd_ttft = _Cached(Histogram(
-            "smg_pd_ttft_seconds", "PD: dispatch to the decode worker's response head", pd, buckets=durations,
-            registry=r))
-        self.pd_prefill_duration = _Cached(Histogram(
+        self.pd_ttft = self._histogram(
+            "smg_pd_ttft_seconds", "PD: dispatch to the decode worker's response head", pd, buckets=durations)
+        self.pd_prefill_duration = self._histogram(
             "smg_pd_prefill_duration_seconds", "PD: dispatch to the end of the prefill worker's answer", pd,
-            buckets=durations, registry=r))
-        self.pd_kv_transfer_duration = _Cached(Histogram(
+            buckets=durations)
+        self.pd_kv_transfer_duration = self._histogram(
             "smg_pd_kv_transfer_duration_seconds", "PD, vLLM style: end of the prefill's answer to the decode "
-            "worker's response head (the decode pulls the KV cache before it answers)", pd, buckets=durations,
-            registry=r))
-        self.pd_bootstrap_failures = _Cached(Counter(
+            "worker's response head (the decode pulls the KV cache before it answers)", pd, buckets=durations)
+        self.pd_bootstrap_failures = self._counter(
             "smg_pd_bootstrap_failures", "PD, SGLang style: pairs whose prefill leg failed (no hand-over "
-            "through the bootstrap room)", pd, registry=r))
-        self.pd_kv_connector_mode = _Cached(Counter(
+            "through the bootstrap room)", pd)
+        self.pd_kv_connector_mode = self._counter(
             "smg_pd_kv_connector_mode", "PD, vLLM style: dispatches by the prefill worker's KV connector mode "
-            "(nixl, mooncake, passthrough)", ["mode"], registry=r))
-        self.pd_kv_transfer_failures = _Cached(Counter(
+            "(nixl, mooncake, passthrough)", ["mode"])
+        self.pd_kv_transfer_failures = self._counter(
             "smg_pd_kv_transfer_failures", "PD: pairs whose prefill succeeded but whose hand-over did not: the "
-            "decode leg failed, or a NIXL prefill returned no kv_transfer_params", pd, registry=r))
-        self.ttfb = _Cached(Histogram(
+            "decode leg failed, or a NIXL prefill returned no kv_transfer_params", pd)
+        self.ttfb = self._histogram(
             "smg_router_ttfb_seconds", "Streams: time from dispatch to the first body byte from the worker",
-            ["endpoint", "model", "worker"], buckets=durations, registry=r))
-        self.inter_chunk = _Cached(Histogram(
+            ["endpoint", "model", "worker"], buckets=durations)
+        self.inter_chunk = self._histogram(
             "smg_router_inter_chunk_seconds", "Streams: time between two relayed chunks",
-            ["endpoint", "model"], buckets=CHUNK_BUCKETS, registry=r))
-        self.worker_requests = _Cached(Counter(
+            ["endpoint", "model"], buckets=CHUNK_BUCKETS)
+        self.worker_requests = self._counter(
             "smg_worker_requests_total", "Requests sent to each worker, by status",
-            ["worker", "model", "status_code"], registry=r))
-        self.selections = _Cached(Counter(
+            ["worker", "model", "status_code"])
+        self.selections = self._counter(
             "smg_worker_selection_total", "Routing decisions", ["worker_type", "connection_mode", "model", "policy",
-                                                                "worker"], registry=r))
-        self.retries = _Cached(Counter(
-            "smg_worker_retries_total", "Attempts retried on another worker", ["worker_type", "endpoint"],
-            registry=r))
-        self.retries_exhausted = _Cached(Counter(
-            "smg_worker_retries_exhausted_total", "Requests that failed after every retry", ["worker_type", "endpoint"],
-            registry=r))
-        self.retry_backoff = _Cached(Histogram(
+                                                                "worker"])
+        self.retries = self._counter(
+            "smg_worker_retries_total", "Attempts retried on another worker", ["worker_type", "endpoint"])
+        self.retries_exhausted = self._counter(
+            "smg_worker_retries_exhausted_total", "Requests that failed after every retry", ["worker_type", "endpoint"])
+        self.retry_backoff = self._histogram(
             "smg_worker_retry_backoff_seconds", "Backoff before a retry", ["attempt"],
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r))
-        self.worker_errors = _Cached(Counter(
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.worker_errors = self._counter(
             "smg_worker_errors_total", "Worker failures (5xx answers and transport errors)",
-            ["worker_type", "connection_mode", "error_type"], registry=r))
-        self.cb_transitions = _Cached(Counter(
-            "smg_worker_cb_transitions_total", "Circuit breaker state changes", ["worker", "from", "to"], registry=r))
-        self.health_checks = _Cached(Counter(
-            "smg_worker_health_checks_total", "Health probes", ["worker_type", "result"], registry=r))
-        self.tenant_requests = _Cached(Counter(
+            ["worker_type", "connection_mode", "error_type"])
+        self.cb_transitions = self._counter(
+            "smg_worker_cb_transitions_total", "Circuit breaker state changes", ["worker", "from", "to"])
+        self.health_checks = self._counter(
+            "smg_worker_health_checks_total", "Health probes", ["worker_type", "result"])
+        self.tenant_requests = self._counter(
             "smg_tenant_requests_total", "Serving requests per tenant (bounded: see --priority-scheduler-tenant-"
-            "metric-top-n)", ["tenant", "status_code"], registry=r))
-        self.scheduler_requests = _Cached(Counter(
+            "metric-top-n)", ["tenant", "status_code"])
+        self.scheduler_requests = self._counter(
             "smg_scheduler_requests_total", "Priority scheduler outcomes (admitted, queue_full, queue_timeout, "
-            "preempted, ...) by class and tenant", ["class", "tenant", "outcome"], registry=r))
-        self.overload_shed = _Cached(Counter(
+            "preempted, ...) by class and tenant", ["class", "tenant", "outcome"])
+        self.overload_shed = self._counter(
             "smg_worker_overload_shed_total", "Requests refused because every worker they could use was "
-            "overloaded (--worker-overload-shed)", ["stage"], registry=r))
-        self.worker_exclusions = _Cached(Counter(
+            "overloaded (--worker-overload-shed)", ["stage"])
+        self.worker_exclusions = self._counter(
             "smg_worker_exclusions_total", "Workers taken out of routing by stall, wedge or stale detection "
-            "(--worker-stall-secs, --worker-wedge-secs, --worker-stale-secs)", ["reason"], registry=r))
-        self.rate_limit = _Cached(Counter(
-            "smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
-        self.admission_rejected = _Cached(Counter(
-            "smg_admission_queue_rejected_total", "Requests rejected by admission control", ["reason"], registry=r))
-        self.wasm_calls = _Cached(Counter(
+            "(--worker-stall-secs, --worker-wedge-secs, --worker-stale-secs)", ["reason"])
+        self.rate_limit = self._counter(
+            "smg_http_rate_limit_total", "Admission decisions", ["result"])
+        self.admission_rejected = self._counter(
+            "smg_admission_queue_rejected_total", "Requests rejected by admission control", ["reason"])
+        self.wasm_calls = self._counter(
             "smg_wasm_plugin_executions_total",
             "WASM plugin hook calls by outcome (continue, modify, reject, or a failure kind)",
-            ["plugin", "hook", "outcome"], registry=r))
-        self.wasm_duration = _Cached(Histogram(
+            ["plugin", "hook", "outcome"])
+        self.wasm_duration = self._histogram(
             "smg_wasm_plugin_duration_seconds", "Time in one WASM plugin hook call", ["plugin", "hook"],
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                     2.5, 5), registry=r))
+                     2.5, 5))
 
-        self.mcp_calls = _Cached(Counter(
-            "smg_mcp_tool_calls_total", "MCP tool calls run by the gateway, by outcome", ["server", "tool", "status"],
-            registry=r))
-        self.mcp_duration = _Cached(Histogram(
+        self.mcp_calls = self._counter(
+            "smg_mcp_tool_calls_total", "MCP tool calls run by the gateway, by outcome", ["server", "tool", "status"])
+        self.mcp_duration = self._histogram(
             "smg_mcp_tool_call_duration_seconds", "Time of one MCP tool call", ["server", "tool"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r))
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+    def _counter(self, name: str, documentation: str, labelnames: Sequence[str]) -> CounterSeries:
+        series = CounterSeries(name, documentation, labelnames)
+        self._series.append(series)
+        return series
+
+    def _histogram(self, name: str, documentation: str, labelnames: Sequence[str],
+                   buckets: Sequence[float]) -> HistogramSeries:
+        series = HistogramSeries(name, documentation, labelnames, buckets)
+        self._series.append(series)
+        return series
 
     def attach(self, state: LiveState) -> None:
         """Expose the gateway's live state (workers, admission, cache trees) at scrape time."""
         self._serves = state.serves
         self._state = _StateCollector(state)
+
+    def http_bundle(self, method: str, route: str, status: int,
+                    error_code: str) -> tuple[CounterChild, HistogramChild, CounterChild]:
+        """(requests, duration, responses) of one request to `route`; `error_code` already bounded."""
+        key = (method, route, status, error_code)
+        found = self._http_bundles.get(key)
+        if found is None:
+            found = self._http_bundles[key] = (self.http_requests(method, route), self.http_duration(method, route),
+                                               self.http_responses(route, str(status), error_code))
+        return found
+
+    def routed_bundle(self, path: tuple[str, str, str], model_label: str, endpoint: str,
+                      streaming: str) -> tuple[CounterChild, HistogramChild]:
+        """(router requests, router duration) of a successful routed request."""
+        key = (path, model_label, endpoint, streaming)
+        found = self._routed_bundles.get(key)
+        if found is None:
+            found = self._routed_bundles[key] = (self.router_requests(*path, model_label, endpoint, streaming),
+                                                 self.router_duration(*path, model_label, endpoint))
+        return found
+
+    def generation_bundle(self, router_type: str, backend_type: str, model_label: str,
+                          endpoint: str) -> tuple[HistogramChild, HistogramChild]:
+        """(generation duration, ttft) of a successful request."""
+        key = (router_type, backend_type, model_label, endpoint)
+        found = self._generation_bundles.get(key)
+        if found is None:
+            found = self._generation_bundles[key] = (self.generation_duration(*key), self.ttft(*key))
+        return found
+
+    def token_bundle(self, router_type: str, backend_type: str, model_label: str,
+                     endpoint: str) -> tuple[CounterChild, CounterChild]:
+        """(input tokens, output tokens) of a successful request whose usage is known."""
+        key = (router_type, backend_type, model_label, endpoint)
+        found = self._token_bundles.get(key)
+        if found is None:
+            found = self._token_bundles[key] = (self.tokens(*key, "input"), self.tokens(*key, "output"))
+        return found
+
+    def attempt_bundle(self, router_type: str, worker: str, model_label: str,
+                       status: str) -> tuple[CounterChild, CounterChild]:
+        """(upstream responses, worker requests) of one attempt."""
+        key = (router_type, worker, model_label, status)
+        found = self._attempt_bundles.get(key)
+        if found is None:
+            found = self._attempt_bundles[key] = (self.upstream_responses(router_type, status, ""),
+                                                  self.worker_requests(worker, model_label, status))
+        return found
 
     def model_label(self, model: str | None) -> str:
         """The `model` label value: bounded by the registry, whatever names clients send."""
@@ -212,20 +258,27 @@ class Metrics:
         return model if self._serves(model) else UNKNOWN_MODEL
 
     async def exposition(self) -> bytes:
-        """The Prometheus text for a scrape. The live state is read on the event loop (it is owned
-        there, and small); the text is written in a worker thread so a scrape never stalls serving."""
+        """The Prometheus text for a scrape. The series' values and the live state are read on the
+        event loop (they are written there, and small); the text is written in a worker thread so a
+        scrape never stalls serving."""
+        series = [(s, s.snapshot()) for s in self._series]
         state = list(self._state.collect()) if self._state is not None else []
-        return await asyncio.get_running_loop().run_in_executor(None, generate_latest, _Snapshot(self.registry, state))
+        return await asyncio.get_running_loop().run_in_executor(
+            None, generate_latest, _Snapshot(series, self.registry, state))
 
 
 class _Snapshot:
-    """What generate_latest() reads: the counters' registry plus state families collected earlier."""
+    """What generate_latest() reads: the series as copied, other collectors, state families collected earlier."""
 
-    def __init__(self, registry: CollectorRegistry, state: list[GaugeMetricFamily]) -> None:
+    def __init__(self, series: list[tuple[Any, Any]], registry: CollectorRegistry,
+                 state: list[GaugeMetricFamily]) -> None:
+        self._series = series
         self._registry = registry
         self._state = state
 
     def collect(self) -> Iterator[Any]:
+        for series, rows in self._series:
+            yield series.family(rows)
         yield from self._registry.collect()
         yield from self._state
 

@@ -162,9 +162,9 @@ class PluginStats:
             if failed:
                 self.failures += 1
                 self.last_failure = outcome
-        if self._metrics is not None:
-            self._metrics.wasm_calls(self._name, hook, outcome).inc()
-            self._metrics.wasm_duration(self._name, hook).observe(secs)
+            if self._metrics is not None:  # under the lock: the series are plain values, and calls run in threads
+                self._metrics.wasm_calls(self._name, hook, outcome).inc()
+                self._metrics.wasm_duration(self._name, hook).observe(secs)
 
     def info(self) -> dict[str, Any]:
         with self._lock:

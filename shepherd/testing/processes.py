@@ -46,13 +46,15 @@ class Process:
     """A child process whose output goes to a temp file (shown if it fails to start)."""
 
     def __init__(self, args: Sequence[str], ready_url: str, timeout: float = 20.0,
-                 env: Mapping[str, str] | None = None, checkout: str | None = None) -> None:
+                 env: Mapping[str, str] | None = None, checkout: str | None = None,
+                 prefix: Sequence[str] = ()) -> None:
         """`checkout`: run the `shepherd` of another checkout (`python -m` imports from its working
-        directory first), for benchmarks against a previous version."""
+        directory first), for benchmarks against a previous version. `prefix`: a command the
+        interpreter runs under (a benchmark's `valgrind --tool=callgrind ...`)."""
         self.args = list(args)
         self.log = tempfile.NamedTemporaryFile(prefix="shepherd-test-", suffix=".log", delete=False)  # noqa: SIM115
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "shepherd", *self.args], stdout=self.log,
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "shepherd", *self.args], stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=checkout or ROOT, env=child_env)
         try:
             wait_until(lambda: self._ready(ready_url), timeout, 0.05, f"{ready_url} to answer")
@@ -127,7 +129,8 @@ class Gateway(Process):
     def __init__(self, worker_urls: Sequence[str] = (), *flags: str, expect_workers: int | None = None,
                  admin_key: str | None = None, scheme: str = "http", env: Mapping[str, str] | None = None,
                  checkout: str | None = None, open_admin: bool | None = None,
-                 routed_worker_header: str | None = "url", start_timeout: float = 20.0) -> None:
+                 routed_worker_header: str | None = "url", start_timeout: float = 20.0,
+                 prefix: Sequence[str] = ()) -> None:
         self.port, self.metrics_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -152,7 +155,8 @@ class Gateway(Process):
             args += ["--history-data-dir", self._history_dir]
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-        super().__init__([*args, *flags], self.url + "/liveness", timeout=start_timeout, env=env, checkout=checkout)
+        super().__init__([*args, *flags], self.url + "/liveness", timeout=start_timeout, env=env, checkout=checkout,
+                         prefix=prefix)
         expected = len(worker_urls) if expect_workers is None else expect_workers
         if open_admin or admin_key:
             wait_until(lambda: self._registered(expected), 60, 0.2, message=f"{expected} workers to register")

@@ -137,7 +137,7 @@ async def test_retries_back_off_between_attempts(gateway: Any) -> None:
     assert status == 503 and len(gw.transport.calls) == 3
     metrics = gw.context.metrics
     assert metrics is not None
-    backoff = metrics.retry_backoff("1")._sum.get()  # type: ignore[attr-defined]
+    backoff = metrics.retry_backoff("1").sum
     assert backoff == pytest.approx(0.03)
 
 

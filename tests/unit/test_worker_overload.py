@@ -63,7 +63,7 @@ def test_all_overloaded_goes_to_the_least_loaded_or_sheds() -> None:
     error: GatewayError = shed.value
     assert error.status == 503 and error.code == "worker_overload_protection_shed"
     assert error.headers == {"Retry-After": "3"}
-    assert metrics.overload_shed("selection")._value.get() == 1
+    assert metrics.overload_shed("selection").value == 1
 
 
 def test_thresholds_are_checked() -> None:

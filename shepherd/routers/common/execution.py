@@ -29,7 +29,7 @@ from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.observability.tracing import SpanKind, Tracing
 from shepherd.policies.base import RoutingRequest
-from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WORKER
+from shepherd.request_keys import FIRST_CHUNK, MODEL, REQUEST_ID, SPAN, USAGE, WORKER, peek
 from shepherd.routers.common.attempt import Attempt, give_verdict
 from shepherd.routers.common.retry import Backoff, RetryableFailure
 from shepherd.workers.overload import OverloadShed
@@ -69,6 +69,7 @@ class Lifecycle(Generic[C]):
         self.metrics = metrics
         self.tracing = tracing
         self.backoff = backoff or Backoff(retry)
+        self._path_labels = (labels.router_type, labels.backend_type, labels.connection_mode)
 
     async def run(
         self,
@@ -103,15 +104,17 @@ class Lifecycle(Generic[C]):
         assert metrics is not None
         now = time.perf_counter()
         labels = (self.labels.router_type, self.labels.backend_type, metrics.model_label(model), endpoint)
-        metrics.generation_duration(*labels).observe(now - started)
-        first = request.get(FIRST_CHUNK)  # set by streamed answers; a whole answer's first byte is its end
-        metrics.ttft(*labels).observe((first if first is not None else now) - started)
-        usage = request.get(USAGE)
+        duration, ttft = metrics.generation_bundle(*labels)
+        duration.observe(now - started)
+        first = peek(request, FIRST_CHUNK)  # set by streamed answers; a whole answer's first byte is its end
+        ttft.observe((first if first is not None else now) - started)
+        usage = peek(request, USAGE)
         if not usage:
             return
         prompt, completion = int(usage[0] or 0), int(usage[1] or 0)
-        metrics.tokens(*labels, "input").inc(prompt)
-        metrics.tokens(*labels, "output").inc(completion)
+        input_tokens, output_tokens = metrics.token_bundle(*labels)
+        input_tokens.inc(prompt)
+        output_tokens.inc(completion)
         if first is not None and completion > 1:  # time per output token after the first
             metrics.tpot(*labels).observe((now - first) / (completion - 1))
 
@@ -125,14 +128,15 @@ class Lifecycle(Generic[C]):
         metrics = self.metrics
         if metrics is None:
             return
-        labels = self.labels
-        path = (labels.router_type, labels.backend_type, labels.connection_mode)
+        path = self._path_labels
         model_label = metrics.model_label(model)
         streaming = "true" if body and body.get("stream") else "false"
-        metrics.router_requests(*path, model_label, endpoint, streaming).inc()
         if status < 400:
-            metrics.router_duration(*path, model_label, endpoint).observe(time.perf_counter() - started)
+            requests, duration = metrics.routed_bundle(path, model_label, endpoint, streaming)
+            requests.inc()
+            duration.observe(time.perf_counter() - started)
         else:
+            metrics.router_requests(*path, model_label, endpoint, streaming).inc()
             metrics.router_errors(*path, model_label, endpoint, error_code or f"upstream_{status}").inc()
 
 
@@ -164,7 +168,7 @@ class Execution(Generic[C]):
 
     def first_byte(self) -> None:
         """The answer's first bytes are on their way to the client (time to first token, once)."""
-        if FIRST_CHUNK not in self.request:
+        if peek(self.request, FIRST_CHUNK) is None:
             now = self.request[FIRST_CHUNK] = time.perf_counter()
             self._observe(now - self._attempt_started)
 
@@ -266,8 +270,10 @@ class Execution(Generic[C]):
         status = "error" if outcome.worker_failed and outcome.status is None else str(outcome.status or 0)
         if outcome.client_gone:
             status = "client_closed"
-        metrics.upstream_responses(self.lifecycle.labels.router_type, status, "").inc()
-        metrics.worker_requests(worker.url, metrics.model_label(self.model), status).inc()
+        responses, requests = metrics.attempt_bundle(self.lifecycle.labels.router_type, worker.url,
+                                                     metrics.model_label(self.model), status)
+        responses.inc()
+        requests.inc()
         if outcome.worker_failed or (outcome.status or 0) >= 500:
             kind = "transport" if outcome.status is None else "mid_stream" if outcome.worker_failed else "http_5xx"
             metrics.worker_errors(worker.worker_type.value, worker.connection_mode, kind).inc()

@@ -95,21 +95,27 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     chunk = b"\n\n"
     metrics = execution.lifecycle.metrics
     model = metrics.model_label(execution.model) if metrics is not None else ""
+    # The per-chunk series, looked up once: this loop runs for every event of every stream.
+    inter_chunk = metrics.inter_chunk(request.path, model).observe if metrics is not None else None
+    progressed = attempt.progressed
+    write = response.write
     dispatched = time.perf_counter()
     previous = 0.0
     chunks = upstream.iter_chunks() if transform is None else whole_events(upstream.iter_chunks(), transform)
     try:
         async for chunk in chunks:
-            execution.first_byte()
-            attempt.progressed()
-            if metrics is not None:
+            progressed()
+            if previous:
                 now = time.perf_counter()
-                if previous:
-                    metrics.inter_chunk(request.path, model).observe(now - previous)
-                else:
+                if inter_chunk is not None:
+                    inter_chunk(now - previous)
+            else:  # the first chunk
+                execution.first_byte()
+                now = time.perf_counter()
+                if metrics is not None:
                     metrics.ttfb(request.path, model, attempt.worker.url).observe(now - dispatched)
-                previous = now
-            await response.write(chunk)
+            previous = now
+            await write(chunk)
         attempt.outcome.complete = True
         if b'"usage"' in chunk and _wants_usage(request):
             request[USAGE] = _stream_usage(chunk)
@@ -166,13 +172,18 @@ def _usage(payload: bytes) -> tuple[int, int, int] | None:
 
 
 def _stream_usage(last_chunk: bytes) -> tuple[int, int, int] | None:
-    """Usage from the final usage event of a stream, if the last chunk carries one."""
-    for line in reversed(last_chunk.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
+    """Usage from the final usage event of a stream, if the last chunk carries one. Lines are read
+    from the end (the usage event is near it) without splitting the whole chunk, which can hold
+    every event of an answer that arrived at once."""
+    end = len(last_chunk)
+    while end > 0:
+        start = last_chunk.rfind(b"\n", 0, end) + 1
+        if last_chunk.startswith(b"data: {", start) and last_chunk.find(b'"usage"', start, end) >= 0:
             try:
-                return _token_pair(orjson.loads(line[6:]).get("usage"))
+                return _token_pair(orjson.loads(last_chunk[start + 6:end]).get("usage"))
             except (orjson.JSONDecodeError, AttributeError):
                 return None
+        end = start - 1
     return None
 
 

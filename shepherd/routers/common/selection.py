@@ -18,7 +18,7 @@ from shepherd.errors import GatewayError
 from shepherd.observability.metrics import Metrics
 from shepherd.policies.base import Policy, RoutingRequest
 from shepherd.policies.registry import PolicyRegistry
-from shepherd.request_keys import LINEAGE
+from shepherd.request_keys import LINEAGE, peek
 from shepherd.workers import availability
 from shepherd.workers.circuit_breaker import BreakerState
 from shepherd.workers.overload import OverloadGuard
@@ -36,7 +36,7 @@ def routing_request(request: web.Request, path: str, body: Mapping[str, Any] | N
                     *, text: str | None = None, tokens: Sequence[int] | None = None) -> RoutingRequest:
     """What the policy sees of `request`: its body, headers (routing key) and lineage, plus what the path derived."""
     return RoutingRequest(path, body, request.headers, text=text, tokens=tokens,
-                          routing_key_headers=options.routing_key_headers, lineage=request.get(LINEAGE))
+                          routing_key_headers=options.routing_key_headers, lineage=peek(request, LINEAGE))
 
 
 class Selector:
