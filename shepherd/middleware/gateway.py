@@ -53,9 +53,12 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
             return refusal
         span = None
         if tracing is not None and path not in _PROBE_PATHS:
-            span = tracing.start_request(f"{request.method} {_route(request)}", request.headers,
-                                         {"http.request.method": request.method, "url.path": path,
-                                          "shepherd.request_id": request_id})
+            method = _method(request)
+            attributes = {"http.request.method": method, "url.path": path, "shepherd.request_id": request_id}
+            if method == "_OTHER":
+                attributes["http.request.method_original"] = request.method[:32]
+            span = tracing.start_request(f"{'HTTP' if method == '_OTHER' else method} {_route(request)}",
+                                         request.headers, attributes)
             request[SPAN] = span
         context.in_flight += 1
         response: web.StreamResponse
@@ -92,7 +95,7 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
         elapsed = time.perf_counter() - started
         if metrics is not None:
             requests, duration, responses = metrics.http_bundle(
-                request.method, _route(request), status,
+                _method(request), _route(request), status,
                 metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, "")))
             requests.inc()
             duration.observe(elapsed)
@@ -108,6 +111,17 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
         return response
 
     return middleware
+
+
+# The method of metrics and spans: any method but HTTP's own is "_OTHER" (OpenTelemetry's rule for
+# http.request.method). The HTTP parser already refuses unknown tokens, but it takes some thirty
+# (WebDAV's, RTSP's, ...), each of which would otherwise be a series per route.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+
+
+def _method(request: web.Request) -> str:
+    method = request.method
+    return method if method in _KNOWN_METHODS else "_OTHER"
 
 
 def _route(request: web.Request) -> str:

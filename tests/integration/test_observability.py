@@ -43,6 +43,17 @@ def observed() -> Iterator[tuple[Sim, Gateway]]:
     sim.stop()
 
 
+def test_a_method_nobody_uses_makes_no_series_of_its_own(observed: tuple[Sim, Gateway]) -> None:
+    _, gw = observed
+    with httpx.Client(base_url=gw.url, timeout=10) as http:
+        for method in ("PROPFIND", "MKCOL", "LOCK"):  # WebDAV's: the HTTP parser takes them
+            http.request(method, "/v1/models")
+        assert http.request("BREW", "/v1/models").status_code == 400  # a token it does not know
+    samples = scrape(gw)
+    assert not [key for key in samples if "PROPFIND" in key or "MKCOL" in key or "LOCK" in key]
+    assert total(samples, "smg_http_requests_total", method="_OTHER") == 3
+
+
 def test_counters_and_histograms_move_as_requests_flow(observed: tuple[Sim, Gateway]) -> None:
     sim, gw = observed
     before = scrape(gw)
