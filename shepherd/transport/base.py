@@ -24,6 +24,12 @@ class TransportResponse(Protocol):
         """Body bytes as they arrive; raises UpstreamError if the worker breaks off."""
         ...
 
+    @property
+    def body_done(self) -> bool:
+        """Every byte of the body has arrived and been handed out: the chunk `iter_chunks` gave last
+        was the last one (a relay can end its own stream in the same write). False when unknown."""
+        ...
+
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; with `limit`, ValueError once more than that arrived."""
         ...

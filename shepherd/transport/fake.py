@@ -64,6 +64,7 @@ class FakeResponse:
         self.headers = CIMultiDictProxy(headers)
         self._reply = reply
         self._call = call
+        self.body_done = False
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         reply = self._reply
@@ -72,6 +73,7 @@ class FakeResponse:
                 break
             if reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
+            self.body_done = reply.break_after is None and index == len(reply.chunks) - 1
             yield chunk
         if reply.break_after is not None:
             raise UpstreamError("the worker closed the connection mid-response (fake)")

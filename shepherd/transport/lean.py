@@ -109,6 +109,10 @@ class UpstreamResponse:
     def complete(self) -> bool:
         return self._complete
 
+    @property
+    def body_done(self) -> bool:
+        return self._complete and not self._chunks
+
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:

@@ -46,6 +46,10 @@ class ProviderResponse:
         self._response = response
         self._complete = False
 
+    @property
+    def body_done(self) -> bool:
+        return self._response.content.at_eof()
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():

@@ -158,6 +158,24 @@ async def test_a_stream_that_breaks_off_ends_with_the_apis_error_frame(gateway: 
     assert gw.worker(W1).breaker.failures == 1
 
 
+async def test_the_last_chunk_and_the_end_of_the_stream_go_out_in_one_write(gateway: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp.http_writer import StreamWriter
+
+    writes: list[bytes] = []
+    write, writelines = StreamWriter._write, StreamWriter._writelines
+    monkeypatch.setattr(StreamWriter, "_write", lambda self, chunk: (writes.append(bytes(chunk)), write(self, chunk)))
+    monkeypatch.setattr(StreamWriter, "_writelines", lambda self, chunks: (
+        writes.append(b"".join(bytes(c) for c in chunks)), writelines(self, chunks)))
+    chunks = (b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n")
+    gw = await gateway([(W1, FakeReply(200, {"content-type": "text/event-stream"}, chunks, streamed=True))])
+    status, body = await gw.chat(stream=True)
+    assert status == 200 and body == b"".join(chunks)
+    # The worker's body ended with its last chunk: the chunked terminator rides along (one write, not two).
+    assert any(chunks[-1] in data and data.endswith(b"0\r\n\r\n") for data in writes), writes
+    assert b"0\r\n\r\n" not in writes
+
+
 # -- credentials ------------------------------------------------------------------------------------
 
 async def test_the_worker_key_replaces_the_gateway_key(gateway: Any) -> None:

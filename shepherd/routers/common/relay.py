@@ -102,6 +102,9 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     dispatched = time.perf_counter()
     previous = 0.0
     chunks = upstream.iter_chunks() if transform is None else whole_events(upstream.iter_chunks(), transform)
+    # The worker's last chunk, when it came with the end of its body, goes out with the end of ours:
+    # one write instead of two (aiohttp sends a last chunk and the chunked terminator together).
+    last_ends = (response.write_eof if transform is None else None)
     try:
         async for chunk in chunks:
             progressed()
@@ -115,7 +118,10 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
                 if metrics is not None:
                     metrics.ttfb(request.path, model, attempt.worker.url).observe(now - dispatched)
             previous = now
-            await write(chunk)
+            if last_ends is not None and upstream.body_done:
+                await last_ends(chunk)  # the loop still runs to the iterator's end, which frees the connection
+            else:
+                await write(chunk)
         attempt.outcome.complete = True
         if b'"usage"' in chunk and _wants_usage(request):
             request[USAGE] = _stream_usage(chunk)
