@@ -16,6 +16,8 @@ collection costs whenever the interpreter decides to run one.
 
 Variants: `object tree` is the previous layout (one Python object per node, reproduced here),
 `flat tree` the current one (shepherd/policies/radix_tree.py); each with and without the freeze;
+`flat tree + gateway GC` the freeze plus the gateway's young-generation threshold (gc_freeze.py's
+YOUNG_THRESHOLD allocations instead of Python's 700), which is what `shepherd launch` runs with;
 `no tree + freeze` the same request loop with no tree at all, i.e. what the loop's own garbage
 costs. The baseline for the ratios is the previous layout without the freeze, in the same run.
 """
@@ -33,7 +35,8 @@ import time
 from collections import deque
 from typing import Any
 
-VARIANTS = ("object tree", "object tree + freeze", "flat tree", "flat tree + freeze", "no tree + freeze")
+VARIANTS = ("object tree", "object tree + freeze", "flat tree", "flat tree + freeze", "flat tree + gateway GC",
+            "no tree + freeze")
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
          "upsilon phi chi psi omega model engine cache prefix route gateway worker token batch").split()
 
@@ -108,11 +111,13 @@ class _Request:
 def child(variant: str, nodes: int, seconds: float) -> dict[str, Any]:
     import shepherd.app  # noqa: F401  (the gateway's modules: the startup heap of a real process)
     from shepherd.config import PolicyOptions
-    from shepherd.gc_freeze import freeze_startup_heap
+    from shepherd.gc_freeze import freeze_startup_heap, raise_young_threshold
     from shepherd.policies.cache_aware import CacheAwarePolicy
 
-    if variant.endswith("+ freeze"):
+    if variant.endswith(("+ freeze", "+ gateway GC")):
         freeze_startup_heap()
+    if variant.endswith("+ gateway GC"):
+        raise_young_threshold()
     rng = random.Random(5)
     prompts = _prompts(rng)
     tenants = [f"w{i}" for i in range(16)]
@@ -188,7 +193,7 @@ def main() -> None:
             results[variant].append(json.loads(output.strip().splitlines()[-1]))
     print(f"cache tree of {args.nodes:,} nodes; {args.seconds:.0f}s of synthetic requests per run; "
           f"{args.rounds} rounds (median of rounds; min-max in brackets)")
-    print(f"{'variant':<22} {'tracked':>10} {'pauses':>7} {'p50 ms':>7} {'p99 ms':>8} {'max ms':>8} "
+    print(f"{'variant':<24} {'tracked':>10} {'pauses':>7} {'p50 ms':>7} {'p99 ms':>8} {'max ms':>8} "
           f"{'full GCs':>8} {'full max ms':>11} {'forced full ms':>15}")
     summary: dict[str, dict[str, list[float]]] = {}
     for variant, runs in results.items():
@@ -206,7 +211,7 @@ def main() -> None:
             rows.setdefault("tracked", []).append(run["tracked"])
         summary[variant] = rows
         med = {k: statistics.median(v) for k, v in rows.items()}
-        print(f"{variant:<22} {med['tracked']:>10,.0f} {med['count']:>7.0f} {med['p50']:>7.2f} {med['p99']:>8.2f} "
+        print(f"{variant:<24} {med['tracked']:>10,.0f} {med['count']:>7.0f} {med['p50']:>7.2f} {med['p99']:>8.2f} "
               f"{med['max']:>8.1f} {med['full']:>8.0f} {med['full_max']:>11.1f} {med['forced']:>15.1f}")
     base = summary.get(VARIANTS[0])
     if base is None:
@@ -220,7 +225,7 @@ def main() -> None:
             ratios = sorted(a / b for a, b in zip(rows[key], base[key], strict=True) if b)
             if ratios:
                 parts.append(f"{name} {statistics.median(ratios):.3f} ({ratios[0]:.3f}-{ratios[-1]:.3f})")
-        print(f"  {variant:<22} " + ", ".join(parts))
+        print(f"  {variant:<24} " + ", ".join(parts))
 
 
 if __name__ == "__main__":
