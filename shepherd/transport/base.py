@@ -30,6 +30,12 @@ class TransportResponse(Protocol):
         was the last one (a relay can end its own stream in the same write). False when unknown."""
         ...
 
+    @property
+    def body_ready(self) -> bool:
+        """Body bytes (or its end) have arrived and not been handed out yet: the next step of
+        `iter_chunks` gives them without waiting on the worker. False when unknown."""
+        ...
+
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; with `limit`, ValueError once more than that arrived."""
         ...

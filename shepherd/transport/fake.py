@@ -65,6 +65,8 @@ class FakeResponse:
         self._reply = reply
         self._call = call
         self.body_done = False
+        # The first chunk is here with the head unless the reply paces its chunks.
+        self.body_ready = bool(reply.chunks) and not reply.chunk_delay and reply.break_after != 0
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         reply = self._reply

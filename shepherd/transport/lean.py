@@ -113,6 +113,10 @@ class UpstreamResponse:
     def body_done(self) -> bool:
         return self._complete and not self._chunks
 
+    @property
+    def body_ready(self) -> bool:
+        return bool(self._chunks) or self._complete
+
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:

@@ -50,6 +50,10 @@ class ProviderResponse:
     def body_done(self) -> bool:
         return self._response.content.at_eof()
 
+    @property
+    def body_ready(self) -> bool:
+        return False  # aiohttp's reader does not say without reaching into it; providers are slow anyway
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():

@@ -158,8 +158,9 @@ async def test_a_stream_that_breaks_off_ends_with_the_apis_error_frame(gateway: 
     assert gw.worker(W1).breaker.failures == 1
 
 
-async def test_the_last_chunk_and_the_end_of_the_stream_go_out_in_one_write(gateway: Any,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def client_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write the gateway's server makes to a client's socket."""
     from aiohttp.http_writer import StreamWriter
 
     writes: list[bytes] = []
@@ -167,13 +168,34 @@ async def test_the_last_chunk_and_the_end_of_the_stream_go_out_in_one_write(gate
     monkeypatch.setattr(StreamWriter, "_write", lambda self, chunk: (writes.append(bytes(chunk)), write(self, chunk)))
     monkeypatch.setattr(StreamWriter, "_writelines", lambda self, chunks: (
         writes.append(b"".join(bytes(c) for c in chunks)), writelines(self, chunks)))
+    return writes
+
+
+async def test_the_last_chunk_and_the_end_of_the_stream_go_out_in_one_write(gateway: Any,
+                                                                           client_writes: list[bytes]) -> None:
     chunks = (b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n")
     gw = await gateway([(W1, FakeReply(200, {"content-type": "text/event-stream"}, chunks, streamed=True))])
     status, body = await gw.chat(stream=True)
     assert status == 200 and body == b"".join(chunks)
     # The worker's body ended with its last chunk: the chunked terminator rides along (one write, not two).
-    assert any(chunks[-1] in data and data.endswith(b"0\r\n\r\n") for data in writes), writes
-    assert b"0\r\n\r\n" not in writes
+    assert any(chunks[-1] in data and data.endswith(b"0\r\n\r\n") for data in client_writes), client_writes
+    assert b"0\r\n\r\n" not in client_writes
+
+
+@pytest.mark.parametrize("first_chunk_with_the_head", [True, False])
+async def test_the_head_waits_for_the_first_chunk_only_when_it_came_with_the_workers_head(
+        gateway: Any, client_writes: list[bytes], first_chunk_with_the_head: bool) -> None:
+    chunks = (b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n")
+    reply = FakeReply(200, {"content-type": "text/event-stream"}, chunks, streamed=True,
+                      chunk_delay=0 if first_chunk_with_the_head else 0.05)
+    gw = await gateway([(W1, reply)])
+    status, body = await gw.chat(stream=True)
+    assert status == 200 and body == b"".join(chunks)
+    head = next(data for data in client_writes if data.startswith(b"HTTP/1.1 200"))
+    if first_chunk_with_the_head:  # one write: the head and the chunk that was already there
+        assert head.endswith(chunks[0] + b"\r\n"), client_writes
+    else:  # a worker still working on its first token: the client gets the head at once, alone
+        assert head.endswith(b"\r\n\r\n") and chunks[0] not in head, client_writes
 
 
 # -- credentials ------------------------------------------------------------------------------------

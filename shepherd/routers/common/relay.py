@@ -90,7 +90,10 @@ async def relay_stream(execution: Execution[Any], attempt: Attempt, headers: CIM
     """Relay the worker's body chunk by chunk as it arrives. With `transform`, whole SSE events are
     rewritten one by one (so a chunk that ends mid-event waits for the rest of that event)."""
     request, upstream = execution.request, response_of(attempt)
-    response = await open_stream(request, upstream.status, headers)
+    # A body whose first bytes came with the head (a fast worker's whole short answer often does)
+    # is relayed at once: our head rides along with it. A transform may hold a partial event back.
+    response = await open_stream(request, upstream.status, headers,
+                                 first_chunk_ready=transform is None and upstream.body_ready)
     is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
     chunk = b"\n\n"
     metrics = execution.lifecycle.metrics

@@ -60,9 +60,14 @@ class CapturedStream(web.StreamResponse):
         return None
 
 
-async def open_stream(request: web.Request, status: int, headers: Mapping[str, str]) -> web.StreamResponse:
+async def open_stream(request: web.Request, status: int, headers: Mapping[str, str],
+                      first_chunk_ready: bool = False) -> web.StreamResponse:
     """Start a streamed answer to `request` (headers sent); write to it, then `write_eof`. A client's
-    event stream carries keep-alive frames while it is idle (--sse-keepalive-secs, keepalive.py)."""
+    event stream carries keep-alive frames while it is idle (--sse-keepalive-secs, keepalive.py).
+
+    `first_chunk_ready`: the caller writes its first chunk at once, without awaiting anything, so the
+    head goes out with that chunk in one write instead of two; it costs the client no time. Never
+    set it for a chunk that has yet to arrive: the client would not see the head until it did."""
     sink = request.get(SINK)
     response: web.StreamResponse
     keepalive = request.config_dict.get(SSE_KEEPALIVE_SECS, 0.0)
@@ -72,6 +77,10 @@ async def open_stream(request: web.Request, status: int, headers: Mapping[str, s
         response = KeepAliveStream(status, headers, keepalive, keepalive_frame(request.path))
     else:
         response = web.StreamResponse(status=status, headers=headers)
+    if first_chunk_ready:
+        # aiohttp's own switch (web.Response sets it for every body): the head waits in the writer
+        # for the first write or write_eof.
+        response._send_headers_immediately = False
     await response.prepare(request)
     return response
 
