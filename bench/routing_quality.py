@@ -263,8 +263,8 @@ class Fleet:
 
     def __init__(self, urls: list[str], count: int, redis: RedisServer | None, extra: list[str]) -> None:
         mesh = ["--mesh-redis-url", redis.url, "--mesh-name", f"bench{free_ports(1)[0]}"] if redis else []
-        self.gateways = [Gateway(urls, "--policy", "cache_aware", "--log-level", "warn", "--load-monitor-interval",
-                                 "1", *mesh, *extra) for _ in range(count)]
+        self.gateways = [Gateway(urls, "--policy", "cache_aware", "--log-level", "warn", *mesh, *extra)
+                         for _ in range(count)]
         self.lb = HAProxy([g.port for g in self.gateways])
         self.url = self.lb.url
 
@@ -315,11 +315,17 @@ def main() -> None:
                         help="HTTP engines tokenize with Qwen3 and publish KV events over ZMQ; precise_cache uses them")
     parser.add_argument("--one-worker", action="store_true",
                         help="also a row with every request on one engine with the fleet's KV capacity (the ceiling)")
+    parser.add_argument("--load-monitor-interval", type=float, default=10.0,
+                        help="seconds between engine load polls, for every gateway, SMG's too (both default to 10). "
+                             "It matters: a fresher report makes the default overload protection veto busy cache "
+                             "holders more often")
     parser.add_argument("--gateway-args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every Shepherd gateway (must come last)")
     args = parser.parse_args()
 
     kv = ["--kv-capacity-tokens", str(args.kv_capacity_tokens), "--record-requests", "0"]
+    polling = ["--load-monitor-interval", f"{args.load_monitor_interval:g}"]
+    gateway_args = [*polling, *args.gateway_args]
     precise_flags: list[str] = []  # what precise_cache needs on top (the HTTP engines' event endpoints)
     http_flags: list[str] = []
     if args.kv_events and not args.grpc:
@@ -382,22 +388,21 @@ def main() -> None:
                 if policy.startswith("fleet:"):
                     _, count, sharing = policy.split(":")
                     gateway: Gateway | Smg | Fleet = Fleet(targets_urls, int(count),
-                                                           redis if sharing == "mesh" else None, args.gateway_args)
+                                                           redis if sharing == "mesh" else None, gateway_args)
                 elif policy == "smg":
                     gateway = Smg(smg_binary, [] if pd else targets_urls, "cache_aware",  # type: ignore[arg-type]
-                                                 extra_args=flags)
+                                                 extra_args=[*flags, *polling])
                 elif policy == "one":
                     assert ceiling is not None
                     reset(ceiling)
                     gateway = Gateway(ceiling.urls, "--policy", "round_robin", "--log-level", "warn",
-                                      *args.gateway_args, expect_workers=1)
+                                      *gateway_args, expect_workers=1)
                 elif pd:
                     gateway = Gateway([], "--prefill-policy", policy, "--decode-policy", "round_robin",
-                                      "--log-level", "warn", *flags, *args.gateway_args, expect_workers=2 * half)
+                                      "--log-level", "warn", *flags, *gateway_args, expect_workers=2 * half)
                 else:
                     gateway = Gateway(targets_urls, "--policy", policy, "--log-level", "warn",
-                                      "--load-monitor-interval", "1",
-                                      *(precise_flags if policy == "precise_cache" else []), *args.gateway_args,
+                                      *(precise_flags if policy == "precise_cache" else []), *gateway_args,
                                       expect_workers=len(targets_urls))
                 try:
                     if policy == "precise_cache" and not pd and (args.grpc or args.kv_events):

@@ -94,6 +94,10 @@ class Policy(ABC):
     """One load-balancing policy. Subclasses live in their own modules."""
 
     name: ClassVar[str]
+    # The policy weighs the workers' loads itself. When every candidate is overloaded, the overload
+    # veto (workers/overload.py) then leaves the choice among them to it instead of taking the
+    # least loaded: that keeps a cache-aware policy's affinity where all engines are busy.
+    balances_load: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, workers: Sequence[Worker], request: RoutingRequest) -> Worker | None:

@@ -31,6 +31,7 @@ from shepherd.workers.worker import Worker
 
 class CacheAwarePolicy(Policy):
     name = "cache_aware"
+    balances_load = True
 
     def __init__(self, options: PolicyOptions, rng: random.Random | None = None) -> None:
         self._options = options

@@ -19,6 +19,7 @@ from shepherd.workers.worker import Worker
 
 class LeastLoadPolicy(Policy):
     name = "least_load"
+    balances_load = True
 
     def __init__(self, options: PolicyOptions, rng: random.Random | None = None) -> None:
         self._wait = ExpectedWait(options)

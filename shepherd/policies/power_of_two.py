@@ -18,6 +18,7 @@ from shepherd.workers.worker import Worker
 
 class PowerOfTwoPolicy(Policy):
     name = "power_of_two"
+    balances_load = True
 
     def __init__(self, options: PolicyOptions, rng: random.Random | None = None) -> None:
         self._metric = options.power_of_two_load_metric

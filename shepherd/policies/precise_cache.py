@@ -66,6 +66,7 @@ class _Pending:
 
 class PreciseCachePolicy(Policy):
     name = "precise_cache"
+    balances_load = True
 
     def __init__(self, options: PolicyOptions, index: KvIndex | None = None, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

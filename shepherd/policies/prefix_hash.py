@@ -20,6 +20,7 @@ from shepherd.workers.worker import Worker
 
 class PrefixHashPolicy(Policy):
     name = "prefix_hash"
+    balances_load = True
 
     def __init__(self, options: PolicyOptions) -> None:
         self._options = options

@@ -142,7 +142,7 @@ def simulate(
         elif kind == _POLL:
             polls += 1
             for sim in fleet:
-                sim.worker.snapshot = _snapshot(sim.engine, polls, now)
+                sim.worker.snapshot = _snapshot(sim.engine, polls, now, sim.worker.load)
             push(now + load_monitor_interval, _POLL, 0)
         else:
             chosen.maintain()
@@ -170,13 +170,13 @@ def _finish(request: SimRequest) -> None:
     request.done = True
 
 
-def _snapshot(engine: Engine, seq: int, now: float) -> LoadSnapshot:
+def _snapshot(engine: Engine, seq: int, now: float, in_flight: int) -> LoadSnapshot:
     used = engine.used_tokens
     return LoadSnapshot(running=engine.num_running, waiting=engine.num_waiting,
                         waiting_uncached_tokens=engine.waiting_uncached_tokens, used_tokens=used,
                         max_tokens=engine.params.kv_capacity_tokens, token_usage=engine.token_usage,
                         gen_throughput=engine.gen_throughput, cache_hit_rate=engine.cache_hit_rate,
-                        seq=seq, polled_at=now)
+                        seq=seq, polled_at=now, in_flight_at_report=in_flight)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

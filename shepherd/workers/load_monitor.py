@@ -80,7 +80,7 @@ class LoadMonitor:
                 mine = rows
                 if worker.dp_rank is not None:
                     mine = [r for r in rows if r.get("dp_rank", 0) == worker.dp_rank] or rows
-                worker.snapshot = snapshot = _snapshot(mine, self._seq, now)
+                worker.snapshot = snapshot = _snapshot(mine, self._seq, now, worker.load)
                 if worker.liveness is not None:
                     # The engine answered; one that reports generating tokens is making progress.
                     if snapshot.gen_throughput > 0:
@@ -114,7 +114,7 @@ class LoadMonitor:
             return response.status, await response.read()
 
 
-def _snapshot(rows: Iterable[dict[str, Any]], seq: int, now: float) -> LoadSnapshot:
+def _snapshot(rows: Iterable[dict[str, Any]], seq: int, now: float, in_flight: int | None = None) -> LoadSnapshot:
     rows = list(rows)
 
     def total(name: str) -> float:
@@ -133,6 +133,7 @@ def _snapshot(rows: Iterable[dict[str, Any]], seq: int, now: float) -> LoadSnaps
         max_running=int(total("max_running_requests")),
         seq=seq,
         polled_at=now,
+        in_flight_at_report=in_flight,
     )
 
 

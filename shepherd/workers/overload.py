@@ -3,8 +3,17 @@ queue or a nearly full KV cache is left out of routing while another worker can 
 
 A worker is overloaded when its last report has `waiting >= --worker-overload-waiting-requests` (8) or
 `token_usage >= --worker-overload-token-usage` (0.8); no report (not polled yet, a failed poll) means not
-overloaded, so stale numbers never veto a worker. When every worker a request could use is overloaded,
-it goes to the least loaded of them, or, with `--worker-overload-shed`, is refused: 503
+overloaded, so stale numbers never veto a worker. The waiting count is the report's moved by what this
+gateway sent to the worker and saw finish since (`LoadSnapshot.waiting_now`), so a veto ends when the
+queue drains rather than at the next poll, and engines that reported short queues are vetoed once this
+gateway has filled them.
+
+When every worker a request could use is overloaded, the veto cannot prefer one of them. A policy that
+weighs loads itself (`Policy.balances_load`: cache_aware, precise_cache, prefix_hash, least_load,
+power_of_two) then chooses among them all; for the others the least loaded serves (SMG 1.13 does that
+for every policy: on a busy fleet it sent cache_aware's requests wherever the queue was shortest, and
+multi-turn chat on engines that evict constantly lost 13 points of hit rate to it, see bench/README).
+With `--worker-overload-shed` the request is refused instead: 503
 `worker_overload_protection_shed` with Retry-After the load poll interval, not retried on another worker
 (they are all overloaded). `--disable-worker-overload-protection` turns the check off.
 """
@@ -41,11 +50,12 @@ class OverloadGuard:
 
     def overloaded(self, worker: Worker) -> bool:
         report = worker.snapshot
-        return report is not None and (report.waiting >= self._waiting or report.token_usage >= self._usage)
+        return report is not None and (report.waiting_now(worker.load) >= self._waiting
+                                       or report.token_usage >= self._usage)
 
-    def screen(self, available: Sequence[Worker], what: str) -> list[Worker]:
-        """The workers routing may choose from: those not overloaded; when none is, the least loaded one
-        (or an OverloadShed)."""
+    def screen(self, available: Sequence[Worker], what: str, policy_balances: bool = False) -> Sequence[Worker]:
+        """The workers routing may choose from: those not overloaded; when none is, the least loaded one,
+        or all of them for a policy that balances load itself (or an OverloadShed)."""
         fit = [worker for worker in available if not self.overloaded(worker)]
         if fit or not available:
             return fit
@@ -55,10 +65,12 @@ class OverloadGuard:
             raise OverloadShed(503, "worker_overload_protection_shed", f"Every one of the {what} is overloaded "
                                "(its queue or KV cache is over the gateway's thresholds)",
                                headers={"Retry-After": self._retry_after})
+        if policy_balances:
+            return available
         return [min(available, key=_load)]
 
 
 def _load(worker: Worker) -> tuple[int, float, int]:
     report = worker.snapshot
     assert report is not None  # every worker here is overloaded, which takes a report
-    return report.waiting, report.token_usage, worker.load
+    return report.waiting_now(worker.load), report.token_usage, worker.load

@@ -37,6 +37,16 @@ class LoadSnapshot:
     max_running: int = 0  # the running window (max_running_requests) the engine reports; 0: none reported
     seq: int = 0  # bumps on every poll, so per-policy "since the last poll" tallies can reset
     polled_at: float = 0.0
+    in_flight_at_report: int | None = None  # this gateway's requests on the worker then; None: not known
+
+    def waiting_now(self, in_flight: int) -> int:
+        """The engine's queue now, as this gateway can tell: the report moved by what the gateway
+        sent (+1 each) and saw finish (-1 each, a finished request lets a waiting one run) since.
+        A report is up to a poll interval old; trusted as it stands, every gateway dumps the next
+        interval's traffic on whichever engines reported short queues (and vetoes the others)."""
+        if self.in_flight_at_report is None:
+            return self.waiting
+        return max(0, self.waiting + in_flight - self.in_flight_at_report)
 
 
 class WorkerType(StrEnum):

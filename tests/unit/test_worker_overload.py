@@ -66,8 +66,60 @@ def test_all_overloaded_goes_to_the_least_loaded_or_sheds() -> None:
     assert metrics.overload_shed("selection").value == 1
 
 
+def test_all_overloaded_leaves_the_choice_to_a_policy_that_balances_load_itself() -> None:
+    registry, workers = _workers(LoadSnapshot(waiting=20), LoadSnapshot(waiting=9), LoadSnapshot(token_usage=0.9))
+    metrics = Metrics()
+    policies = PolicyRegistry("cache_aware", registry=registry)
+    selector = Selector(registry, policies, metrics, overload=overload_guard(GatewayConfig(), metrics))
+    prompt = RoutingRequest("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 400}]}, {})
+    holder = selector.pick(workers, prompt, frozenset(), "m")
+    assert holder.id == "w0"  # nothing cached yet, equal loads: the first
+    holder.load = 1
+    # The veto cannot tell the three apart, so the prefix's holder keeps it (within cache_aware's own
+    # balance gates), not the one with the shortest reported queue (w2).
+    assert {selector.pick(workers, prompt, frozenset(), "m").id for _ in range(5)} == {"w0"}
+    fallback, _ = _selector(GatewayConfig(), registry)  # round_robin weighs no load: the least loaded
+    assert _picks(fallback, workers) == {"w2"}
+
+
+def test_the_veto_counts_what_the_gateway_sent_and_saw_finish_since_the_report() -> None:
+    # Both reported with 4 of this gateway's requests in flight on them.
+    drained, filling = LoadSnapshot(waiting=9, in_flight_at_report=4), LoadSnapshot(waiting=6, in_flight_at_report=4)
+    registry, workers = _workers(drained, filling)
+    selector, _ = _selector(GatewayConfig(), registry)
+    workers[0].load, workers[1].load = 4, 4  # nothing moved: the report stands
+    assert _picks(selector, workers) == {"w1"}
+    workers[0].load = 2  # two of its requests finished: two waiting ones run, 7 wait
+    workers[1].load = 6  # two more sent to it: 8 wait
+    assert _picks(selector, workers) == {"w0"}
+    workers[0].load = 0  # the estimate never goes below an empty queue
+    assert LoadSnapshot(waiting=1, in_flight_at_report=4).waiting_now(0) == 0
+    # A report without the gateway's count then (not known) is taken as it stands.
+    assert LoadSnapshot(waiting=9).waiting_now(0) == 9
+
+
 def test_thresholds_are_checked() -> None:
     for bad in ({"worker_overload_waiting_requests": 0}, {"worker_overload_token_usage": 0.0},
                 {"worker_overload_token_usage": 1.5}):
         with pytest.raises(ConfigError):
             GatewayConfig(**bad).validate()  # type: ignore[arg-type]
+
+
+async def test_a_load_report_keeps_the_gateways_in_flight_count_at_the_time() -> None:
+    from typing import Any
+
+    from shepherd.workers.load_monitor import LoadMonitor
+
+    registry, (worker,) = _workers(None)
+    worker.connection_mode = "grpc"
+    worker.load = 3
+
+    async def source(_: Worker) -> list[dict[str, Any]]:
+        return [{"num_waiting_reqs": 9}]
+
+    monitor = LoadMonitor(registry, None, 10.0)  # type: ignore[arg-type]
+    monitor.register_source("grpc", source)
+    await monitor.poll_once()
+    assert worker.snapshot is not None and worker.snapshot.in_flight_at_report == 3
+    worker.load = 1
+    assert worker.snapshot.waiting_now(worker.load) == 7

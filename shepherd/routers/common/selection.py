@@ -76,9 +76,9 @@ class Selector:
             label = model or "default"
             raise GatewayError(503, "no_available_workers", f"No available {what} for model `{label}`",
                                headers={"Retry-After": "1"})
-        if self._overload is not None:
-            available = self._overload.screen(available, what)
         policy = policy or self.policies.for_model(model)
+        if self._overload is not None:
+            available = self._overload.screen(available, what, policy.balances_load)
         sticky = self.policies.sticky
         # A valid routing-key header first; else what the request continues (a Responses lineage).
         key = (routing.routing_key or routing.lineage) if sticky is not None else None
