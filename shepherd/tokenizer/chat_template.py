@@ -52,9 +52,48 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+# The attributes a plain dict has (its methods): any other `message.content` on a dict is its item.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+_SAFETY_CACHE_LIMIT = 4096
+
+
+class _ChatSandbox(ImmutableSandboxedEnvironment):
+    """Hugging Face's sandbox, with its two costs on chat messages taken out and nothing else changed.
+
+    * `message.role` on a plain dict: Jinja tries the attribute first, which raises AttributeError
+      and then reads the item. For a name no dict has as an attribute the answer is the item (or
+      undefined), so it is read at once.
+    * Whether an attribute is safe depends only on the object's type and the attribute's name
+      (`is_internal_attribute` and `modifies_known_mutable` test the type against builtins and the
+      mutable ABCs), so the answer is kept per (type, name).
+    A 26-message agent transcript in the Qwen3 template: 1.20-1.34 ms a render before, 0.41 ms after
+    (4 messages: 241 -> 116 us). tests/unit/test_chat_template.py renders probes with both sandboxes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._safety: dict[tuple[type, str], bool] = {}
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        key = (type(obj), attr)
+        safe = self._safety.get(key)
+        if safe is None:
+            safe = super().is_safe_attribute(obj, attr, value)
+            if len(self._safety) >= _SAFETY_CACHE_LIMIT:
+                self._safety.clear()
+            self._safety[key] = safe
+        return safe
+
+
 def _environment() -> jinja2.Environment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationBlock, loopcontrols])
+    env = _ChatSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

@@ -86,3 +86,65 @@ def test_bad_template_is_a_clear_error() -> None:
     template = ChatTemplate("{{ messages[0].content.upper() }}")
     with pytest.raises(ChatTemplateError):
         template.render([{"role": "user"}])
+
+
+# Templates that lean on what the chat sandbox shortcuts (attribute-style reads of dict items, the
+# safety verdicts it keeps per type and name), each rendered by it and by Jinja's own sandbox.
+SANDBOX_PROBES = [
+    "{% for m in messages %}{{ m.role }}:{{ m.content }}|{% endfor %}",
+    "{% for m in messages %}{{ m.name is defined }}{{ m.name | default('-') }}{% endfor %}",
+    "{% for m in messages %}{% for k, v in m.items() %}{{ k }}={{ v }};{% endfor %}{% endfor %}",
+    "{{ messages[0].get('role') }}{{ messages[0].keys() | list | length }}{{ messages | length }}",
+    "{{ messages[0].content.startswith('h') }}{{ messages[0].content.split(' ') | join(',') }}",
+    "{{ messages[0].items }}{{ messages[0].copy().role }}",
+    "{{ messages[0].tool_calls[0].function.name if messages[0].tool_calls else 'none' }}",
+]
+UNSAFE_PROBES = [
+    "{{ messages.append(1) }}",
+    "{{ messages[0].update({'role': 'x'}) }}",
+    "{{ messages[0].pop('role') }}",
+    "{{ messages[0].__class__.__mro__ }}",
+    "{{ messages[0].content.__class__.__name__ }}",
+    "{{ messages.__len__() }}",
+]
+PROBE_MESSAGES = [
+    [{"role": "user", "content": "hi there"}],
+    [{"role": "user", "content": "hello you", "name": "ann", "items": "shadowed?"},
+     {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f"}}]}],
+]
+
+
+def _render_both(source: str, messages: list[dict[str, Any]], ours: Any) -> tuple[str, str]:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    outputs = []
+    for env in (ours, ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)):
+        try:
+            outputs.append(env.from_string(source).render(messages=messages))
+        except jinja2.exceptions.SecurityError as exc:
+            outputs.append(f"SecurityError: {exc}")
+        except jinja2.UndefinedError as exc:
+            outputs.append(f"UndefinedError: {exc}")
+    return outputs[0], outputs[1]
+
+
+@pytest.mark.parametrize("source", SANDBOX_PROBES + UNSAFE_PROBES)
+@pytest.mark.parametrize("case", range(len(PROBE_MESSAGES)))
+def test_the_chat_sandbox_renders_what_jinjas_sandbox_renders(source: str, case: int) -> None:
+    from shepherd.tokenizer.chat_template import _environment
+
+    env = _environment()
+    for _ in range(2):  # the second time, from the safety verdicts it kept
+        ours, jinjas = _render_both(source, PROBE_MESSAGES[case], env)
+        assert ours == jinjas
+
+
+@pytest.mark.parametrize("source", UNSAFE_PROBES)
+def test_the_chat_sandbox_still_refuses_what_is_unsafe(source: str) -> None:
+    from shepherd.tokenizer.chat_template import _environment
+
+    env = _environment()
+    for _ in range(2):
+        ours, _ = _render_both(source, PROBE_MESSAGES[0], env)
+        assert ours.startswith("SecurityError"), ours
