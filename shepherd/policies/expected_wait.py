@@ -115,10 +115,16 @@ class ExpectedWait:
         return out
 
     def over_waiting_cap(self, worker: Worker) -> bool:
+        """The engine's queue now is at the cap: the report moved by what was sent and seen finish
+        since (as the overload veto reads it), or, where the report does not say how many of this
+        gateway's requests were on the worker then, by what was sent since (finishes unknown)."""
         cap = self._options.least_load_max_waiting_requests
-        if cap <= 0 or worker.snapshot is None:
+        snapshot = worker.snapshot
+        if cap <= 0 or snapshot is None:
             return False
-        return worker.snapshot.waiting + self._tally(worker)[1] >= cap
+        if snapshot.in_flight_at_report is not None:
+            return snapshot.waiting_now(worker.load) >= cap
+        return snapshot.waiting + self._tally(worker)[1] >= cap
 
     def forget(self, worker: Worker) -> None:
         self._tallies.pop(worker.id, None)

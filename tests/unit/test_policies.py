@@ -171,6 +171,20 @@ def test_least_load_waiting_cap_vetoes() -> None:
     assert policy.select(pool, chat("z")) is None
 
 
+def test_least_load_waiting_cap_lifts_when_requests_finish_between_polls() -> None:
+    pool = workers(2)
+    for worker in pool:
+        worker.load = 5
+        worker.snapshot = LoadSnapshot(waiting=5, seq=1, in_flight_at_report=5)
+    pool[1].snapshot = LoadSnapshot(waiting=9, seq=1, in_flight_at_report=5)  # over the cap throughout
+    policy = LeastLoadPolicy(PolicyOptions(least_load_max_waiting_requests=6))
+    assert policy.select(pool, chat("z")) is pool[0]
+    pool[0].load += 1  # the dispatch arrived: 6 waiting now, as far as the gateway can tell
+    assert policy.select(pool, chat("z")) is None
+    pool[0].load -= 3  # three finished, so three waiting ones run: 3 waiting, the cap lifts
+    assert policy.select(pool, chat("z")) is pool[0]
+
+
 def test_power_of_two_prefers_the_lighter_of_two() -> None:
     pool = workers(2)
     pool[0].load = 10
