@@ -247,7 +247,8 @@ def report_precise(url: str) -> None:
         shares = " ".join(f"{share:.0%}" for share in report["load_share"].values())
         print(f"    precise_cache: {report['decisions']} decisions ({report['from_kv_index']} scored from KV events), "
               f"load shares {shares}; expected hit rate {report['expected_hit_rate']:.1%}, "
-              f"{report['traded_hit_rate']:.1%} traded for queues; learned TTFT = "
+              f"{report['traded_hit_rate']:.1%} traded for queues, {report['share_capped']} decisions share-capped; "
+              f"learned TTFT = "
               f"{model['base_secs'] * 1000:.1f} ms + prefill ahead / {model['prefill_tokens_per_sec']:,.0f} tok/s "
               f"({model['observations']:.0f} observations)")
     urls = {w["id"]: w["url"] for w in httpx.get(url + "/workers", timeout=10).json()["workers"]}

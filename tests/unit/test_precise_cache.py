@@ -348,3 +348,49 @@ def test_a_holder_moderately_above_the_mean_keeps_its_prefix() -> None:
     engine_store(index, holder.id, PROMPT)
     holder.load = 17
     assert policy.select(pool, tokens_request(PROMPT)) is holder
+
+
+def test_a_hot_prefix_is_copied_to_another_worker_instead_of_piling_onto_its_holder() -> None:
+    """Every request is for the one document its holder has cached: each is a hit there, so neither
+    the holder's queue nor its in-flight count ever shows a pile-on. Past MAX_SHARE of the fleet's
+    recent decisions the next one is prefilled elsewhere, that worker holds the document too, and the
+    document's requests are split between the holders: no worker above the cap, one miss per copy."""
+    from shepherd.policies.precise_cache import MAX_SHARE, SHARE_MIN_DECISIONS, SHARE_WINDOW
+
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    pool = workers(4)
+    for worker in pool:
+        index.set_live(worker.id, True)
+    engine_store(index, pool[0].id, PROMPT)
+    picks: list[str] = []
+    misses = 0
+    for ticket in range(1, 1001):
+        chosen = policy.select(pool, tokens_request(PROMPT))
+        assert chosen is not None
+        if index.matched_blocks(prompt_blocks(PROMPT, BS), [chosen.id])[chosen.id] == 0:
+            misses += 1
+            engine_store(index, chosen.id, PROMPT)  # the engine prefilled it and reports the blocks
+        policy.first_token(ticket, 0.02)
+        picks.append(chosen.id)
+    assert picks[:SHARE_MIN_DECISIONS] == [pool[0].id] * SHARE_MIN_DECISIONS  # a young window caps nothing
+    recent = Counter(picks[-SHARE_WINDOW:])
+    assert max(recent.values()) <= MAX_SHARE * SHARE_WINDOW / len(pool) + 1
+    # Each copy cost one prefill and every other request was a hit; three holders at 1.35 x 1/4 each
+    # can take the whole traffic, so the fourth worker is not made to copy it.
+    assert misses == len(set(picks)) - 1 == 2
+    assert policy.report()["share_capped"] > 0
+
+
+def test_the_share_cap_leaves_a_worker_that_is_the_only_candidate_or_all_are_over() -> None:
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index)
+    pool = workers(2)
+    for worker in pool:
+        index.set_live(worker.id, True)
+    engine_store(index, pool[0].id, PROMPT)
+    for ticket in range(1, 201):  # the holder alone: nothing to spread to
+        assert policy.select(pool[:1], tokens_request(PROMPT)) is pool[0]
+        policy.first_token(ticket, 0.02)
+    # Both candidates again: the holder took every recent decision, so the other one is picked.
+    assert policy.select(pool, tokens_request(PROMPT)) is pool[1]
