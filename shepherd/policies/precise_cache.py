@@ -105,7 +105,7 @@ class PreciseCachePolicy(Policy):
         self.share_capped = 0  # decisions where the share cap left a worker out
         self.prompt_tokens = 0
         self.expected_cached_tokens = 0
-        self.traded_tokens = 0  # cached tokens given up for a shorter queue (best match minus chosen)
+        self.traded_tokens = 0  # cached tokens given up for a shorter queue or the share cap (best match minus chosen)
         self.from_index = 0  # decisions where at least one candidate was scored from engine events
 
     # -- the decision -------------------------------------------------------------------------
