@@ -211,9 +211,9 @@ class PreciseCachePolicy(Policy):
         total = sum(counts.get(w.id, 0) for w in workers)
         if total < SHARE_MIN_DECISIONS:
             return workers
-        limit = MAX_SHARE * total / len(workers)
+        limit = MAX_SHARE * total / len(workers)  # above the mean, so the least used is always under it
         eligible = [w for w in workers if counts.get(w.id, 0) < limit]
-        if not eligible or len(eligible) == len(workers):
+        if len(eligible) == len(workers):
             return workers
         self.share_capped += 1
         return eligible

@@ -14,7 +14,7 @@ from shepherd.kv.index import KvIndex
 from shepherd.kv.stream import EventStream, KvBatch, Resubscribe
 from shepherd.kv.subscriber import grpc_batch
 from shepherd.policies.base import RoutingRequest
-from shepherd.policies.precise_cache import PreciseCachePolicy
+from shepherd.policies.precise_cache import MAX_SHARE, SHARE_MIN_DECISIONS, SHARE_WINDOW, PreciseCachePolicy
 from shepherd.policies.ttft_model import TtftModel
 from shepherd.sim.engine import Engine, EngineParams
 from shepherd.workers.worker import Worker
@@ -40,6 +40,16 @@ def engine_store(index: KvIndex, worker_id: str, tokens: list[int], salt: int = 
     index.stored(worker_id, None, blocks, BS)
     index.set_live(worker_id, True)
     return hashes
+
+
+def live_fleet(count: int, rng: random.Random | None = None) -> tuple[KvIndex, PreciseCachePolicy, list[Worker]]:
+    """An index, a precise_cache policy reading it, and `count` workers whose event streams are live."""
+    index = KvIndex(BS)
+    policy = PreciseCachePolicy(PolicyOptions(), index, rng)
+    pool = workers(count)
+    for worker in pool:
+        index.set_live(worker.id, True)
+    return index, policy, pool
 
 
 PROMPT = list(range(1000, 1320))  # 20 blocks
@@ -198,11 +208,7 @@ def test_the_model_ignores_impossible_observations_and_stays_physical() -> None:
 # -- the policy --------------------------------------------------------------------------------
 
 def test_policy_routes_to_the_engine_that_holds_the_prompt_not_the_one_that_was_sent_it() -> None:
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index)
-    pool = workers(3)
-    for worker in pool:
-        index.set_live(worker.id, True)
+    index, policy, pool = live_fleet(3)
     first = policy.select(pool, tokens_request(PROMPT))
     assert first is not None
     request = tokens_request(PROMPT)
@@ -226,11 +232,7 @@ def test_policy_falls_back_to_the_tree_for_a_worker_without_events() -> None:
 
 
 def test_dispatched_prompts_count_as_held_and_queued_until_their_first_token() -> None:
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index)
-    pool = workers(2)
-    for worker in pool:
-        index.set_live(worker.id, True)
+    index, policy, pool = live_fleet(2)
     first = policy.select(pool, tokens_request(PROMPT))
     # Before any event arrives the same prefix follows its first request (the overlay).
     assert policy.select(pool, tokens_request(PROMPT)) is first
@@ -241,12 +243,8 @@ def test_dispatched_prompts_count_as_held_and_queued_until_their_first_token() -
 
 
 def test_a_hot_prefix_does_not_pile_onto_its_holder() -> None:
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index, random.Random(0))
-    pool = workers(4)
+    index, policy, pool = live_fleet(4, random.Random(0))
     holder = pool[0]
-    for worker in pool:
-        index.set_live(worker.id, True)
     engine_store(index, holder.id, PROMPT)
     holder.load = 40
     for worker in pool[1:]:
@@ -255,11 +253,7 @@ def test_a_hot_prefix_does_not_pile_onto_its_holder() -> None:
 
 
 def test_an_engine_reported_queue_counts_against_a_worker() -> None:
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index)
-    pool = workers(2)
-    for worker in pool:
-        index.set_live(worker.id, True)
+    index, policy, pool = live_fleet(2)
     engine_store(index, pool[0].id, PROMPT)
     index.set_load(pool[0].id, 200_000)  # another gateway's backlog, as its event stream reports it
     assert policy.select(pool, tokens_request(PROMPT)) is pool[1]
@@ -279,11 +273,7 @@ def test_a_failed_attempt_releases_its_queue_and_a_retry_replaces_it() -> None:
 
 
 def test_a_queue_that_drains_within_a_step_does_not_trade_away_a_hit() -> None:
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index)
-    pool = workers(2)
-    for worker in pool:
-        index.set_live(worker.id, True)
+    index, policy, pool = live_fleet(2)
     engine_store(index, pool[0].id, PROMPT)
     index.set_load(pool[0].id, 400)  # more than the whole prompt, less than its prefill as weighed
     assert policy.select(pool, tokens_request(PROMPT)) is pool[0]
@@ -338,12 +328,9 @@ def test_a_prompt_sent_while_a_stream_was_live_is_no_evidence_once_it_breaks() -
 def test_a_holder_moderately_above_the_mean_keeps_its_prefix() -> None:
     """Above the spill gate's limit (here 16.7) but below both excesses stacked (21.8): the cost
     model, not the guard, decides, and a hit with a short queue beats a full prefill elsewhere."""
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index)
-    pool = workers(4)
+    index, policy, pool = live_fleet(4)
     holder = pool[0]
     for worker in pool:
-        index.set_live(worker.id, True)
         worker.load = 8
     engine_store(index, holder.id, PROMPT)
     holder.load = 17
@@ -355,13 +342,7 @@ def test_a_hot_prefix_is_copied_to_another_worker_instead_of_piling_onto_its_hol
     the holder's queue nor its in-flight count ever shows a pile-on. Past MAX_SHARE of the fleet's
     recent decisions the next one is prefilled elsewhere, that worker holds the document too, and the
     document's requests are split between the holders: no worker above the cap, one miss per copy."""
-    from shepherd.policies.precise_cache import MAX_SHARE, SHARE_MIN_DECISIONS, SHARE_WINDOW
-
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index)
-    pool = workers(4)
-    for worker in pool:
-        index.set_live(worker.id, True)
+    index, policy, pool = live_fleet(4)
     engine_store(index, pool[0].id, PROMPT)
     picks: list[str] = []
     misses = 0
@@ -383,11 +364,7 @@ def test_a_hot_prefix_is_copied_to_another_worker_instead_of_piling_onto_its_hol
 
 
 def test_the_share_cap_never_leaves_out_the_only_candidate() -> None:
-    index = KvIndex(BS)
-    policy = PreciseCachePolicy(PolicyOptions(), index)
-    pool = workers(2)
-    for worker in pool:
-        index.set_live(worker.id, True)
+    index, policy, pool = live_fleet(2)
     engine_store(index, pool[0].id, PROMPT)
     for ticket in range(1, 201):  # the holder alone: nothing to spread to
         assert policy.select(pool[:1], tokens_request(PROMPT)) is pool[0]
