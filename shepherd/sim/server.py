@@ -430,12 +430,21 @@ class SimWorker:
             await response.write(frame)
             chunks += 1
 
+        # The opening frames (the chat role delta, Anthropic's message_start with its cached-token
+        # count) go out with the first token, as vLLM and SGLang send them: with the first output of
+        # the engine, not while the request still waits for admission. A client, and the gateway's
+        # time-to-first-token bookkeeping, sees the first body byte when the first token is ready.
+        start: bytes | None = None
         try:
-            await send(fmt.stream_start(gens, ctx))
             async for index, gen, token in _merged_tokens(gens):
+                if start is None:
+                    start = fmt.stream_start(gens, ctx)
+                    await send(start)
                 await send(fmt.stream_token(index, gen, token, ctx))
                 if token + 1 == gen.completion_tokens:
                     await send(fmt.stream_finish(index, gen, ctx))
+            if start is None:  # no generation produced a token
+                await send(fmt.stream_start(gens, ctx))
             for index, gen in enumerate(gens):
                 if gen.completion_tokens == 0:
                     await send(fmt.stream_finish(index, gen, ctx))

@@ -108,3 +108,47 @@ def test_stream_survives_slow_tokens(gateway: Gateway, sims: Sim) -> None:
                 arrivals.append(time.monotonic())
     assert len(arrivals) == 43  # role chunk, 40 tokens, finish chunk, [DONE]
     assert len({round(t, 3) for t in arrivals}) > 10
+
+
+def test_a_queued_stream_sends_no_body_before_its_first_token() -> None:
+    """As vLLM and SGLang do, the simulator opens a stream's body (the role delta) with the first
+    token, not while the request waits for admission: a gateway that reads the first body byte as
+    the time to first token (precise_cache's queue bookkeeping, the TTFT metrics) must see it then."""
+    sim = Sim(1, "--model", "mock-model", "--max-running", "1", "--decode-base-ms", "40")
+    try:
+        def load() -> dict:
+            return httpx.get(sim.urls[0] + "/get_load", timeout=5).json()[0]
+
+        body = httpx.Request("POST", sim.urls[0] + CHAT, json=_long_chat(2)).content
+        with httpx.Client(timeout=30) as http, \
+                http.stream("POST", sim.urls[0] + CHAT, json=_long_chat(100)) as running, \
+                socket.create_connection(("127.0.0.1", sim.ports[0])) as queued:
+            wait_until(lambda: load()["num_reqs"] == 1, 10, "the first request runs")
+            queued.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            wait_until(lambda: load()["num_waiting_reqs"] == 1, 10, "the second request waits")
+            queued.settimeout(0.5)
+            received = b""
+            try:
+                while True:
+                    chunk = queued.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+            except TimeoutError:
+                pass
+            head, _, early = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")  # the head goes out at once
+            assert early == b"", f"a request still queued sent {early[:80]!r}"
+            running.close()  # the engine is free: the queued request is admitted and generates
+            queued.settimeout(30)
+            rest = b""
+            while not rest.endswith(b"0\r\n\r\n"):
+                chunk = queued.recv(65536)
+                assert chunk, "the stream ended without its last chunk"
+                rest += chunk
+        events = [line for line in rest.split(b"\n") if line.startswith(b"data:")]
+        assert b'"role":"assistant"' in events[0] and b'"content":' in events[1]
+        assert events[-1].strip() == b"data: [DONE]"
+    finally:
+        sim.stop()
