@@ -7,6 +7,7 @@ gateway's text against what the engine's token ids decode to.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -67,6 +68,13 @@ def test_registration_detects_the_runtime_and_reads_model_info(gateway: Gateway)
         assert worker["connection_mode"] == "grpc" and worker["runtime_type"] == "sglang"
         assert worker["model_id"] == MODEL
         assert worker["labels"]["tp_size"] == "1" and worker["labels"]["weight_version"] == "sim-1"
+        # A checkpoint directory, as a real engine reports: tokenizer files beside the model's config
+        # (SMG reads that config from the path at every request until it finds one).
+        model_path = worker["labels"]["model_path"]
+        assert os.path.isfile(os.path.join(model_path, "tokenizer.json"))
+        with open(os.path.join(model_path, "config.json")) as handle:
+            config = json.load(handle)
+        assert config["architectures"] == ["Qwen3ForCausalLM"] and "vision_config" not in config
     models = httpx.get(gateway.url + "/v1/models").json()["data"]
     assert [m["id"] for m in models] == [MODEL]
 

@@ -11,7 +11,7 @@ from shepherd.tokenizer import bundle
 @dataclass
 class SimInfo:
     model: str
-    tokenizer_dir: str  # where the simulator's own tokenizer files are
+    tokenizer_dir: str  # the model directory it reports: its tokenizer files and a config.json (model_dir.py)
     advertise_tokenizer_path: bool = True  # False: report none, so a gateway must call GetTokenizer
     max_model_len: int = 32768
     default_sampling_params_json: str = ""

@@ -18,6 +18,7 @@ from shepherd.sim.engine import Engine
 from shepherd.sim.grpc.control import control_app
 from shepherd.sim.grpc.core import SimCore
 from shepherd.sim.grpc.info import SimInfo
+from shepherd.sim.grpc.model_dir import model_dir
 from shepherd.sim.grpc.sglang import SglangSim
 from shepherd.sim.grpc.vllm import VllmSim
 from shepherd.sim.server import SimConfig
@@ -72,12 +73,13 @@ class GrpcSimCluster:
         path = options.tokenizer_path or default_tokenizer_path()
         tokenizer = await asyncio.to_thread(Tokenizer.from_path, path)
         directory = await asyncio.to_thread(_tokenizer_dir, path)
+        checkpoint = await asyncio.to_thread(model_dir, directory, tokenizer, config.max_model_len)
         for i, port in enumerate(self.requested_ports):
             engine = Engine(config.params, config.kv_event_replay) if config.engine == "realistic" else None
             core = SimCore(config.model, tokenizer, engine, config.output_tokens, config.max_model_len,
                            gen_ms=config.gen_ms, record_requests=config.record_requests,
                            kv_events=config.kv_events, embedding_dim=config.embedding_dim)
-            info = SimInfo(config.model, tokenizer_dir=directory,
+            info = SimInfo(config.model, tokenizer_dir=checkpoint,
                            advertise_tokenizer_path=options.advertise_tokenizer_path,
                            max_model_len=config.max_model_len,
                            default_sampling_params_json=options.default_sampling_params_json, params=config.params)
