@@ -2,18 +2,19 @@
 
 The cost model follows the reference's description of an SGLang/vLLM-like engine:
 
-* requests queue FIFO and are admitted while fewer than `max_running` run and their uncached prompt
-  fits in the free KV capacity (a request is always admitted when nothing runs);
+* requests queue FIFO and are admitted while fewer than `max_running` run and their prompt's KV fits
+  beside the running requests' (cached blocks no running request holds are room, evicted on demand,
+  as in vLLM and SGLang; a request is always admitted when nothing runs);
 * each step prefills up to `prefill_chunk_tokens` uncached prompt tokens, and every request whose
   prefill is done decodes one token;
 * a step lasts `max(prefill_tokens / prefill_tps, decode_base_ms + decode_per_req_ms * batch)`;
 * prompt and output blocks of `block_size` tokens are keyed by a rolling hash of the whole prefix,
-  so a cached block means the entire prefix up to it was seen; the cache is LRU-evicted between
-  a high and a low watermark of the KV capacity. A prompt's blocks are touched last-block-first, so
-  its first block is the most recently used and eviction takes the tails of prefixes before their
-  heads (as vLLM frees a request's blocks in reverse order), never orphaning a cached child; the
-  blocks of running requests are never evicted (they are in use), so a block is only ever stored
-  under a parent the engine holds;
+  so a cached block means the entire prefix up to it was seen; when a step's admissions and outputs
+  outgrow the KV capacity the least recently used blocks are evicted. A prompt's blocks are touched
+  last-block-first, so its first block is the most recently used and eviction takes the tails of
+  prefixes before their heads (as vLLM frees a request's blocks in reverse order), never orphaning a
+  cached child; the blocks of running requests are never evicted (they are in use), so a block is
+  only ever stored under a parent the engine holds;
 * every change to the block cache (stored with parent and token ids, removed, cleared) is
   published as a KV event, batched per step (`kv_events.KvEventLog`).
 
@@ -42,8 +43,6 @@ class EngineParams:
     kv_capacity_tokens: int = 524_288
     block_size: int = 16
     prefix_cache: bool = True
-    kv_high_watermark: float = 0.92
-    kv_low_watermark: float = 0.85
 
 
 # The engine's own hash root, like vLLM's NONE_HASH: its block hashes are its business; the gateway
@@ -305,8 +304,14 @@ class Engine:
         return decoded, finished, duration
 
     def _admit(self) -> None:
+        """Admit waiting requests, oldest first, while their KV fits beside the running requests'.
+        A cached block no running request holds is room (it is evicted on demand, as vLLM takes it from
+        its free-block queue and SGLang from its radix cache); a request's own cached prefix counts
+        as its KV once it runs."""
         params = self.params
-        used = self.resident_tokens
+        size = params.block_size
+        held = {key for r in self._running for key in r.keys} if params.prefix_cache else set()
+        used = self.used_tokens
         while self._waiting and len(self._running) < params.max_running:
             request = self._waiting[0]
             if request.disconnected:
@@ -317,14 +322,16 @@ class Engine:
             if params.prefix_cache:  # the cache may have changed while it waited
                 request.cached_tokens = self._cached_prefix(request)
                 request.uncached_tokens = request.prompt_tokens - request.cached_tokens
-            if request.uncached_tokens > params.kv_capacity_tokens - used and self._running:
+                need = sum(1 for key in request.keys if key not in held) * size + request.prompt_tokens % size
+            else:
+                need = request.prompt_tokens
+            if need > params.kv_capacity_tokens - used and self._running:
                 break
             self._waiting.popleft()
+            used += need
             if params.prefix_cache:
-                used += self._store_prompt(request) * params.block_size
-                used += request.prompt_tokens % params.block_size
-            else:
-                used += request.prompt_tokens
+                held.update(request.keys)
+                self._store_prompt(request)
             request.prefill_remaining = 0 if request.prefilled else request.uncached_tokens
             if request.prompt_tokens:
                 self.cache_hit_rate = 0.8 * self.cache_hit_rate + 0.2 * (request.cached_tokens / request.prompt_tokens)
@@ -383,23 +390,22 @@ class Engine:
         self._blocks.move_to_end(key)
 
     def _evict(self) -> None:
+        """Drop the least recently used blocks until the KV fits the capacity again. The running
+        requests' blocks are in use: a real engine cannot drop them (vLLM counts references, SGLang
+        locks the radix path), only the cache no request holds."""
         params = self.params
         if not params.prefix_cache:
             return
-        capacity = params.kv_capacity_tokens
-        if self.resident_tokens <= params.kv_high_watermark * capacity:
+        excess = -(-(self.resident_tokens - params.kv_capacity_tokens) // params.block_size)  # blocks, rounded up
+        if excess <= 0:
             return
-        blocks = self._blocks
-        excess = len(blocks) - int(params.kv_low_watermark * capacity) // params.block_size
-        # The running requests' blocks are in use: a real engine cannot drop them (vLLM counts
-        # references, SGLang locks the radix path), only the cache no request holds.
         held = {key for r in self._running for key in r.keys}
         dropped: list[int] = []
-        for key in blocks:  # oldest first
+        for key in self._blocks:  # oldest first
             if len(dropped) >= excess:
                 break
             if key not in held:
                 dropped.append(key)
         for key in dropped:
-            del blocks[key]
+            del self._blocks[key]
         self.events.removed(dropped)

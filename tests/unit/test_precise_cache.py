@@ -141,7 +141,7 @@ def test_eviction_takes_a_prefix_tail_before_its_head() -> None:
     engine.enqueue(first, 1, [1])
     while engine.has_work:
         engine.step()
-    engine.enqueue([50_000 + i for i in range(320)], 1, [1])
+    engine.enqueue([50_000 + i for i in range(400)], 1, [1])  # the cache holds 640: 80 tokens must go
     while engine.has_work:
         engine.step()
     request = engine.enqueue(first, 1, [1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shepherd.sim.engine import Engine, EngineParams, block_keys
+from shepherd.sim.engine import ENGINE_HASH_SEED, Engine, EngineParams, block_keys
 from shepherd.sim.text import output_words, prompt_text, tokenize, word_token_id
 
 
@@ -102,12 +102,33 @@ async def test_tokens_stream_in_real_time() -> None:
     await engine.stop()
 
 
-async def test_eviction_keeps_usage_under_the_watermark() -> None:
+async def test_eviction_keeps_the_cache_within_its_capacity() -> None:
     engine = _engine(kv_capacity_tokens=1600, block_size=16)
     for i in range(20):
         engine.submit([i * 1000 + t for t in range(160)], 1, [1])
         _drain(engine)
-    assert engine.resident_tokens <= 0.92 * 1600
+    assert 1600 - 160 < engine.resident_tokens <= 1600  # full, as an engine keeps its cache
+
+
+async def test_a_full_cache_makes_room_for_a_request_instead_of_queueing_it() -> None:
+    """Cached blocks no running request holds are free KV (vLLM's free-block queue, SGLang's evictable
+    radix cache): a prompt that needs them is admitted at once, its room taken from the oldest."""
+    engine = _engine(kv_capacity_tokens=1600, block_size=16)
+    for i in range(9):  # an idle cache of 1,440 tokens
+        engine.submit([i * 1000 + t for t in range(160)], 1, [1])
+        _drain(engine)
+    running = engine.submit(list(range(90_000, 90_160)), 200, list(range(200)))
+    engine._step()
+    assert engine.num_running == 1
+    big = engine.submit(list(range(100_000, 100_640)), 2, [1, 2])  # 640 tokens, far more than is free
+    engine._step()
+    assert engine.num_running == 2 and engine.num_waiting == 0
+    assert engine.resident_tokens <= 1600
+    oldest = block_keys(list(range(160)), 16, ENGINE_HASH_SEED)  # the first idle prompt's blocks
+    assert not any(key in engine._blocks for key in oldest)  # went first
+    running.disconnected = True
+    _drain(engine)
+    assert big.generated == 2
 
 
 async def test_reported_usage_leaves_out_the_cache_no_request_holds() -> None:
