@@ -53,6 +53,11 @@ def _logprob(token_id: int) -> float:
 class Format:
     """Defaults for APIs whose stream is `data:` chunks ending with `[DONE]`."""
 
+    # Whether the stream's opening frames go out as soon as the request is accepted, before the
+    # engine admits it. Chat's role delta and Anthropic's message_start come with the first token
+    # (vLLM's and SGLang's order); a Responses stream announces `response.created` at once.
+    opens_at_once = False
+
     def response(self, gens: Sequence[Generation], ctx: Context) -> Any:
         raise NotImplementedError
 
@@ -260,6 +265,8 @@ class MessagesFormat(Format):
 
 class ResponsesFormat(Format):
     """OpenAI Responses API (stateless subset: one message output item)."""
+
+    opens_at_once = True
 
     def _response(self, gens: Sequence[Generation], ctx: Context, status: str) -> dict[str, Any]:
         gen = gens[0]

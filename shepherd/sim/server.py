@@ -436,6 +436,9 @@ class SimWorker:
         # time-to-first-token bookkeeping, sees the first body byte when the first token is ready.
         start: bytes | None = None
         try:
+            if fmt.opens_at_once:
+                start = fmt.stream_start(gens, ctx)
+                await send(start)
             async for index, gen, token in _merged_tokens(gens):
                 if start is None:
                     start = fmt.stream_start(gens, ctx)
