@@ -28,7 +28,9 @@ For each policy the report gives the prefix-cache hit rate (sum of `cached_token
 as the engines report it), time to first token p50/p99, completed requests per second, and how the
 requests spread over the workers (min and max share; an even split is 1/N each), and the gateway's CPU
 time per completed request (all its processes; the bench shares the host with the engines, so a
-gateway that burns CPU slows them too). SMG's cache_aware runs
+gateway that burns CPU slows them too). Every figure leaves out the first `--warmup-secs` (2 s) of each
+run: all clients send their first request at once, and that cold burst is the same for every router
+(in an 11 s run its 32 requests were the whole TTFT p99). SMG's cache_aware runs
 against the same engines in the same run when SMG is installed (`make bench-setup`). Engine caches are
 flushed between runs.
 
@@ -45,6 +47,7 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -77,15 +80,18 @@ class Stats:
 class Client:
     """Streams chat completions and records time to first token and the usage the engine reports."""
 
-    def __init__(self, base_url: str, stats: Stats, max_tokens: int) -> None:
+    def __init__(self, base_url: str, stats: Stats, max_tokens: int, measure_from: float = 0.0) -> None:
         self._pool = LeanTransport(connect_timeout=5, idle_timeout=30)
         self._base = base_url
         self._stats = stats
         self._max_tokens = max_tokens
+        self._measure_from = measure_from  # time.monotonic(): requests started earlier are served, not counted
+        self._unmeasured = Stats()
 
     async def chat(self, messages: list[dict[str, str]]) -> str:
         body = orjson.dumps({"model": "mock-model", "messages": messages, "max_tokens": self._max_tokens,
                              "stream": True, "stream_options": {"include_usage": True}})
+        stats = self._stats if time.monotonic() >= self._measure_from else self._unmeasured
         started = time.perf_counter()
         first: float | None = None
         buffer = b""
@@ -94,14 +100,14 @@ class Client:
                                                 {"content-type": "application/json"}, body, 120)
             if response.status != 200:
                 await response.read()
-                self._stats.errors += 1
+                stats.errors += 1
                 return ""
             async for chunk in response.iter_chunks():
                 buffer += chunk
                 if first is None and b'"delta":{"content":' in buffer:
                     first = time.perf_counter()
         except Exception:
-            self._stats.errors += 1
+            stats.errors += 1
             return ""
         answer = []
         for line in buffer.split(b"\n"):
@@ -109,14 +115,14 @@ class Client:
                 continue
             event = orjson.loads(line[6:])
             if event.get("usage"):
-                self._stats.prompt_tokens += event["usage"]["prompt_tokens"]
+                stats.prompt_tokens += event["usage"]["prompt_tokens"]
                 details = event["usage"].get("prompt_tokens_details") or {}  # absent when nothing was cached
-                self._stats.cached_tokens += details.get("cached_tokens") or 0
+                stats.cached_tokens += details.get("cached_tokens") or 0
             for choice in event.get("choices", []):
                 answer.append(choice.get("delta", {}).get("content") or "")
-        self._stats.completed += 1
+        stats.completed += 1
         if first is not None:
-            self._stats.ttft.append(first - started)
+            stats.ttft.append(first - started)
         return "".join(answer)
 
     async def close(self) -> None:
@@ -175,15 +181,21 @@ WORKLOADS = {
 }
 
 
-async def run_workload(url: str, name: str, concurrency: int, seconds: float, max_tokens: int) -> Stats:
+async def run_workload(url: str, name: str, concurrency: int, seconds: float, max_tokens: int,
+                       warmup: float = 0.0, measuring: Callable[[], None] | None = None) -> Stats:
+    """`seconds` of measured traffic after `warmup` seconds of the same traffic that is not measured;
+    `measuring` is called when the measured part begins."""
     driver, count, length = WORKLOADS[name]
     seed = random.Random(42)
     systems = [f"system {i}: " + words(seed, length) for i in range(count)]
     stats = Stats()
-    clients = [Client(url, stats, max_tokens) for _ in range(concurrency)]
-    deadline = time.monotonic() + seconds
-    started = time.monotonic()
+    measure_from = time.monotonic() + warmup
+    if measuring is not None:
+        asyncio.get_running_loop().call_later(warmup, measuring)
+    clients = [Client(url, stats, max_tokens, measure_from) for _ in range(concurrency)]
+    deadline = measure_from + seconds
     await asyncio.gather(*(driver(c, random.Random(1000 + i), deadline, systems) for i, c in enumerate(clients)))
+    started = measure_from
     stats_elapsed = time.monotonic() - started
     for client in clients:
         await client.close()
@@ -204,6 +216,20 @@ def cpu_seconds(pids: list[int]) -> float:
     except (OSError, ValueError, IndexError):
         return float("nan")
     return total
+
+
+class CpuMeter:
+    """The CPU time these processes spend from `start()` on."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = pids
+        self._before = cpu_seconds(pids)
+
+    def start(self) -> None:
+        self._before = cpu_seconds(self._pids)
+
+    def seconds(self) -> float:
+        return cpu_seconds(self._pids) - self._before
 
 
 def gateway_pids(gateway: Gateway | Smg | Fleet) -> list[int]:
@@ -299,6 +325,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=25)
+    parser.add_argument("--warmup-secs", type=float, default=2.0,
+                        help="traffic served before each measured run and left out of its figures: every client's "
+                             "first request arrives at once, a cold burst whose queue no router can shorten, and "
+                             "at --seconds 11 its thirty-two requests would be the whole TTFT p99")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--kv-capacity-tokens", type=int, default=12000)
@@ -409,11 +439,10 @@ def main() -> None:
                     if policy == "precise_cache" and not pd and (args.grpc or args.kv_events):
                         waited = wait_index_live(gateway.url, len(targets_urls))
                         print(f"    precise_cache: every worker's event stream live after {waited:.1f}s", flush=True)
-                    pids = gateway_pids(gateway)
-                    cpu_before = cpu_seconds(pids)
+                    cpu = CpuMeter(gateway_pids(gateway))
                     stats = asyncio.run(run_workload(gateway.url, workload, args.concurrency, args.seconds,
-                                                     args.max_tokens))
-                    stats.gateway_cpu_secs = cpu_seconds(pids) - cpu_before
+                                                     args.max_tokens, args.warmup_secs, cpu.start))
+                    stats.gateway_cpu_secs = cpu.seconds()
                     if policy == "precise_cache" and not pd:
                         report_precise(gateway.url)
                 finally:
