@@ -195,8 +195,7 @@ async def run_workload(url: str, name: str, concurrency: int, seconds: float, ma
     clients = [Client(url, stats, max_tokens, measure_from) for _ in range(concurrency)]
     deadline = measure_from + seconds
     await asyncio.gather(*(driver(c, random.Random(1000 + i), deadline, systems) for i, c in enumerate(clients)))
-    started = measure_from
-    stats_elapsed = time.monotonic() - started
+    stats_elapsed = time.monotonic() - measure_from
     for client in clients:
         await client.close()
     stats.ttft.sort()

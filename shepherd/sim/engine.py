@@ -227,8 +227,14 @@ class Engine:
         request holds as free, since they are evicted on demand."""
         if not self.params.prefix_cache:
             return self.resident_tokens
+        return self._used_tokens(self._held_keys())
+
+    def _held_keys(self) -> set[int]:
+        """The blocks the running requests hold: in use, never evicted, one copy however shared."""
+        return {key for r in self._running for key in r.keys}
+
+    def _used_tokens(self, held: set[int]) -> int:
         size = self.params.block_size
-        held = {key for r in self._running for key in r.keys}
         return len(held) * size + sum((r.prompt_tokens + r.generated) % size for r in self._running)
 
     @property
@@ -310,8 +316,8 @@ class Engine:
         as its KV once it runs."""
         params = self.params
         size = params.block_size
-        held = {key for r in self._running for key in r.keys} if params.prefix_cache else set()
-        used = self.used_tokens
+        held = self._held_keys() if params.prefix_cache else set()
+        used = self._used_tokens(held) if params.prefix_cache else self.resident_tokens
         while self._waiting and len(self._running) < params.max_running:
             request = self._waiting[0]
             if request.disconnected:
@@ -337,10 +343,9 @@ class Engine:
                 self.cache_hit_rate = 0.8 * self.cache_hit_rate + 0.2 * (request.cached_tokens / request.prompt_tokens)
             self._running.append(request)
 
-    def _store_prompt(self, request: SimRequest) -> int:
-        """Cache the prompt's blocks (publishing the new ones) and touch them; the count added."""
+    def _store_prompt(self, request: SimRequest) -> None:
+        """Cache the prompt's blocks (publishing the new ones) and touch them."""
         blocks, size, ids = self._blocks, self.params.block_size, request.prompt_ids
-        added = 0
         run: list[tuple[int, tuple[int, ...]]] = []
         run_parent: int | None = None
         parent: int | None = None
@@ -351,7 +356,6 @@ class Engine:
                 if not run:
                     run_parent = parent
                 run.append((key, tokens))
-                added += 1
             elif run:
                 self.events.stored(run_parent, run)
                 run = []
@@ -360,7 +364,6 @@ class Engine:
             self.events.stored(run_parent, run)
         for key in reversed(request.keys):
             blocks.move_to_end(key)
-        return added
 
     def _cached_prefix(self, request: SimRequest) -> int:
         matched = 0
@@ -399,7 +402,7 @@ class Engine:
         excess = -(-(self.resident_tokens - params.kv_capacity_tokens) // params.block_size)  # blocks, rounded up
         if excess <= 0:
             return
-        held = {key for r in self._running for key in r.keys}
+        held = self._held_keys()
         dropped: list[int] = []
         for key in self._blocks:  # oldest first
             if len(dropped) >= excess:
