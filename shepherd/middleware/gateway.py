@@ -130,19 +130,30 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "other"
 
 
+_LOGGED_KEYS = (("tenant", TENANT), ("model", MODEL), ("worker", WORKER))
+
+
 def _log_request(request: web.Request, status: int, elapsed: float, error_code: str | None) -> None:
-    fields = {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
-              "status": status, "duration_ms": round(elapsed * 1000, 2)}
-    for name, key in (("tenant", TENANT), ("model", MODEL), ("worker", WORKER)):
-        if key in request:
-            fields[name] = request[key]
-    usage = request.get(USAGE)
+    """One access line. The text repeats, as `name=value`, every field of the JSON line but the
+    four the line opens with (method, path, status, duration)."""
+    request_id = request[REQUEST_ID]
+    method, path = request.method, request.path
+    fields = {"request_id": request_id, "method": method, "path": path, "status": status,
+              "duration_ms": round(elapsed * 1000, 2)}
+    text = [f"request_id={request_id}"]
+    for name, key in _LOGGED_KEYS:
+        value = peek(request, key)
+        if value is not None:
+            fields[name] = value
+            text.append(f"{name}={value}")
+    usage = peek(request, USAGE)
     if usage:
         fields["prompt_tokens"], fields["completion_tokens"] = usage[0], usage[1]
+        text.append(f"prompt_tokens={usage[0]} completion_tokens={usage[1]}")
     if error_code:
         fields["error_code"] = error_code
-    text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "path", "status", "duration_ms"))
-    access_log.info("%s %s %d %.1fms %s", request.method, request.path, status, elapsed * 1000, text, extra=fields)
+        text.append(f"error_code={error_code}")
+    access_log.info("%s %s %d %.1fms %s", method, path, status, elapsed * 1000, " ".join(text), extra=fields)
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:

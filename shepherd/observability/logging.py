@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+import time
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from typing import Any
@@ -33,6 +34,23 @@ class TextFormatter(logging.Formatter):
     messages, so the message is escaped: a CR/LF in them cannot forge a second line. (Tracebacks,
     which the gateway itself writes, keep their lines.)"""
 
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        # (second, its date and time): one tuple, replaced whole, so that two threads formatting at
+        # once (handlers share a formatter) never pair one second with another's text.
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """logging's own `2026-12-04 19:53:29,697`, with the date and time formatted once per second
+        rather than per record (an access line per request made strftime a visible cost)."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return f"{cached[1]},{int(record.msecs):03d}"  # logging's default_msec_format
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
         message = record.message
         record.message = escape_controls(message)
@@ -43,9 +61,25 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # (second, its UTC date and time), as in TextFormatter
+
+    def timestamp(self, created: float) -> str:
+        """`datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`, with the date and
+        time formatted once per second; the fraction is rounded to microseconds first, as datetime does."""
+        second = int(created)
+        micros = round((created - second) * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        return f"{cached[1]}.{micros // 1000:03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "timestamp": self.timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -69,6 +103,12 @@ def setup_logging(level: str = "info", json: bool = False, log_dir: str | None =
                                             backupCount=5, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
+    # No format the gateway writes names the caller's source line, thread or process; without these,
+    # logging skips a stack walk and three lookups per record (logging's documented optimisations).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(logging.WARNING if level == "warn" else level.upper())
