@@ -9,18 +9,19 @@ import orjson
 from aiohttp import web
 
 from shepherd.api.keys import CONTEXT
+from shepherd.context import AppContext
 from shepherd.errors import GatewayError
 from shepherd.middleware.body_budget import BodyBudget
 from shepherd.request_keys import BODY_BYTES, RAW_BODY, peek
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, context: AppContext | None = None) -> bytes:
     """The raw body, read within `--body-read-timeout-secs` (408 `request_body_timeout`), with no wait
     on the client longer than `--stream-body-stall-timeout-secs` (408 `request_body_stalled`), and
     within the gateway-wide body budget (503); 413 before reading anything when Content-Length already
     says it is over `limit`. The bytes stay reserved until the request is done (the gateway middleware
     gives them back). A body read before (by a plugin hook) is not read again: every reader gets the
-    same bytes."""
+    same bytes. `context`: the app's, when the caller holds it (else it is looked up)."""
     cached = peek(request, RAW_BODY)
     if cached is not None:
         return cached
@@ -28,11 +29,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if length is not None and length > limit:
         raise GatewayError(413, "request_body_too_large",
                            f"The request body is {length} bytes; the limit is {limit} bytes")
-    context = request.app[CONTEXT]
-    if length is not None and request.content.is_eof():
-        # The whole body already arrived with the head (most requests): reading cannot wait, so
-        # no deadline needs arming.
-        body = await _read(request, limit, length, context.bodies)
+    if context is None:
+        context = request.app[CONTEXT]
+    content = request.content
+    if length is not None and content.is_eof():
+        # The whole body already arrived with the head (most requests): it is taken from the buffer
+        # as it is, with no deadline to arm and no read to wait on.
+        _reserve(request, context.bodies, length)
+        body = content.read_nowait()
         request[RAW_BODY] = body
         return body
     limits = context.config.limits

@@ -10,6 +10,7 @@ from shepherd.api.admit import admit, leave
 from shepherd.api.body import parse_json_object, read_body
 from shepherd.api.keys import CONTEXT
 from shepherd.api.outcome import observed
+from shepherd.context import AppContext
 from shepherd.errors import GatewayError
 from shepherd.request_keys import WANT_USAGE
 from shepherd.routers.common.model_call import CHAT_PATH
@@ -30,12 +31,11 @@ INFERENCE_ROUTES: dict[str, str] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _inference_handler(upstream_path: str) -> Handler:
+def _inference_handler(context: AppContext, upstream_path: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        context = request.app[CONTEXT]
         # The body is read (under its deadline) before admission: a client that sends it slowly
         # must not sit on a slot that requests ready to run are waiting for.
-        raw = await read_body(request, context.config.max_payload_size)
+        raw = await read_body(request, context.config.max_payload_size, context)
         body = parse_json_object(raw)
         model = body.get("model")
         if model is not None and not isinstance(model, str):
@@ -59,5 +59,6 @@ def _inference_handler(upstream_path: str) -> Handler:
 
 
 def add_inference_routes(app: web.Application) -> None:
+    context = app[CONTEXT]  # looked up once here rather than on every request
     for path, upstream_path in INFERENCE_ROUTES.items():
-        app.router.add_post(path, _inference_handler(upstream_path))
+        app.router.add_post(path, _inference_handler(context, upstream_path))

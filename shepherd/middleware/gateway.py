@@ -100,8 +100,9 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
             requests.inc()
             duration.observe(elapsed)
             responses.inc()
-            if TENANT in request:
-                metrics.tenant_requests(metrics.tenant_label(request[TENANT]), str(status)).inc()
+            tenant = peek(request, TENANT)
+            if tenant is not None:
+                metrics.tenant_requests(metrics.tenant_label(tenant), str(status)).inc()
         if span is not None:
             if MODEL in request:
                 span.set_attribute("gen_ai.request.model", request[MODEL])

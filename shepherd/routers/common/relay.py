@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from shepherd.errors import GatewayError, flavor_for_path
-from shepherd.request_keys import USAGE, WANT_USAGE
+from shepherd.request_keys import USAGE, WANT_USAGE, peek
 from shepherd.routers.common.attempt import Attempt
 from shepherd.routers.common.execution import Execution
 from shepherd.routers.common.retry import RetryableFailure
@@ -160,7 +160,7 @@ async def _broke_off(execution: Execution[Any], attempt: Attempt, response: web.
 
 def _wants_usage(request: web.Request) -> bool:
     """Token counts are parsed only for someone who reads them: the access log or the traffic recorder."""
-    return WANT_USAGE in request or access_log.isEnabledFor(logging.INFO)
+    return peek(request, WANT_USAGE) is not None or access_log.isEnabledFor(logging.INFO)
 
 
 def who(attempt: Attempt) -> str:
