@@ -12,8 +12,8 @@ time otherwise (that is when a non-streaming client sees its first token).
 
 from __future__ import annotations
 
-import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -21,13 +21,7 @@ WINDOW_SECS = 300
 MAX_PAIRS = 1024
 # Histogram bucket upper bounds: 1 ms to about 2 min, 10 buckets per decade.
 _BUCKETS = tuple(0.001 * 10 ** (i / 10) for i in range(52))
-
-
-def _bucket(seconds: float) -> int:
-    if seconds <= _BUCKETS[0]:
-        return 0
-    index = math.ceil(10 * math.log10(seconds / 0.001) - 1e-9)
-    return min(index, len(_BUCKETS) - 1)
+_LAST_BUCKET = len(_BUCKETS) - 1
 
 
 class _Slot:
@@ -54,20 +48,20 @@ class LiveStats:
         self._clock = clock
         self._slots = [_Slot() for _ in range(window_secs)]
 
-    def _slot(self, second: int) -> _Slot:
+    def observe(self, worker: str | None, model: str | None, status: int, ttft: float | None,
+                prompt_tokens: int = 0, cached_tokens: int = 0) -> None:
+        # Once per inference request, so the slot and the bucket are found inline: the current
+        # second's slot (reset if it held an older second), and the first bucket whose upper bound
+        # is at least the time to first token (the last takes anything longer).
+        second = int(self._clock())
         slot = self._slots[second % self._window]
         if slot.second != second:
             slot.reset(second)
-        return slot
-
-    def observe(self, worker: str | None, model: str | None, status: int, ttft: float | None,
-                prompt_tokens: int = 0, cached_tokens: int = 0) -> None:
-        slot = self._slot(int(self._clock()))
         error = status >= 500 or status == 429
         slot.requests += 1
         slot.errors += error
         if ttft is not None and status < 400:
-            slot.ttft[_bucket(ttft)] += 1
+            slot.ttft[min(bisect_left(_BUCKETS, ttft), _LAST_BUCKET)] += 1
         key = (worker or "-", model or "-")
         row = slot.pairs.get(key)
         if row is None:

@@ -55,3 +55,11 @@ def test_partial_newest_point_is_a_rate_over_its_elapsed_seconds() -> None:
     last_start = snapshot["series"]["t"][-1]
     elapsed = int(clock.now) - last_start + 1
     assert snapshot["series"]["rps"][-1] == pytest.approx(10 / elapsed)
+
+
+@pytest.mark.parametrize(("ttft", "reported_ms"), [(0.0001, 1.0), (0.001, 1.0), (0.00101, 1.26), (0.01, 10.0),
+                                                  (0.0101, 12.59), (10_000.0, 125892.54)])
+def test_a_time_to_first_token_is_reported_as_its_bucket_upper_bound(ttft: float, reported_ms: float) -> None:
+    stats = LiveStats(window_secs=60, clock=Clock())
+    stats.observe("w", "m", 200, ttft)
+    assert stats.snapshot(minutes=1)["series"]["ttft_p50_ms"][-1] == reported_ms

@@ -72,7 +72,8 @@ class HttpRouter:
     ) -> web.StreamResponse:
         """Forward the request to a worker chosen for its model, retrying elsewhere where safe."""
         model = body.get("model") if body else None
-        tokens = await self._routing_tokens(model, upstream_path, body)
+        tokens = (await self._routing_tokens(model, upstream_path, body)
+                  if self.routing_tokenizers is not None else None)
         routing = routing_request(request, upstream_path, body, self._config.policy_options, tokens=tokens)
         selector = self.selector
 
