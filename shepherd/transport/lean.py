@@ -186,6 +186,7 @@ class _Connection(asyncio.Protocol):
         self._pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop  # set in connection_made
         self._parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
         self._head: asyncio.Future[UpstreamResponse] | None = None
@@ -210,6 +211,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Kept: on Python 3.11 every asyncio.get_running_loop() is a getpid syscall, and `send` and
+        # `request` need the loop on every exchange.
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self._bytes_received += len(data)
@@ -304,7 +308,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, head: bytes, body: bytes | None, deadline: float | None) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.response = UpstreamResponse(self)
         self._head = loop.create_future()
         self._header_list = []
@@ -402,17 +406,19 @@ class LeanTransport:
         and whoever is waiting (for the head or for body bytes) gets UpstreamTimeout.
         """
         origin = self.origin(base_url)
-        deadline = None if total_timeout is None else asyncio.get_running_loop().time() + total_timeout
+        conn = self._take_idle(origin)
+        loop = conn.loop if conn is not None else asyncio.get_running_loop()
+        deadline = None if total_timeout is None else loop.time() + total_timeout
         head = _encode_head(method, path, origin.host_header, headers, body)
         for _ in range(2):
-            conn = self._take_idle(origin)
             if conn is None:
-                conn = await self._connect(origin, deadline)
+                conn = self._take_idle(origin) or await self._connect(origin, deadline)
             future = conn.send(head, body, deadline)
             try:
                 return await future
             except _StaleConnection:
-                continue  # the idle connection had been closed: resend once on a fresh one
+                conn = None  # the idle connection had been closed: resend once on a fresh one
+                continue
             except BaseException:
                 conn.abort()
                 raise

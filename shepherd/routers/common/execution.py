@@ -151,7 +151,9 @@ class Execution(Generic[C]):
         self.request = request
         self.model = model
         self.request_id: str = request[REQUEST_ID]
-        self.deadline = asyncio.get_running_loop().time() + lifecycle.request_timeout
+        # time.monotonic rather than the loop's clock: Python 3.11's get_running_loop() makes a getpid
+        # syscall per call, and this deadline is only ever turned back into seconds left
+        self.deadline = time.monotonic() + lifecycle.request_timeout
         self.tried: set[Worker] = set()
         self.poisoned = False  # two workers gave the same server error: the request is the cause
         self._awaiting_verdict: list[Attempt] = []  # closed attempts that answered 500
@@ -180,7 +182,7 @@ class Execution(Generic[C]):
 
     def remaining(self) -> float:
         """Seconds left until the request's deadline (what the next send may take at most)."""
-        return self.deadline - asyncio.get_running_loop().time()
+        return self.deadline - time.monotonic()
 
     # -- the retry loop -----------------------------------------------------------------------
 
