@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import re
+
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shepherd.middleware.request_id import is_valid_request_id, new_request_id, resolve_request_id
@@ -52,3 +55,24 @@ def test_request_ids() -> None:
     names = ("x-request-id", "x-correlation-id")
     assert resolve_request_id({"x-correlation-id": "c-1"}, "/generate", names) == "c-1"
     assert resolve_request_id({"x-request-id": "bad\nid", "x-correlation-id": "c-2"}, "/g", names) == "c-2"
+
+
+def test_minted_ids_are_distinct_random_hex_across_refills() -> None:
+    ids = [new_request_id("/v1/embeddings") for _ in range(1000)]  # several batches of random bytes
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch("req-[0-9a-f]{24}", i) for i in ids)
+
+
+def test_a_forked_child_mints_none_of_its_parents_next_ids() -> None:
+    new_request_id("/generate")  # the parent holds random bytes for its next ids
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running the parent's cleanup
+        os.write(writer, " ".join(new_request_id("/generate") for _ in range(5)).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    with os.fdopen(reader) as pipe:
+        child = set(pipe.read().split())
+    parent = {new_request_id("/generate") for _ in range(5)}
+    assert len(child) == 5 and not child & parent
