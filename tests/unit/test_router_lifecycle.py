@@ -238,3 +238,16 @@ async def test_a_provider_429_hands_the_request_to_another_provider(gateway: Any
     assert (await gw.chat())[0] == 200
     assert gw.transport.calls[-1].base_url == W2
     assert gw.transport.calls[-1].headers["authorization"] == "Bearer provider-key"
+
+
+@pytest.mark.parametrize("usage", [b'{"prompt_tokens": -5, "completion_tokens": 3}',
+                                   b'{"prompt_tokens": true, "completion_tokens": 3}'], ids=["negative", "bool"])
+async def test_token_counts_a_worker_gets_wrong_are_not_counted_and_the_answer_still_goes_out(
+        gateway: Any, usage: bytes) -> None:
+    answer = b'{"choices": [], "usage": ' + usage + b"}"
+    gw = await gateway([(W1, FakeReply(200, chunks=(answer,)))])
+    status, body = await gw.chat()
+    assert status == 200 and body == answer
+    metrics = gw.context.metrics
+    assert metrics is not None
+    assert all(child.value == 0 for child in metrics.tokens._children.values())

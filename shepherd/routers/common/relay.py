@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -197,13 +197,19 @@ def _stream_usage(last_chunk: bytes) -> tuple[int, int, int] | None:
 
 
 def _token_pair(usage: Any) -> tuple[int, int, int] | None:
-    """(prompt, completion, cached prompt) tokens; cached is 0 when the worker does not say."""
+    """(prompt, completion, cached prompt) tokens; cached is 0 when the worker does not say. Counts
+    that are not whole numbers of at least 0 (a JSON `true` included) are no counts: the token
+    counters and the tenants' token limits take them as they are."""
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    if not (isinstance(prompt, int) and isinstance(completion, int)):
+    if not (_is_count(prompt) and _is_count(completion)):
         return None
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else usage.get("cache_read_input_tokens")
-    return prompt, completion, cached if isinstance(cached, int) else 0
+    return prompt, completion, cached if _is_count(cached) else 0
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return type(value) is int and value >= 0
