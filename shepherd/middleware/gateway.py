@@ -97,12 +97,12 @@ def gateway_middleware(context: AppContext) -> web.middleware:  # type: ignore[v
             requests, duration, responses = metrics.http_bundle(
                 _method(request), _route(request), status,
                 metrics.error_code_label(response.headers.get(ERROR_CODE_HEADER, "")))
-            requests.inc()
+            requests.value += 1
             duration.observe(elapsed)
-            responses.inc()
+            responses.value += 1
             tenant = peek(request, TENANT)
             if tenant is not None:
-                metrics.tenant_requests(metrics.tenant_label(tenant), str(status)).inc()
+                metrics.tenant_requests(metrics.tenant_label(tenant), str(status)).value += 1
         if span is not None:
             if MODEL in request:
                 span.set_attribute("gen_ai.request.model", request[MODEL])

@@ -133,7 +133,7 @@ class Lifecycle(Generic[C]):
         streaming = "true" if body and body.get("stream") else "false"
         if status < 400:
             requests, duration = metrics.routed_bundle(path, model_label, endpoint, streaming)
-            requests.inc()
+            requests.value += 1
             duration.observe(time.perf_counter() - started)
         else:
             metrics.router_requests(*path, model_label, endpoint, streaming).inc()
@@ -274,8 +274,8 @@ class Execution(Generic[C]):
             status = "client_closed"
         responses, requests = metrics.attempt_bundle(self.lifecycle.labels.router_type, worker.url,
                                                      metrics.model_label(self.model), status)
-        responses.inc()
-        requests.inc()
+        responses.value += 1
+        requests.value += 1
         if outcome.worker_failed or (outcome.status or 0) >= 500:
             kind = "transport" if outcome.status is None else "mid_stream" if outcome.worker_failed else "http_5xx"
             metrics.worker_errors(worker.worker_type.value, worker.connection_mode, kind).inc()

@@ -92,7 +92,7 @@ class Selector:
                 sticky.pin(model, key, worker)
         if self._metrics is not None:
             self._metrics.selections(worker.worker_type.value, worker.connection_mode, model or "default",
-                                     policy.name, worker.url).inc()
+                                     policy.name, worker.url).value += 1
         return worker
 
     def _available(self, candidates: Sequence[Worker]) -> Sequence[Worker]:
