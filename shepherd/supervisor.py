@@ -158,6 +158,8 @@ class Supervisor:
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shepherd", *self._argv, env=env)
             self._procs[index] = proc
+            if self._stopping.is_set():  # a signal came while it was being spawned: it was not told
+                proc.send_signal(signal.SIGTERM)
             status = await proc.wait()
             if self._stopping.is_set():
                 return
