@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from typing import Any
@@ -29,6 +30,22 @@ def escape_controls(text: str) -> str:
                                                else f"\\u{ord(m.group()):04x}"), text)
 
 
+class _PerSecond:
+    """A second's date and time as `render(second)` writes it, kept until a record of another second
+    (an access line per request made strftime a visible cost). One tuple, replaced whole, so that two
+    threads formatting at once (handlers share a formatter) never pair one second with another's text."""
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self._render = render
+        self._cached: tuple[int, str] = (-1, "")
+
+    def __call__(self, second: int) -> str:
+        cached = self._cached
+        if cached[0] != second:
+            cached = self._cached = (second, self._render(second))
+        return cached[1]
+
+
 class TextFormatter(logging.Formatter):
     """The human-readable line. Paths, model names and other client-supplied values reach log
     messages, so the message is escaped: a CR/LF in them cannot forge a second line. (Tracebacks,
@@ -36,20 +53,13 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, fmt: str | None = None) -> None:
         super().__init__(fmt)
-        # (second, its date and time): one tuple, replaced whole, so that two threads formatting at
-        # once (handlers share a formatter) never pair one second with another's text.
-        self._second: tuple[int, str] = (-1, "")
+        self._second = _PerSecond(lambda second: time.strftime(self.default_time_format, self.converter(second)))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        """logging's own `2026-12-04 19:53:29,697`, with the date and time formatted once per second
-        rather than per record (an access line per request made strftime a visible cost)."""
+        """logging's own `2026-12-04 19:53:29,697`, the date and time formatted once per second."""
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
-        cached = self._second
-        if cached[0] != second:
-            cached = self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
-        return f"{cached[1]},{int(record.msecs):03d}"  # logging's default_msec_format
+        return f"{self._second(int(record.created))},{int(record.msecs):03d}"  # logging's default_msec_format
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
         message = record.message
@@ -63,7 +73,7 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
-        self._second: tuple[int, str] = (-1, "")  # (second, its UTC date and time), as in TextFormatter
+        self._second = _PerSecond(lambda second: datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
 
     def timestamp(self, created: float) -> str:
         """`datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`, with the date and
@@ -72,10 +82,7 @@ class JsonFormatter(logging.Formatter):
         micros = round((created - second) * 1e6)
         if micros >= 1_000_000:
             second, micros = second + 1, micros - 1_000_000
-        cached = self._second
-        if cached[0] != second:
-            cached = self._second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-        return f"{cached[1]}.{micros // 1000:03d}+00:00"
+        return f"{self._second(second)}.{micros // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
